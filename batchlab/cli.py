@@ -1,0 +1,201 @@
+"""The `batchlab` command line.
+
+    batchlab run GRID.yaml [--storage ROOT] [--address ADDR] [--dry-run]
+    batchlab demo                      the built-in quick grid (MNIST-1D, CPU, minutes)
+    batchlab sql "SELECT ..."          ad-hoc SQL over the warehouse (or the query on stdin)
+    batchlab app [--storage ROOT]      the Streamlit explorer (binds 127.0.0.1)
+
+Heavy imports (torch, Ray, Streamlit) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The example grids live at the top of the source tree (installed editable, as README says).
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="storage root: a directory or s3://bucket/prefix (default $BATCHLAB_STORAGE or ./batchlab-runs)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="batchlab", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a grid (skips trials already stored)")
+    p.add_argument("grid", help="path to grid.yaml")
+    _storage_arg(p)
+    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray instance")
+    p.add_argument("--dry-run", action="store_true", help="validate and plan only; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="run the built-in quick grid on CPU and summarize it")
+    _storage_arg(p)
+    p.add_argument("--num-cpus", type=int, default=None)
+
+    p = sub.add_parser("sql", help="run SQL over the warehouse (argument or stdin)")
+    p.add_argument("query", nargs="?", help="SQL text; read from stdin when omitted or '-'")
+    _storage_arg(p)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
+
+    p = sub.add_parser("app", help="open the Streamlit explorer")
+    _storage_arg(p)
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--demo", action="store_true", help="open the committed demo warehouse")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from scheduler.spec import SpecError
+
+        if isinstance(exc, (SpecError, ValueError, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scheduler.spec import load_spec
+
+    spec = load_spec(args.grid)
+    return _run(spec, args.storage, args.address, args.num_cpus, args.dry_run, not args.no_progress)
+
+
+def _run(spec, storage, address, num_cpus, dry_run: bool, progress: bool) -> int:
+    from scheduler.runner import plan, run_grid
+    from warehouse.layout import Layout
+
+    layout = Layout.open(storage)
+    if dry_run:
+        p = plan(spec, layout)
+        print(p.describe())
+        for t in p.to_run[:20]:
+            print(f"  run   {t.trial_id}  batch_size={t.batch_size} lr={t.lr:g} lr_scaling={t.lr_scaling} seed={t.seed}")
+        if len(p.to_run) > 20:
+            print(f"  ... and {len(p.to_run) - 20} more")
+        return 0
+    report = run_grid(spec, layout.root, address=address, num_cpus=num_cpus, progress=progress)
+    c = report.counts
+    print(
+        f"done in {report.wall_time_s:.1f} s: {c.get('completed', 0)} completed, "
+        f"{c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed, {report.skipped} skipped"
+    )
+    for r in report.results:
+        if r["status"] == "failed":
+            print(f"  failed {r['trial_id']}: {r.get('error')}")
+    print(f"results: {layout.root}  (DuckDB file: {layout.duckdb_file})")
+    return 1 if report.cancelled else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scheduler.spec import load_spec
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    grid = EXAMPLES / "quick.yaml"
+    spec = load_spec(grid)
+    print(f"batchlab demo: {grid.name}, {spec.n_trials} trials of an MLP on MNIST-1D (CPU)")
+    rc = _run(spec, args.storage, None, args.num_cpus, False, True)
+    if rc:
+        return rc
+    layout = Layout.open(args.storage)
+    con = connect(layout)
+    print("\nbest validation loss by batch size and lr rule (mean over seeds):")
+    print(
+        con.sql(
+            """
+            SELECT batch_size, lr_scaling, count(*) AS trials,
+                   round(avg(best_val_loss), 4) AS min_val_loss,
+                   round(avg(best_val_acc), 4) AS best_val_acc,
+                   round(avg(final_dist_from_init), 3) AS dist_from_init,
+                   round(avg(train_time_s), 2) AS train_time_s
+            FROM trials WHERE experiment = $exp AND status = 'completed'
+            GROUP BY ALL ORDER BY lr_scaling, batch_size
+            """,
+            params={"exp": spec.experiment},
+        ).fetchdf().to_string(index=False)
+    )
+    storage = f" --storage {args.storage}" if args.storage else ""
+    print(f"\nopen the explorer:  batchlab app{storage}")
+    print(f'ad-hoc SQL:         batchlab sql{storage} "SELECT * FROM epochs LIMIT 5"')
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from warehouse.db import connect
+
+    query = args.query
+    if query in (None, "-"):
+        query = sys.stdin.read()
+    if not query.strip():
+        print("error: no SQL given (pass it as an argument or on stdin)", file=sys.stderr)
+        return 2
+    con = connect(args.storage)
+    import duckdb
+
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if rel is None:
+        return 0
+    df = rel.fetchdf()
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        df.to_json(sys.stdout, orient="records", date_format="iso")
+        print()
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", None, "display.width", 200):
+            print(df.head(args.max_rows).to_string(index=False))
+        if len(df) > args.max_rows:
+            print(f"... {len(df)} rows ({args.max_rows} shown; --max-rows to see more)")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import app
+
+    entry = Path(app.__file__).resolve().parent / "main.py"
+    env = dict(os.environ)
+    if args.demo:
+        env["BATCHLAB_STORAGE"] = str(Path(__file__).resolve().parent.parent / "examples" / "results")
+    elif args.storage:
+        env["BATCHLAB_STORAGE"] = args.storage
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(entry),
+        "--server.address", args.host, "--server.port", str(args.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    print(f"batchlab app on http://{args.host}:{args.port}  (storage: {env.get('BATCHLAB_STORAGE', './batchlab-runs')})")
+    return subprocess.call(cmd, env=env)
+
+
+_COMMANDS = {"run": cmd_run, "demo": cmd_demo, "sql": cmd_sql, "app": cmd_app}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

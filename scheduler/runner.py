@@ -1,0 +1,244 @@
+"""Run a grid: plan (what is done, what is left), then execute the rest on Ray.
+
+This module and `scheduler/submit.py` are the only places that import Ray. Each trial is a
+Ray task asking for the spec's `cpus_per_trial` / `gpus_per_trial`; Ray retries a task whose
+worker process died (`max_retries`), and the trial resumes from its last epoch checkpoint.
+A Python exception inside a trial is recorded as a `failed` trial by the worker itself, so
+the grid goes on. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.spec import GridSpec
+from warehouse.db import write_duckdb_file
+from warehouse.layout import Layout
+from warehouse.store import read_trial_rows, write_run_record
+from workers.config import TrialConfig
+
+# Statuses that count as done: re-running the grid skips these trials. A `failed` trial
+# (a Python exception, possibly transient) is run again.
+DONE_STATUSES = ("completed", "diverged")
+
+
+@dataclass
+class Plan:
+    spec: GridSpec
+    to_run: list[TrialConfig]
+    skipped: list[TrialConfig]
+    previous_failed: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"experiment {self.spec.experiment!r}: {len(self.to_run) + len(self.skipped)} trials in the grid, "
+            f"{len(self.skipped)} already in storage (skipped), {len(self.to_run)} to run"
+            + (f" ({self.previous_failed} of them failed before)" if self.previous_failed else "")
+        )
+
+
+@dataclass
+class RunReport:
+    experiment: str
+    root: str
+    run_id: str
+    planned: int
+    skipped: int
+    counts: dict[str, int] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    results: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def plan(spec: GridSpec, layout: Layout) -> Plan:
+    """Split the grid's trials into those already stored and those to run."""
+    stored = {r["trial_id"]: r["status"] for r in read_trial_rows(layout, spec.experiment)}
+    to_run, skipped, failed = [], [], 0
+    for t in spec.trials():
+        status = stored.get(t.trial_id)
+        if status in DONE_STATUSES:
+            skipped.append(t)
+        else:
+            failed += status == "failed"
+            to_run.append(t)
+    return Plan(spec, to_run, skipped, failed)
+
+
+def code_version() -> str:
+    """git commit of the batchlab checkout (+ '-dirty'), else the package version."""
+    import batchlab
+
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        return f"{batchlab.__version__}+g{sha}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return batchlab.__version__
+
+
+def _device_for(spec: GridSpec) -> str:
+    r = spec.resources
+    if r.device != "auto":
+        return r.device
+    return "cuda" if r.gpus_per_trial > 0 else "cpu"
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
+    """Connect to `address` / $RAY_ADDRESS, or start the embedded local Ray instance.
+    Returns a description of what it connected to."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return "already connected"
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "include_dashboard": False}
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+        return f"Ray cluster at {address}"
+    # Worker processes need the project importable; in a source checkout that is not
+    # installed, ship the path through the runtime environment.
+    project = str(Path(__file__).resolve().parent.parent)
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH", "")) if p)}
+    for k, v in os.environ.items():
+        if k.startswith("BATCHLAB_"):
+            env[k] = v
+    ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env}, **kwargs)
+    return "embedded local Ray instance"
+
+
+def run_grid(
+    spec: GridSpec,
+    root: str | None = None,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    out=sys.stdout,
+) -> RunReport:
+    """Run every trial of `spec` not already stored under `root`; returns a report."""
+    import ray
+
+    layout = Layout.open(root)
+    cleaned = layout.clean_temporaries()
+    p = plan(spec, layout)
+    print(p.describe(), file=out)
+    if cleaned:
+        print(f"removed {cleaned} temporary files left by crashed writers", file=out)
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    report = RunReport(spec.experiment, layout.root, run_id, len(p.to_run), len(p.skipped))
+    t0 = time.perf_counter()
+    if p.to_run:
+        where = init_ray(address, num_cpus)
+        print(f"scheduling on the {where}", file=out)
+        _execute(spec, p.to_run, layout, report, progress, out)
+    report.wall_time_s = time.perf_counter() - t0
+    write_duckdb_file(layout)
+    write_run_record(
+        layout, spec.experiment, run_id,
+        {"run_id": run_id, "spec": spec.model_dump(mode="json"), "planned": report.planned,
+         "skipped": report.skipped, "counts": report.counts, "wall_time_s": report.wall_time_s,
+         "cancelled": report.cancelled, "code_version": code_version(),
+         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()},
+    )  # fmt: skip
+    return report
+
+
+def _execute(spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: RunReport, progress, out):
+    import ray
+    from tqdm import tqdm
+
+    from scheduler.tasks import execute_trial
+
+    r = spec.resources
+    device = _device_for(spec)
+    version = code_version()
+    remote = ray.remote(_ray_trial).options(
+        num_cpus=r.cpus_per_trial,
+        num_gpus=r.gpus_per_trial,
+        max_retries=r.max_retries,
+        retry_exceptions=False,
+    )
+    threads = max(1, int(r.cpus_per_trial))
+    pending: dict[Any, TrialConfig] = {}
+    tries: dict[str, int] = {}
+
+    def submit(t: TrialConfig) -> None:
+        tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
+        ref = remote.remote(
+            execute_trial, t.model_dump_json(), spec.experiment, layout.root,
+            code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,
+        )  # fmt: skip
+        pending[ref] = t
+
+    for t in trials:
+        submit(t)
+    counts = {"completed": 0, "diverged": 0, "failed": 0}
+    slots = _slots(r)
+    bar = tqdm(total=len(trials), unit="trial", disable=not progress, file=out, dynamic_ncols=True)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                t = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # the task itself failed: worker died too often, storage error
+                    res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc)}
+                if res["status"] == "failed" and tries[t.trial_id] <= r.retry_failed:
+                    submit(t)
+                    continue
+                counts[res["status"]] = counts.get(res["status"], 0) + 1
+                report.results.append(res)
+                bar.update(1)
+            bar.set_postfix(
+                done=counts["completed"], running=min(len(pending), slots),
+                failed=counts["failed"], diverged=counts["diverged"], refresh=False,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        report.cancelled = True
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        print(
+            "\ncancelled: running trials were stopped; nothing half-written is visible. "
+            "Run the same command again to resume.",
+            file=out,
+        )
+    finally:
+        bar.close()
+        report.counts = counts
+
+
+def _slots(r) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    cpu = res.get("CPU", 0) / r.cpus_per_trial
+    return int(cpu) if r.gpus_per_trial == 0 else int(min(cpu, res.get("GPU", 0) / r.gpus_per_trial))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+def _ray_trial(fn, *args, **kwargs):
+    """Runs in a Ray worker: adds the node id and Ray version to the provenance."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return fn(*args, node_id=ctx.get_node_id(), ray_version=ray.__version__, **kwargs)

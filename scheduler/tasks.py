@@ -1,0 +1,133 @@
+"""What runs inside a Ray worker process: train one trial and write its rows.
+
+Kept free of Ray imports (the Ray wrapper lives in `scheduler/ray_backend.py`), so the
+same function runs in a test, a plain process, or a Ray task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from typing import Any
+
+from warehouse.layout import Layout
+from warehouse.store import TrialCheckpoints, write_trial
+from workers.config import TrialConfig
+from workers.train import TrialResult, run_trial
+
+
+def trial_row(
+    cfg: TrialConfig,
+    result: TrialResult,
+    *,
+    code_version: str,
+    attempt: int,
+    started_at: dt.datetime,
+    node_id: str = "",
+    ray_version: str = "",
+    pack_id: str | None = None,
+    pack_size: int = 1,
+    data_parallel_workers: int = 1,
+) -> dict[str, Any]:
+    """The `trials` row of a finished trial: config columns, summary and provenance."""
+    import batchlab
+
+    s = result.summary
+    return {
+        "trial_id": cfg.trial_id,
+        "config_hash": cfg.config_hash,
+        "code_version": code_version,
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "error": result.error,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "batchnorm": cfg.model.batchnorm or cfg.model.name in ("keskar_f1", "keskar_c1"),
+        "optimizer": cfg.optimizer.name,
+        "momentum": cfg.optimizer.momentum,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "scaled_lr": cfg.scaled_lr,
+        "lr_scaling": cfg.lr_scaling,
+        "base_batch_size": cfg.base_batch_size,
+        "warmup_epochs": cfg.warmup_epochs,
+        "seed": cfg.seed,
+        "max_epochs": cfg.max_epochs,
+        "attempt": attempt,
+        "pack_id": pack_id,
+        "pack_size": pack_size,
+        "data_parallel_workers": data_parallel_workers,
+        "config_json": cfg.canonical_json(),
+        "batchlab_version": batchlab.__version__,
+        "ray_version": ray_version,
+        "node_id": node_id,
+        "started_at": started_at,
+        "finished_at": dt.datetime.now(dt.timezone.utc),
+        **{k: s.get(k) for k in _SUMMARY_COLUMNS},
+    }
+
+
+_SUMMARY_COLUMNS = (
+    "n_train", "n_val", "steps_per_epoch", "epochs_run", "steps_run", "best_val_loss",
+    "best_val_acc", "best_epoch", "best_step", "steps_to_target", "diverged_step",
+    "final_train_loss", "final_val_loss", "final_dist_from_init", "train_time_s",
+    "wall_time_s", "peak_memory_mb", "resumed_from_epoch", "torch_version", "cuda_version",
+    "python_version", "host", "device", "device_name",
+)  # fmt: skip
+
+
+def next_attempt(ckpt: TrialCheckpoints) -> int:
+    """Count this attempt in the trial's checkpoint folder (1 for the first run)."""
+    prev = ckpt.layout.get_bytes(ckpt.path("attempts").removesuffix(".pt") + ".json")
+    n = (json.loads(prev)["attempts"] if prev else 0) + 1
+    ckpt.layout.put_bytes(ckpt.path("attempts").removesuffix(".pt") + ".json", json.dumps({"attempts": n}).encode())
+    return n
+
+
+def execute_trial(
+    cfg_json: str,
+    experiment: str,
+    root: str,
+    *,
+    code_version: str,
+    device: str = "auto",
+    resume: bool = True,
+    node_id: str = "",
+    ray_version: str = "",
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one trial and commit its rows; returns a small status record for the driver."""
+    import torch
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    cfg = TrialConfig.model_validate_json(cfg_json)
+    layout = Layout.open(root)
+    ckpt = TrialCheckpoints(layout, experiment, cfg.trial_id)
+    attempt = next_attempt(ckpt)
+    started = dt.datetime.now(dt.timezone.utc)
+    if os.environ.get("BATCHLAB_FAULT_KILL_AT_EPOCH"):
+        from scheduler.faults import kill_hook
+
+        on_epoch = kill_hook(cfg.trial_id, attempt)
+    else:
+        on_epoch = None
+    result = run_trial(cfg, device=device, checkpoints=ckpt if resume else None, on_epoch=on_epoch)
+    row = trial_row(
+        cfg, result, code_version=code_version, attempt=attempt, started_at=started,
+        node_id=node_id, ray_version=ray_version,
+    )  # fmt: skip
+    tables = {"epochs": result.epochs, "steps": result.steps, "layers": result.layers, "probes": result.probes}
+    write_trial(layout, experiment, row, tables)
+    if resume and result.status != "failed":
+        ckpt.delete("resume")  # the committed rows now supersede the resume state
+    return {
+        "trial_id": cfg.trial_id,
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "best_val_loss": result.summary.get("best_val_loss"),
+        "epochs_run": result.summary.get("epochs_run"),
+        "error": (result.error or "").strip().splitlines()[-1] if result.error else None,
+        "attempt": attempt,
+    }

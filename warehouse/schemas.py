@@ -1,0 +1,221 @@
+"""Every table's Arrow schema, in one place, with the schema version.
+
+Units are in column names (`_s` seconds, `_mb` mebibytes, `examples_per_s`). Readers use
+`union_by_name`, so a file written by an older schema version (fewer columns) still reads:
+missing columns come back NULL. Bump SCHEMA_VERSION when a column is added; never rename or
+retype a column in place. `docs/warehouse.md` documents every column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+ts = pa.timestamp("us", tz="UTC")
+
+# Columns every result table starts with: identity and provenance of the row.
+_KEY = [
+    pa.field("experiment", s, nullable=False),
+    pa.field("trial_id", s, nullable=False),
+    pa.field("config_hash", s),
+    pa.field("code_version", s),
+]
+
+TRIALS = pa.schema(
+    [
+        *_KEY,
+        pa.field("status", s, nullable=False),  # completed | diverged | failed
+        pa.field(
+            "stop_reason", s
+        ),  # max_epochs | early_stopping | target_reached | diverged | error
+        pa.field("error", s),  # traceback of a failed trial
+        # the grid axes and the settings the app filters on (the full config is config_json)
+        pa.field("dataset", s),
+        pa.field("model", s),
+        pa.field("batchnorm", b),
+        pa.field("optimizer", s),
+        pa.field("momentum", f64),
+        pa.field("batch_size", i64),
+        pa.field("lr", f64),  # the grid's lr, before scaling
+        pa.field("scaled_lr", f64),  # peak lr after the scaling rule
+        pa.field("lr_scaling", s),  # none | linear | sqrt
+        pa.field("base_batch_size", i64),
+        pa.field("warmup_epochs", f64),
+        pa.field("seed", i64),
+        pa.field("max_epochs", i64),
+        pa.field("n_train", i64),
+        pa.field("n_val", i64),
+        pa.field("steps_per_epoch", i64),
+        pa.field("epochs_run", i64),
+        pa.field("steps_run", i64),
+        pa.field("best_val_loss", f64),
+        pa.field("best_val_acc", f64),
+        pa.field("best_epoch", i64),  # -1 when no finite validation loss was seen
+        pa.field("best_step", i64),
+        pa.field("steps_to_target", i64),  # -1 when the target was not reached / not set
+        pa.field("diverged_step", i64),  # -1 when the trial did not diverge
+        pa.field("final_train_loss", f64),
+        pa.field("final_val_loss", f64),
+        pa.field("final_dist_from_init", f64),
+        pa.field("train_time_s", f64),  # sum of epoch training times (excl. evaluation)
+        pa.field("wall_time_s", f64),  # whole trial in the worker, data loading included
+        pa.field("peak_memory_mb", f64),  # CUDA peak allocated; NaN on CPU
+        pa.field("resumed_from_epoch", i64),
+        pa.field("attempt", i64),  # 1 + retries the scheduler made
+        pa.field("pack_id", s),  # trials trained together share it
+        pa.field("pack_size", i64),
+        pa.field("data_parallel_workers", i64),
+        pa.field("config_json", s),  # the full resolved TrialConfig
+        pa.field("batchlab_version", s),
+        pa.field("torch_version", s),
+        pa.field("cuda_version", s),
+        pa.field("python_version", s),
+        pa.field("ray_version", s),
+        pa.field("host", s),
+        pa.field("node_id", s),  # Ray node id ("" outside Ray)
+        pa.field("device", s),
+        pa.field("device_name", s),
+        pa.field("started_at", ts),
+        pa.field("finished_at", ts),
+        pa.field("schema_version", i64),
+    ]
+)
+
+EPOCHS = pa.schema(
+    [
+        *_KEY,
+        pa.field("epoch", i64, nullable=False),  # 1-based
+        pa.field("step", i64),  # optimizer steps done at the end of this epoch
+        pa.field("examples_seen", i64),
+        pa.field("lr", f64),  # lr of the epoch's last step
+        pa.field("train_loss", f64),  # mean of the epoch's mini-batch losses (train mode)
+        pa.field("train_loss_eval", f64),  # full training set, eval mode
+        pa.field("train_acc_eval", f64),
+        pa.field("val_loss", f64),
+        pa.field("val_acc", f64),
+        pa.field("dist_from_init", f64),  # ||theta_e - theta_0||, trainable params
+        pa.field("epoch_distance", f64),  # ||theta_e - theta_{e-1}||
+        pa.field("update_norm_p10", f64),
+        pa.field("update_norm_median", f64),
+        pa.field("update_norm_p90", f64),
+        pa.field("update_norm_mean", f64),
+        pa.field("update_norm_max", f64),
+        pa.field("grad_norm_p10", f64),
+        pa.field("grad_norm_median", f64),
+        pa.field("grad_norm_p90", f64),
+        pa.field("grad_norm_mean", f64),
+        pa.field("grad_norm_max", f64),
+        pa.field("epoch_time_s", f64),  # training steps of this epoch, synchronized
+        pa.field("elapsed_s", f64),  # cumulative training time
+        pa.field("examples_per_s", f64),
+    ]
+)
+
+STEPS = pa.schema(
+    [
+        *_KEY,
+        pa.field("step", i64, nullable=False),  # 1-based optimizer step
+        pa.field("epoch", i64),
+        pa.field("lr", f64),  # lr applied at this step (after scaling, warmup, decay)
+        pa.field("update_norm", f64),  # ||theta_{t+1} - theta_t||
+        pa.field("grad_norm", f64),  # mini-batch gradient norm before clipping
+        pa.field("batch_loss", f64),
+    ]
+)
+
+LAYERS = pa.schema(
+    [
+        *_KEY,
+        pa.field("epoch", i64, nullable=False),
+        pa.field("layer", s, nullable=False),  # parameter name, e.g. "1.weight"
+        pa.field("numel", i64),
+        pa.field("dist_from_init", f64),
+        pa.field("rel_dist_from_init", f64),  # / ||theta_0^l||
+        pa.field("param_norm", f64),
+    ]
+)
+
+PROBES = pa.schema(
+    [
+        *_KEY,
+        pa.field("epoch", i64, nullable=False),  # epoch after which the probe ran
+        pa.field("probe", s, nullable=False),  # keskar_sharpness | hessian_top_eig | noise_scale_*
+        pa.field("value", f64),
+        pa.field("status", s),  # ok | diverged
+        pa.field("seconds", f64),
+        pa.field("n_examples", i64),
+        pa.field("settings_json", s),  # eps, solver, iterations, seed, subset, ...
+    ]
+)
+
+LANDSCAPES = pa.schema(
+    [
+        pa.field("experiment", s, nullable=False),
+        pa.field("analysis_id", s, nullable=False),
+        pa.field("kind", s, nullable=False),  # interpolate | surface
+        pa.field("trial_id", s),  # the surface's trial, or the small-batch trial (alpha = 0)
+        pa.field("trial_id_b", s),  # the large-batch trial (alpha = 1) of an interpolation
+        pa.field("alpha", f64),
+        pa.field("beta", f64),  # NULL for 1-D curves
+        pa.field("split", s),  # train | val
+        pa.field("loss", f64),
+        pa.field("acc", f64),
+        pa.field("code_version", s),
+    ]
+)
+
+ANALYSES = pa.schema(
+    [
+        pa.field("experiment", s, nullable=False),
+        pa.field("analysis_id", s, nullable=False),
+        pa.field("kind", s, nullable=False),
+        pa.field("name", s),
+        pa.field("status", s),  # completed | skipped | failed
+        pa.field("reason", s),
+        pa.field("trial_ids", s),  # JSON list
+        pa.field("settings_json", s),
+        pa.field("wall_time_s", f64),
+        pa.field("device_name", s),
+        pa.field("code_version", s),
+        pa.field("finished_at", ts),
+        pa.field("schema_version", i64),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "trials": TRIALS,
+    "epochs": EPOCHS,
+    "steps": STEPS,
+    "layers": LAYERS,
+    "probes": PROBES,
+    "landscapes": LANDSCAPES,
+    "analyses": ANALYSES,
+}
+# Tables whose rows belong to one trial: visible only once the trial's `trials` row exists.
+TRIAL_TABLES = ("epochs", "steps", "layers", "probes")
+
+
+def to_table(name: str, rows: Iterable[Mapping[str, Any]], **constants: Any) -> pa.Table:
+    """Rows (dicts) -> an Arrow table of `name`'s schema. Keys not in the schema are an
+    error (a typo would otherwise silently drop data); missing keys become NULL."""
+    schema = SCHEMAS[name]
+    rows = list(rows)
+    allowed = set(schema.names)
+    for r in rows[:1]:
+        extra = set(r) - allowed - set(constants)
+        if extra:
+            raise KeyError(
+                f"table {name!r}: unknown columns {sorted(extra)}; allowed: {schema.names}"
+            )
+    cols = {}
+    for f in schema:
+        if f.name in constants:
+            cols[f.name] = pa.array([constants[f.name]] * len(rows), type=f.type)
+        else:
+            cols[f.name] = pa.array([r.get(f.name) for r in rows], type=f.type, from_pandas=True)
+    return pa.table(cols, schema=schema)

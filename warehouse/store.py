@@ -1,0 +1,123 @@
+"""Writing results: one trial's rows, atomically and idempotently.
+
+A trial's files are named by its trial id, so a retried or re-submitted trial replaces its
+own files instead of adding rows. The `trials` row is written last and is the commit
+marker: the views show a trial's epochs/steps/layers/probes only once its `trials` row
+exists, so a reader never counts a half-written trial.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from warehouse.layout import Layout
+from warehouse.schemas import SCHEMA_VERSION, TRIAL_TABLES, to_table
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def write_trial(
+    layout: Layout,
+    experiment: str,
+    trial_row: Mapping[str, Any],
+    tables: Mapping[str, Iterable[Mapping[str, Any]]],
+) -> None:
+    """Write one trial: its per-trial tables first, then the `trials` row (the commit).
+
+    `trial_row` must hold trial_id, config_hash and status; `tables` maps table names in
+    TRIAL_TABLES to row dicts (without the key columns, which are filled in here).
+    """
+    trial_id = trial_row["trial_id"]
+    key = {
+        "experiment": experiment,
+        "trial_id": trial_id,
+        "config_hash": trial_row.get("config_hash"),
+        "code_version": trial_row.get("code_version"),
+    }
+    for name in TRIAL_TABLES:
+        rows = list(tables.get(name, ()))
+        path = layout.table_file(name, experiment, trial_id)
+        if rows:
+            layout.write_table(path, to_table(name, rows, **key))
+        elif layout.exists(path):
+            # A retry that produced fewer tables must not leave a previous attempt's rows.
+            layout.fs.delete_file(path)
+    row = {**trial_row, "experiment": experiment, "schema_version": SCHEMA_VERSION}
+    layout.write_table(layout.table_file("trials", experiment, trial_id), to_table("trials", [row]))
+
+
+def write_rows(
+    layout: Layout, table: str, experiment: str, key: str, rows: list[Mapping[str, Any]]
+) -> None:
+    """Write a whole file of `table` rows (analyses, landscapes) under a stable key."""
+    layout.write_table(layout.table_file(table, experiment, key), to_table(table, rows))
+
+
+def read_trial_rows(layout: Layout, experiment: str) -> list[dict[str, Any]]:
+    """The committed `trials` rows of one experiment, straight from the files (no DuckDB),
+    for the scheduler's skip logic. Unreadable files are ignored here (and quarantined by
+    the warehouse checks)."""
+    out = []
+    for path in layout.list_files("trials", experiment):
+        data = layout.get_bytes(path)
+        if data is None:
+            continue
+        try:
+            t = pq.read_table(io.BytesIO(data), columns=["trial_id", "status", "config_hash"])
+        except Exception:
+            continue
+        out.extend(t.to_pylist())
+    return out
+
+
+def write_run_record(
+    layout: Layout, experiment: str, run_id: str, record: Mapping[str, Any]
+) -> None:
+    layout.put_bytes(
+        layout.run_file(experiment, run_id), json.dumps(record, indent=2, default=str).encode()
+    )
+
+
+class TrialCheckpoints:
+    """`workers.train.CheckpointIO` over the storage root: torch.save bytes written
+    atomically, read back with `weights_only=True` (no pickle code execution)."""
+
+    def __init__(self, layout: Layout, experiment: str, trial_id: str):
+        self.layout, self.experiment, self.trial_id = layout, experiment, trial_id
+
+    def path(self, name: str) -> str:
+        return self.layout.checkpoint_file(self.experiment, self.trial_id, name)
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.layout.put_bytes(self.path(name), buf.getvalue())
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        import torch
+
+        data = self.layout.get_bytes(self.path(name))
+        if data is None:
+            return None
+        try:
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise ValueError(
+                f"checkpoint {self.path(name)} is corrupt or not a plain tensor file ({exc}); "
+                "delete it to start the trial from scratch"
+            ) from exc
+
+    def delete(self, name: str) -> None:
+        p = self.path(name)
+        if self.layout.exists(p):
+            self.layout.fs.delete_file(p)

@@ -1,0 +1,133 @@
+"""Data sets, resident on the training device.
+
+A trial never touches a DataLoader: the whole split is a pair of tensors on the device,
+normalized on the device with the training split's statistics, and batches are slices of a
+device-side permutation (the cifar10-airbench recipe). Every loader returns the same
+`Dataset` record, so models and measurements do not care where data came from.
+
+`mnist1d` (generated offline, deterministic) and `digits` (bundled with scikit-learn) need no
+network. `mnist`, `fashion-mnist` and `cifar10` are read from their official files by
+`workers.downloads` (local directory first, else a checksum-verified download).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workers.config import DatasetConfig
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # float32, normalized, shape (N, *input_shape)
+    y_train: torch.Tensor  # int64 class ids
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    # Where the data came from (files and their checksums, generator arguments).
+    source: dict = field(default_factory=dict)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return int(self.x_val.shape[0])
+
+
+def cache_dir() -> Path:
+    """Where generated or downloaded data sets are kept ($BATCHLAB_DATA_CACHE)."""
+    return Path(os.environ.get("BATCHLAB_DATA_CACHE", Path.home() / ".cache" / "batchlab" / "data"))
+
+
+def _mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test, length 40).
+
+    Generation is deterministic (the package's seed 42); the arrays are cached as .npz so
+    a worker process pays the ~seconds of generation once per machine.
+    """
+    path = cache_dir() / "mnist1d-default.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return (
+                z["x"],
+                z["y"],
+                z["x_test"],
+                z["y_test"],
+                {"generator": "mnist1d", "cache": str(path)},
+            )
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())
+    x, y = np.asarray(d["x"], np.float32), np.asarray(d["y"], np.int64)
+    xt, yt = np.asarray(d["x_test"], np.float32), np.asarray(d["y_test"], np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=x, y=y, x_test=xt, y_test=yt)
+    os.replace(tmp, path)  # atomic: concurrent workers never read a half-written cache
+    return x, y, xt, yt, {"generator": "mnist1d", "cache": str(path)}
+
+
+def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))
+    n_val = max(1, round(len(x) * val_fraction))
+    return x[idx[n_val:]], y[idx[n_val:]], x[idx[:n_val]], y[idx[:n_val]]
+
+
+def _raw(cfg: DatasetConfig, data_dir: str | None):
+    """(x_train, y_train, x_val, y_val, num_classes, input_shape, source) as numpy."""
+    if cfg.name == "mnist1d":
+        x, y, xt, yt, src = _mnist1d_arrays()
+        return x, y, xt, yt, 10, (40,), src
+    if cfg.name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = d.data.astype(np.float32).reshape(-1, 1, 8, 8)
+        xtr, ytr, xv, yv = _split(x, d.target.astype(np.int64), cfg.val_fraction, cfg.split_seed)
+        return xtr, ytr, xv, yv, 10, (1, 8, 8), {"source": "sklearn.datasets.load_digits"}
+    from workers import downloads
+
+    return downloads.load_official(cfg.name, data_dir)
+
+
+def load_dataset(
+    cfg: DatasetConfig, device: torch.device | str = "cpu", data_dir: str | None = None
+) -> Dataset:
+    """Load `cfg` onto `device`, normalized with the training split's mean and std."""
+    xtr, ytr, xv, yv, num_classes, shape, source = _raw(cfg, data_dir)
+    if cfg.n_train is not None:
+        if cfg.n_train > len(xtr):
+            raise ValueError(
+                f"dataset.n_train: {cfg.n_train} exceeds the {len(xtr)} training examples of {cfg.name}"
+            )
+        idx = np.random.default_rng(cfg.split_seed).permutation(len(xtr))[: cfg.n_train]
+        xtr, ytr = xtr[np.sort(idx)], ytr[np.sort(idx)]
+    dev = torch.device(device)
+    # Copy raw values (uint8 where the files are uint8) and convert on the device.
+    x_train = torch.as_tensor(xtr).to(dev).float()
+    x_val = torch.as_tensor(xv).to(dev).float()
+    # Per-channel statistics for images, one scalar for flat signals.
+    dims = [0, *range(2, x_train.dim())] if x_train.dim() >= 3 else [0, 1]
+    mean = x_train.mean(dim=dims, keepdim=True)
+    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    source = {**source, "n_train": len(xtr), "n_val": len(xv)}
+    return Dataset(
+        name=cfg.name,
+        x_train=((x_train - mean) / std).contiguous(),
+        y_train=torch.as_tensor(ytr, dtype=torch.int64).to(dev),
+        x_val=((x_val - mean) / std).contiguous(),
+        y_val=torch.as_tensor(yv, dtype=torch.int64).to(dev),
+        num_classes=num_classes,
+        input_shape=tuple(shape),
+        source=source,
+    )

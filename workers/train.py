@@ -1,0 +1,480 @@
+"""Train one trial and measure it: the worker's whole story, top to bottom.
+
+config -> seed/device -> data on the device -> model -> optimizer and lr schedule -> loop
+(per step: update and gradient norms on the device; per epoch: one host sync for losses,
+distances, early stopping) -> end-of-trial probes -> rows for the warehouse.
+
+No Ray here: the scheduler calls `run_trial` inside a Ray task, a test calls it directly.
+A diverged trial (NaN/inf or exploding loss) is a result with status "diverged", not an
+exception. With a `CheckpointIO`, the full training state is saved at every epoch end and a
+re-started trial resumes from it, bit-exactly on CPU (data order is a pure function of
+(seed, epoch), so only model, optimizer and RNG states need saving).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.config import TrialConfig
+from workers.data import Dataset, load_dataset
+from workers.models import build_model
+
+EVAL_BATCH = 4096  # examples per forward pass when evaluating a whole split
+
+
+class CheckpointIO(Protocol):
+    """Where a trial keeps its checkpoints (the warehouse provides one per trial)."""
+
+    def save(self, name: str, state: dict[str, Any]) -> None: ...
+
+    def load(self, name: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class TrialResult:
+    """Everything a trial produced; the scheduler hands it to the warehouse to write."""
+
+    trial_id: str
+    config_hash: str
+    status: str  # "completed" | "diverged" | "failed"
+    stop_reason: str  # "max_epochs" | "early_stopping" | "target_reached" | "diverged" | "error"
+    summary: dict[str, Any]
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """ "auto" (or None) picks CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    """The data order of one epoch: a pure function of (seed, epoch), so a resumed trial and
+    a trial trained inside a pack see exactly the same batches as a lone trial."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    # Keep the last partial batch (as a DataLoader would), except a lone example: BatchNorm
+    # cannot train on a batch of one.
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)
+
+
+def lr_at(cfg: TrialConfig, step: int, n_steps_epoch: int, decay: float) -> float:
+    """The lr applied at optimizer step `step` (0-based): scaling rule, then gradual linear
+    warmup from the unscaled lr to the scaled lr over `warmup_epochs` (Goyal et al. 2017),
+    then the plateau decay factor."""
+    target = cfg.scaled_lr
+    warmup_steps = round(cfg.warmup_epochs * n_steps_epoch)
+    if warmup_steps > 0 and step < warmup_steps:
+        lr = cfg.lr + (target - cfg.lr) * step / warmup_steps
+    else:
+        lr = target
+    return lr * decay
+
+
+def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    return torch.optim.Adam(
+        params, lr=cfg.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy over a whole split, eval mode, as device scalars."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for i in range(0, x.shape[0], EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH]).float()
+        loss_sum += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum")
+        correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum()
+    model.train(was_training)
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+def _params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _norm_of_diff(
+    a: list[torch.Tensor], b: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total L2 norm of a-b, per-tensor norms) without leaving the device."""
+    per = torch.stack([torch.linalg.vector_norm(x - y) for x, y in zip(a, b, strict=True)])
+    return torch.linalg.vector_norm(per), per
+
+
+def _quantiles(v: torch.Tensor) -> dict[str, float]:
+    if v.numel() == 0:
+        return {k: math.nan for k in ("p10", "median", "p90", "mean", "max")}
+    q = torch.quantile(
+        v.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device=v.device)
+    )
+    q = q.tolist()
+    return {
+        "p10": q[0],
+        "median": q[1],
+        "p90": q[2],
+        "mean": v.double().mean().item(),
+        "max": v.max().item(),
+    }
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what a result was computed."""
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
+    return {
+        "host": socket.gethostname(),
+        "device": str(device),
+        "device_name": name,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "python_version": platform.python_version(),
+        "pid": os.getpid(),
+    }
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def run_trial(
+    cfg: TrialConfig,
+    *,
+    device: str | None = None,
+    data: Dataset | None = None,
+    data_dir: str | None = None,
+    checkpoints: CheckpointIO | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrialResult:
+    """Train and measure one trial. Never raises for a training failure: a diverged trial
+    returns status "diverged"; any other exception returns status "failed" with the
+    traceback (the scheduler decides whether to retry)."""
+    dev = resolve_device(device)
+    try:
+        return _train(cfg, dev, data, data_dir, checkpoints, on_epoch)
+    except Exception as exc:  # recorded as data, the grid goes on
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise  # the scheduler splits packs / retries on OOM: let it see the real type
+        return TrialResult(
+            trial_id=cfg.trial_id,
+            config_hash=cfg.config_hash,
+            status="failed",
+            stop_reason="error",
+            summary={**provenance(dev)},
+            error=traceback.format_exc(),
+        )
+
+
+def _train(
+    cfg: TrialConfig,
+    dev: torch.device,
+    data: Dataset | None,
+    data_dir: str | None,
+    checkpoints: CheckpointIO | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> TrialResult:
+    t_start = time.perf_counter()
+    data = data if data is not None else load_dataset(cfg.dataset, dev, data_dir)
+    n = data.n_train
+    spe = steps_per_epoch(n, cfg.batch_size)
+    m = cfg.measure
+    es = cfg.early_stopping
+
+    # Model init depends only on the trial seed: the same seed gives the same initial weights
+    # in a pack, after a resume, and in the two trials an interpolation compares.
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(dev)
+    named = _params(model)
+    names = [nm for nm, _ in named]
+    params = [p for _, p in named]
+    init = [p.detach().clone() for p in params]
+    opt = make_optimizer(cfg, params)
+
+    # Mutable trial state: everything a resume needs besides model/optimizer tensors.
+    st: dict[str, Any] = {
+        "epoch": 0, "step": 0, "decay": 1.0, "decays": 0, "best_val": math.inf,
+        "best_epoch": -1, "best_step": -1, "best_acc": 0.0, "since_best": 0, "plateau": 0,
+        "elapsed_s": 0.0, "steps_to_target": -1, "diverged_step": -1,
+        "epochs": [], "steps": [], "layers": [], "probes": [],
+    }  # fmt: skip
+    if checkpoints is not None:
+        if (saved := checkpoints.load("resume")) is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            for p, t in zip(init, saved["init"], strict=True):
+                p.copy_(t)
+            torch.set_rng_state(saved["rng_cpu"])
+            if dev.type == "cuda" and "rng_cuda" in saved:
+                torch.cuda.set_rng_state(saved["rng_cuda"], dev)
+            st.update(saved["state"])
+            st["resumed_from_epoch"] = st["epoch"]
+        elif m.checkpoints:
+            checkpoints.save("init", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    model.train()
+    stop_reason = "max_epochs"
+    prev_epoch_params = [p.detach().clone() for p in params]
+
+    def validate(epoch: int) -> tuple[float, float]:
+        """One host sync: validation loss/acc, early-stopping and target bookkeeping."""
+        vl, va = evaluate(model, data.x_val, data.y_val)
+        vl, va = vl.item(), va.item()
+        if not math.isfinite(vl):
+            return vl, va
+        if vl < st["best_val"] - (es.min_delta if es else 0.0):
+            st.update(best_val=vl, best_epoch=epoch, best_step=st["step"], since_best=0, plateau=0)
+        else:
+            st["since_best"] += es.eval_every_steps if (es and es.unit == "steps") else 1
+            st["plateau"] += 1
+        st["best_acc"] = max(st["best_acc"], va)
+        if cfg.target_val_error is not None and 1.0 - va <= cfg.target_val_error:
+            if st["steps_to_target"] < 0:
+                st["steps_to_target"] = st["step"]
+            raise _Stop("target_reached")
+        if es is not None and st["since_best"] >= es.patience:
+            raise _Stop("early_stopping")
+        return vl, va
+
+    try:
+        while st["epoch"] < cfg.max_epochs:
+            epoch = st["epoch"] + 1
+            t_epoch = time.perf_counter()
+            perm = epoch_permutation(cfg.seed, epoch, n, dev)
+            batch_losses = torch.zeros(spe, device=dev)
+            upd = torch.zeros(spe, device=dev)
+            gnorm = torch.zeros(spe, device=dev)
+            lrs = []
+            stopped: _Stop | None = None
+            for i in range(spe):
+                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                lr = lr_at(cfg, st["step"], spe, st["decay"])
+                lrs.append(lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [p.grad for p in params]
+                gn = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                )
+                if cfg.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+                if m.update_norms:
+                    before = [p.detach().clone() for p in params]
+                opt.step()
+                if m.update_norms:
+                    upd[i] = _norm_of_diff([p.detach() for p in params], before)[0]
+                batch_losses[i] = loss.detach()
+                gnorm[i] = gn
+                st["step"] += 1
+                if es is not None and es.unit == "steps" and st["step"] % es.eval_every_steps == 0:
+                    # Validation inside the epoch (patience counted in steps) costs a sync.
+                    try:
+                        validate(epoch)
+                    except _Stop as s:
+                        stopped = s
+                        spe_done = i + 1
+                        break
+            else:
+                spe_done = spe
+
+            # ---- epoch end: one host sync for everything below ----
+            batch_losses, upd, gnorm = batch_losses[:spe_done], upd[:spe_done], gnorm[:spe_done]
+            bad = ~torch.isfinite(batch_losses) | (batch_losses > cfg.divergence_loss)
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0, 0])
+                st["diverged_step"] = st["step"] - spe_done + first + 1
+                raise _Stop("diverged")
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            train_time = time.perf_counter() - t_epoch
+            st["elapsed_s"] += train_time
+
+            cur = [p.detach() for p in params]
+            dist, dist_per = _norm_of_diff(cur, init)
+            ep_dist, _ = _norm_of_diff(cur, prev_epoch_params)
+            prev_epoch_params = [p.detach().clone() for p in params]
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "step": st["step"],
+                "lr": lrs[-1],
+                "train_loss": batch_losses.mean().item(),
+                "dist_from_init": dist.item(),
+                "epoch_distance": ep_dist.item(),
+                "epoch_time_s": train_time,
+                "elapsed_s": st["elapsed_s"],
+                "examples_per_s": spe_done * cfg.batch_size / train_time
+                if train_time > 0
+                else math.nan,
+            }
+            # Examples seen so far, counting a partial last batch by its real size.
+            row["examples_seen"] = (epoch - 1) * n + min(n, spe_done * cfg.batch_size)
+            uq = _quantiles(upd) if m.update_norms else _quantiles(torch.empty(0))
+            gq = _quantiles(gnorm)
+            row.update({f"update_norm_{k}": v for k, v in uq.items()})
+            row.update({f"grad_norm_{k}": v for k, v in gq.items()})
+            if m.train_eval:
+                tl, ta = evaluate(model, data.x_train, data.y_train)
+                row["train_loss_eval"], row["train_acc_eval"] = tl.item(), ta.item()
+            else:
+                row["train_loss_eval"], row["train_acc_eval"] = math.nan, math.nan
+            if m.layers:
+                norms0 = [torch.linalg.vector_norm(p0) for p0 in init]
+                for nm, d, p0n, p in zip(names, dist_per.tolist(), norms0, cur, strict=True):
+                    st["layers"].append({
+                        "epoch": epoch, "layer": nm, "numel": p.numel(), "dist_from_init": d,
+                        "rel_dist_from_init": d / max(p0n.item(), 1e-12),
+                        "param_norm": torch.linalg.vector_norm(p).item(),
+                    })  # fmt: skip
+            if m.store_steps:
+                first_step = st["step"] - spe_done + 1
+                for j, (lr_j, u, g, bl) in enumerate(
+                    zip(lrs, upd.tolist(), gnorm.tolist(), batch_losses.tolist(), strict=False)
+                ):
+                    st["steps"].append({
+                        "step": first_step + j, "epoch": epoch, "lr": lr_j,
+                        "update_norm": u if m.update_norms else math.nan, "grad_norm": g,
+                        "batch_loss": bl,
+                    })  # fmt: skip
+            st["epoch"] = epoch
+            if stopped is not None:
+                vl, va = evaluate(model, data.x_val, data.y_val)
+                row["val_loss"], row["val_acc"] = vl.item(), va.item()
+                st["epochs"].append(row)
+                raise stopped
+            try:
+                # In "steps" mode validation (and its bookkeeping) already ran inside the epoch.
+                vl, va = _val_only(model, data) if (es and es.unit == "steps") else validate(epoch)
+            except _Stop as s:
+                vl, va = evaluate(model, data.x_val, data.y_val)
+                row["val_loss"], row["val_acc"] = vl.item(), va.item()
+                st["epochs"].append(row)
+                raise s
+            row["val_loss"], row["val_acc"] = vl, va
+            st["epochs"].append(row)
+            if not math.isfinite(vl):
+                st["diverged_step"] = st["step"]
+                raise _Stop("diverged")
+            if cfg.plateau_decay is not None:
+                pd = cfg.plateau_decay
+                if st["plateau"] >= pd.patience and st["decays"] < pd.max_decays:
+                    st["decay"] *= pd.factor
+                    st["decays"] += 1
+                    st["plateau"] = 0
+            if (
+                m.probe_every_epochs
+                and epoch % m.probe_every_epochs == 0
+                and epoch < cfg.max_epochs
+            ):
+                st["probes"] += _probes(model, data, cfg, epoch)
+            if on_epoch is not None:
+                on_epoch(row)
+            if checkpoints is not None:
+                checkpoints.save("resume", _resume_state(model, opt, init, st, dev))
+    except _Stop as s:
+        stop_reason = s.reason
+
+    status = "diverged" if stop_reason == "diverged" else "completed"
+    if status == "completed":
+        st["probes"] += _probes(model, data, cfg, st["epoch"])
+        if checkpoints is not None and m.checkpoints:
+            checkpoints.save("final", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else math.nan
+    epochs_run = st["epoch"]
+    summary = {
+        **provenance(dev),
+        "n_train": n,
+        "n_val": data.n_val,
+        "steps_per_epoch": spe,
+        "epochs_run": epochs_run,
+        "steps_run": st["step"],
+        "best_val_loss": st["best_val"] if math.isfinite(st["best_val"]) else math.nan,
+        "best_val_acc": st["best_acc"],
+        "best_epoch": st["best_epoch"],
+        "best_step": st["best_step"],
+        "steps_to_target": st["steps_to_target"],
+        "diverged_step": st["diverged_step"],
+        "final_train_loss": st["epochs"][-1]["train_loss_eval"] if st["epochs"] else math.nan,
+        "final_val_loss": st["epochs"][-1]["val_loss"] if st["epochs"] else math.nan,
+        "final_dist_from_init": st["epochs"][-1]["dist_from_init"] if st["epochs"] else math.nan,
+        "train_time_s": st["elapsed_s"],
+        "wall_time_s": time.perf_counter() - t_start,
+        "peak_memory_mb": peak_mb,
+        "resumed_from_epoch": st.get("resumed_from_epoch", 0),
+        "scaled_lr": cfg.scaled_lr,
+    }
+    return TrialResult(
+        trial_id=cfg.trial_id,
+        config_hash=cfg.config_hash,
+        status=status,
+        stop_reason=stop_reason,
+        summary=summary,
+        epochs=st["epochs"],
+        steps=st["steps"],
+        layers=st["layers"],
+        probes=st["probes"],
+    )
+
+
+def _val_only(model: nn.Module, data: Dataset) -> tuple[float, float]:
+    vl, va = evaluate(model, data.x_val, data.y_val)
+    return vl.item(), va.item()
+
+
+def _probes(model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int) -> list[dict[str, Any]]:
+    m = cfg.measure
+    if m.sharpness is None and m.hessian is None and m.noise_scale is None:
+        return []
+    from workers.probes import run_probes
+
+    return run_probes(model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch)
+
+
+def _resume_state(model, opt, init, st, dev) -> dict[str, Any]:
+    state = {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "init": [t.cpu() for t in init],
+        "rng_cpu": torch.get_rng_state(),
+        "state": {k: v for k, v in st.items()},
+    }
+    if dev.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(dev)
+    return state
