@@ -35,8 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a grid (skips trials already stored)")
     p.add_argument("grid", help="path to grid.yaml")
     _storage_arg(p)
-    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray instance")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)",
+    )
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray instance"
+    )
     p.add_argument("--dry-run", action="store_true", help="validate and plan only; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -53,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="open the Streamlit explorer")
     _storage_arg(p)
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--demo", action="store_true", help="open the committed demo warehouse")
     return ap
 
@@ -90,7 +98,9 @@ def _run(spec, storage, address, num_cpus, dry_run: bool, progress: bool) -> int
         p = plan(spec, layout)
         print(p.describe())
         for t in p.to_run[:20]:
-            print(f"  run   {t.trial_id}  batch_size={t.batch_size} lr={t.lr:g} lr_scaling={t.lr_scaling} seed={t.seed}")
+            print(
+                f"  run   {t.trial_id}  batch_size={t.batch_size} lr={t.lr:g} lr_scaling={t.lr_scaling} seed={t.seed}"
+            )
         if len(p.to_run) > 20:
             print(f"  ... and {len(p.to_run) - 20} more")
         return 0
@@ -133,7 +143,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             GROUP BY ALL ORDER BY lr_scaling, batch_size
             """,
             params={"exp": spec.experiment},
-        ).fetchdf().to_string(index=False)
+        )
+        .fetchdf()
+        .to_string(index=False)
     )
     storage = f" --storage {args.storage}" if args.storage else ""
     print(f"\nopen the explorer:  batchlab app{storage}")
@@ -182,7 +194,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     entry = Path(app.__file__).resolve().parent / "main.py"
     env = dict(os.environ)
     if args.demo:
-        env["BATCHLAB_STORAGE"] = str(Path(__file__).resolve().parent.parent / "examples" / "results")
+        env["BATCHLAB_STORAGE"] = str(
+            Path(__file__).resolve().parent.parent / "examples" / "results"
+        )
     elif args.storage:
         env["BATCHLAB_STORAGE"] = args.storage
     cmd = [
@@ -190,7 +204,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         "--server.address", args.host, "--server.port", str(args.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
-    print(f"batchlab app on http://{args.host}:{args.port}  (storage: {env.get('BATCHLAB_STORAGE', './batchlab-runs')})")
+    print(
+        f"batchlab app on http://{args.host}:{args.port}  (storage: {env.get('BATCHLAB_STORAGE', './batchlab-runs')})"
+    )
     return subprocess.call(cmd, env=env)
 
 

@@ -113,7 +113,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     # Worker processes need the project importable; in a source checkout that is not
     # installed, ship the path through the runtime environment.
     project = str(Path(__file__).resolve().parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH", "")) if p)
+    }
     for k, v in os.environ.items():
         if k.startswith("BATCHLAB_"):
             env[k] = v
@@ -131,7 +133,6 @@ def run_grid(
     out=sys.stdout,
 ) -> RunReport:
     """Run every trial of `spec` not already stored under `root`; returns a report."""
-    import ray
 
     layout = Layout.open(root)
     cleaned = layout.clean_temporaries()
@@ -139,7 +140,9 @@ def run_grid(
     print(p.describe(), file=out)
     if cleaned:
         print(f"removed {cleaned} temporary files left by crashed writers", file=out)
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_id = (
+        dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    )
     report = RunReport(spec.experiment, layout.root, run_id, len(p.to_run), len(p.skipped))
     t0 = time.perf_counter()
     if p.to_run:
@@ -158,7 +161,9 @@ def run_grid(
     return report
 
 
-def _execute(spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: RunReport, progress, out):
+def _execute(
+    spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: RunReport, progress, out
+):
     import ray
     from tqdm import tqdm
 
@@ -197,7 +202,9 @@ def _execute(spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: 
                 t = pending.pop(ref)
                 try:
                     res = ray.get(ref)
-                except Exception as exc:  # the task itself failed: worker died too often, storage error
+                except (
+                    Exception
+                ) as exc:  # the task itself failed: worker died too often, storage error
                     res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc)}
                 if res["status"] == "failed" and tries[t.trial_id] <= r.retry_failed:
                     submit(t)
@@ -228,7 +235,9 @@ def _slots(r) -> int:
 
     res = ray.cluster_resources()
     cpu = res.get("CPU", 0) / r.cpus_per_trial
-    return int(cpu) if r.gpus_per_trial == 0 else int(min(cpu, res.get("GPU", 0) / r.gpus_per_trial))
+    return (
+        int(cpu) if r.gpus_per_trial == 0 else int(min(cpu, res.get("GPU", 0) / r.gpus_per_trial))
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -81,7 +81,9 @@ def next_attempt(ckpt: TrialCheckpoints) -> int:
     """Count this attempt in the trial's checkpoint folder (1 for the first run)."""
     prev = ckpt.layout.get_bytes(ckpt.path("attempts").removesuffix(".pt") + ".json")
     n = (json.loads(prev)["attempts"] if prev else 0) + 1
-    ckpt.layout.put_bytes(ckpt.path("attempts").removesuffix(".pt") + ".json", json.dumps({"attempts": n}).encode())
+    ckpt.layout.put_bytes(
+        ckpt.path("attempts").removesuffix(".pt") + ".json", json.dumps({"attempts": n}).encode()
+    )
     return n
 
 
@@ -118,7 +120,12 @@ def execute_trial(
         cfg, result, code_version=code_version, attempt=attempt, started_at=started,
         node_id=node_id, ray_version=ray_version,
     )  # fmt: skip
-    tables = {"epochs": result.epochs, "steps": result.steps, "layers": result.layers, "probes": result.probes}
+    tables = {
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "layers": result.layers,
+        "probes": result.probes,
+    }
     write_trial(layout, experiment, row, tables)
     if resume and result.status != "failed":
         ckpt.delete("resume")  # the committed rows now supersede the resume state
