@@ -172,12 +172,16 @@ def _execute(
     r = spec.resources
     device = _device_for(spec)
     version = code_version()
-    remote = ray.remote(_ray_trial).options(
-        num_cpus=r.cpus_per_trial,
-        num_gpus=r.gpus_per_trial,
-        max_retries=r.max_retries,
-        retry_exceptions=False,
-    )
+    opts: dict[str, Any] = {
+        "num_cpus": r.cpus_per_trial,
+        "num_gpus": r.gpus_per_trial,
+        "max_retries": r.max_retries,
+        "retry_exceptions": False,
+    }
+    faults = {k: v for k, v in os.environ.items() if k.startswith("BATCHLAB_FAULT_")}
+    if faults:  # fault-injection tests: reach the worker processes of this run only
+        opts["runtime_env"] = {"env_vars": faults}
+    remote = ray.remote(_ray_trial).options(**opts)
     threads = max(1, int(r.cpus_per_trial))
     pending: dict[Any, TrialConfig] = {}
     tries: dict[str, int] = {}

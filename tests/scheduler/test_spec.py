@@ -1,0 +1,156 @@
+"""Grid spec validation and trial identity."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from scheduler.spec import SpecError, load_spec, parse_spec
+from workers.config import TrialConfig
+
+BASE = {"experiment": "x"}
+
+# (bad input, the YAML path the message must name, a fragment of what is allowed)
+BAD_INPUTS = [
+    ({"grid": {"btach_size": [32]}}, "grid.btach_size", "did you mean 'batch_size'"),
+    ({"grid": {"batch_size": [-5]}}, "grid.batch_size[0]", "greater than 0"),
+    ({"grid": {"batch_size": [0]}}, "grid.batch_size[0]", "greater than 0"),
+    ({"grid": {"batch_size": []}}, "grid.batch_size", "at least one value"),
+    ({"grid": {"batch_size": [32, 32]}}, "grid.batch_size", "unique"),
+    ({"grid": {"batch_size": "32"}}, "grid.batch_size", "valid list"),
+    ({"grid": {"lr": [0.0]}}, "grid.lr[0]", "greater than 0"),
+    ({"grid": {"lr": [-0.1]}}, "grid.lr[0]", "greater than 0"),
+    ({"grid": {"lr_scaling": ["cubic"]}}, "grid.lr_scaling[0]", "'linear'"),
+    ({"dataset": "imagenet"}, "dataset.name", "'mnist1d'"),
+    ({"model": {"name": "resnet"}}, "model.name", "'lenet'"),
+    (
+        {"model": {"hiden": [3]}},
+        "model.hiden",
+        "valid keys: batchnorm, channels, dropout, hidden, name",
+    ),
+    ({"optimizer": {"name": "rmsprop"}}, "optimizer.name", "'sgd' or 'adam'"),
+    ({"optimizer": {"name": "adam", "nesterov": True}}, "grid[", "nesterov applies to sgd only"),
+    ({"max_epochs": "ten"}, "max_epochs", "valid integer"),
+    ({"max_epochs": 0}, "max_epochs", "greater than 0"),
+    (
+        {"early_stopping": {"patience": 5, "unit": "hours"}},
+        "early_stopping.unit",
+        "'epochs' or 'steps'",
+    ),
+    (
+        {"resources": {"gpus_per_trial": -1}},
+        "resources.gpus_per_trial",
+        "greater than or equal to 0",
+    ),
+    ({"experiment": "has space"}, "experiment", "not a valid name"),
+    ({"colour": "red"}, "colour", "valid keys:"),
+]
+
+
+@pytest.mark.parametrize(("patch", "path", "allowed"), BAD_INPUTS, ids=[b[1] for b in BAD_INPUTS])
+def test_bad_input_names_field_value_and_allowed(patch, path, allowed):
+    with pytest.raises(SpecError) as info:
+        parse_spec({**BASE, **patch})
+    msg = str(info.value)
+    assert path in msg, msg
+    assert allowed in msg, msg
+
+
+def test_missing_experiment():
+    with pytest.raises(SpecError, match="experiment: required key is missing"):
+        parse_spec({"grid": {}})
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("experiment: x\ngrid: {batch_size: [32, 64\n")
+    with pytest.raises(SpecError, match=r"malformed YAML at line \d+"):
+        load_spec(p)
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    p.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_spec(p)
+
+
+def test_expansion_is_the_cartesian_product():
+    spec = parse_spec(
+        {
+            **BASE,
+            "grid": {
+                "batch_size": [32, 64, 128],
+                "lr": [0.01, 0.1],
+                "lr_scaling": ["none", "linear"],
+                "seed": [0, 1],
+            },
+        }
+    )
+    trials = spec.trials()
+    assert len(trials) == spec.n_trials == 24
+    assert len({t.trial_id for t in trials}) == 24
+    combos = {(t.batch_size, t.lr, t.lr_scaling, t.seed) for t in trials}
+    assert (128, 0.1, "linear", 1) in combos
+    t = next(t for t in trials if t.batch_size == 128 and t.lr_scaling == "linear" and t.lr == 0.01)
+    assert t.scaled_lr == pytest.approx(0.04)
+
+
+def test_trial_id_is_stable_and_independent_of_grid_position():
+    a = parse_spec({**BASE, "grid": {"batch_size": [32, 64], "seed": [0]}}).trials()
+    b = parse_spec({**BASE, "grid": {"batch_size": [128, 64, 32], "seed": [0, 1]}}).trials()
+    ids_b = {(t.batch_size, t.seed): t.trial_id for t in b}
+    for t in a:
+        assert ids_b[(t.batch_size, t.seed)] == t.trial_id
+    # The bulk-computed hash equals a fresh validation of the same config.
+    for t in b:
+        assert TrialConfig.model_validate(t.model_dump()).trial_id == t.trial_id
+    # Experiment name and resources are not part of a trial's identity.
+    c = parse_spec(
+        {"experiment": "other", "grid": {"batch_size": [32]}, "resources": {"cpus_per_trial": 2}}
+    )
+    assert c.trials()[0].trial_id == ids_b[(32, 0)]
+    # Any result-changing setting is.
+    d = parse_spec({**BASE, "max_epochs": 21, "grid": {"batch_size": [32]}})
+    assert d.trials()[0].trial_id != ids_b[(32, 0)]
+
+
+def test_nested_axes_land_in_their_sections():
+    spec = parse_spec(
+        {**BASE, "grid": {"momentum": [0.0, 0.9], "batchnorm": [False, True], "n_train": [500]}}
+    )
+    trials = spec.trials()
+    assert {(t.optimizer.momentum, t.model.batchnorm, t.dataset.n_train) for t in trials} == {
+        (0.0, False, 500),
+        (0.0, True, 500),
+        (0.9, False, 500),
+        (0.9, True, 500),
+    }
+    assert len({t.trial_id for t in trials}) == 4
+
+
+def test_hundred_thousand_trials_plan_in_seconds():
+    spec = parse_spec(
+        {
+            **BASE,
+            "grid": {
+                "batch_size": list(range(1, 101)),
+                "lr": [0.001 * i for i in range(1, 101)],
+                "seed": list(range(10)),
+            },
+        }
+    )
+    t0 = time.perf_counter()
+    trials = spec.trials()
+    assert len(trials) == 100_000
+    # Generous bound for a shared 2-core CI machine; typically a few seconds.
+    assert time.perf_counter() - t0 < 60
+
+
+def test_example_grids_are_valid():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    files = sorted(examples.glob("*.yaml"))
+    assert files
+    for f in files:
+        assert load_spec(f).n_trials >= 1
