@@ -191,6 +191,7 @@ def _execute(
         ref = remote.remote(
             execute_trial, t.model_dump_json(), spec.experiment, layout.root,
             code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,
+            data_dir=spec.data_dir,
         )  # fmt: skip
         pending[ref] = t
 

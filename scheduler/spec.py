@@ -138,6 +138,9 @@ class GridSpec(_Strict):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     grid: GridAxes = Field(default_factory=GridAxes)
     resources: Resources = Field(default_factory=Resources)
+    # Directory with official data set files (mnist, fashion-mnist, cifar10); relative
+    # paths are resolved against the grid file's folder. Not part of trial identity.
+    data_dir: str | None = None
 
     @field_validator("experiment")
     @classmethod
@@ -161,7 +164,9 @@ class GridSpec(_Strict):
 
     def base_config(self) -> dict[str, Any]:
         """The TrialConfig fields shared by every trial, as plain data."""
-        d = self.model_dump(mode="json", exclude={"experiment", "description", "grid", "resources"})
+        d = self.model_dump(
+            mode="json", exclude={"experiment", "description", "grid", "resources", "data_dir"}
+        )
         return d
 
     def iter_trials(self) -> Iterator[TrialConfig]:
@@ -297,4 +302,11 @@ def load_spec(path: str | Path) -> GridSpec:
         raise SpecError([f"malformed YAML{where}: {problem}"], str(p)) from None
     except UnicodeDecodeError as exc:
         raise SpecError([f"not a UTF-8 text file ({exc.reason})"], str(p)) from None
-    return parse_spec(data, str(p))
+    spec = parse_spec(data, str(p))
+    if (
+        spec.data_dir
+        and not Path(spec.data_dir).expanduser().is_absolute()
+        and "://" not in spec.data_dir
+    ):
+        spec = spec.model_copy(update={"data_dir": str((p.parent / spec.data_dir).resolve())})
+    return spec

@@ -98,6 +98,7 @@ def execute_trial(
     node_id: str = "",
     ray_version: str = "",
     num_threads: int | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train one trial and commit its rows; returns a small status record for the driver."""
     import torch
@@ -115,7 +116,13 @@ def execute_trial(
         on_epoch = kill_hook(cfg.trial_id, attempt)
     else:
         on_epoch = None
-    result = run_trial(cfg, device=device, checkpoints=ckpt if resume else None, on_epoch=on_epoch)
+    result = run_trial(
+        cfg,
+        device=device,
+        data_dir=data_dir,
+        checkpoints=ckpt if resume else None,
+        on_epoch=on_epoch,
+    )
     row = trial_row(
         cfg, result, code_version=code_version, attempt=attempt, started_at=started,
         node_id=node_id, ray_version=ray_version,
