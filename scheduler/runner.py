@@ -167,6 +167,7 @@ def _execute(
     import ray
     from tqdm import tqdm
 
+    from scheduler.data_parallel import execute_data_parallel_trial
     from scheduler.tasks import execute_trial
 
     r = spec.resources
@@ -182,12 +183,28 @@ def _execute(
     if faults:  # fault-injection tests: reach the worker processes of this run only
         opts["runtime_env"] = {"env_vars": faults}
     remote = ray.remote(_ray_trial).options(**opts)
+    dp_opts = {
+        "num_cpus": 0,
+        "max_retries": 0,
+        **({"runtime_env": opts["runtime_env"]} if faults else {}),
+    }
+    dp_remote = ray.remote(_ray_trial).options(**dp_opts)
     threads = max(1, int(r.cpus_per_trial))
     pending: dict[Any, TrialConfig] = {}
     tries: dict[str, int] = {}
 
     def submit(t: TrialConfig) -> None:
         tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
+        if t.data_parallel_workers > 1:
+            # A Ray Train run: the driver-side task holds no resources; the TorchTrainer
+            # asks for `data_parallel_workers` x (cpus_per_trial [+ 1 GPU]) itself.
+            ref = dp_remote.remote(
+                execute_data_parallel_trial, t.model_dump_json(), spec.experiment, layout.root,
+                code_version=version, use_gpu=device == "cuda", cpus_per_worker=r.cpus_per_trial,
+                max_failures=r.max_retries, data_dir=spec.data_dir,
+            )  # fmt: skip
+            pending[ref] = t
+            return
         ref = remote.remote(
             execute_trial, t.model_dump_json(), spec.experiment, layout.root,
             code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,

@@ -78,6 +78,7 @@ class GridAxes(_Strict):
     batchnorm: list[bool] | None = None
     grad_clip_norm: list[PositiveFloat] | None = None
     n_train: list[PositiveInt] | None = None
+    data_parallel_workers: list[PositiveInt] | None = None
 
     _check = field_validator("*")(lambda v: v if v is None else _nonempty_unique(v))
 
@@ -102,6 +103,7 @@ AXIS_PATHS = {
     "batchnorm": "model.batchnorm",
     "grad_clip_norm": "grad_clip_norm",
     "n_train": "dataset.n_train",
+    "data_parallel_workers": "data_parallel_workers",
 }
 
 
@@ -134,6 +136,7 @@ class GridSpec(_Strict):
     grad_clip_norm: PositiveFloat | None = None
     target_val_error: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     divergence_loss: PositiveFloat = 1e4
+    data_parallel_workers: PositiveInt = 1
     base_batch_size: PositiveInt = 32
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     grid: GridAxes = Field(default_factory=GridAxes)

@@ -162,6 +162,9 @@ class TrialConfig(_Strict):
     grad_clip_norm: PositiveFloat | None = None
     # Stop at the first validation where the error (1 - accuracy) <= target (steps-to-target).
     target_val_error: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    # Data-parallel workers (DistributedDataParallel through Ray Train); `batch_size` is the
+    # global batch, split evenly across workers (as the seed study's MirroredStrategy).
+    data_parallel_workers: PositiveInt = 1
     # Loss above this (or NaN/inf) marks the trial diverged.
     divergence_loss: PositiveFloat = 1e4
     measure: MeasureConfig = Field(default_factory=MeasureConfig)

@@ -42,6 +42,33 @@ class CheckpointIO(Protocol):
     def load(self, name: str) -> dict[str, Any] | None: ...
 
 
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel trial (torch.distributed already initialized
+    by the caller, e.g. Ray Train's TorchTrainer). Rank 0 saves checkpoints, runs the probes
+    and returns the rows; every rank takes its slice of each global batch."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class _ReadOnlyCheckpoints:
+    """Non-zero ranks read the resume state but never write."""
+
+    def __init__(self, inner: CheckpointIO):
+        self.inner = inner
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        return None
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        return self.inner.load(name)
+
+
 @dataclass
 class TrialResult:
     """Everything a trial produced; the scheduler hands it to the warehouse to write."""
@@ -179,13 +206,15 @@ def run_trial(
     data_dir: str | None = None,
     checkpoints: CheckpointIO | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    dist: DistContext | None = None,
 ) -> TrialResult:
     """Train and measure one trial. Never raises for a training failure: a diverged trial
     returns status "diverged"; any other exception returns status "failed" with the
-    traceback (the scheduler decides whether to retry)."""
+    traceback (the scheduler decides whether to retry). With `dist`, this process is one
+    rank of a data-parallel trial (see DistContext)."""
     dev = resolve_device(device)
     try:
-        return _train(cfg, dev, data, data_dir, checkpoints, on_epoch)
+        return _train(cfg, dev, data, data_dir, checkpoints, on_epoch, dist)
     except Exception as exc:  # recorded as data, the grid goes on
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise  # the scheduler splits packs / retries on OOM: let it see the real type
@@ -206,8 +235,13 @@ def _train(
     data_dir: str | None,
     checkpoints: CheckpointIO | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    dist: DistContext | None = None,
 ) -> TrialResult:
     t_start = time.perf_counter()
+    main = dist is None or dist.is_main
+    if not main:
+        checkpoints = _ReadOnlyCheckpoints(checkpoints) if checkpoints is not None else None
+        on_epoch = None
     data = data if data is not None else load_dataset(cfg.dataset, dev, data_dir)
     n = data.n_train
     spe = steps_per_epoch(n, cfg.batch_size)
@@ -223,6 +257,14 @@ def _train(
     params = [p for _, p in named]
     init = [p.detach().clone() for p in params]
     opt = make_optimizer(cfg, params)
+    # Data parallel: DDP all-reduces (averages) gradients inside backward, so with equal
+    # local batches every rank applies exactly the full global batch's mean gradient and
+    # the weights stay identical across ranks. Metrics are computed on the raw module.
+    net: nn.Module = model
+    if dist is not None and dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     # Mutable trial state: everything a resume needs besides model/optimizer tensors.
     st: dict[str, Any] = {
@@ -283,11 +325,13 @@ def _train(
             stopped: _Stop | None = None
             for i in range(spe):
                 idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                if dist is not None and dist.world_size > 1:
+                    idx = idx.tensor_split(dist.world_size)[dist.rank]
                 lr = lr_at(cfg, st["step"], spe, st["decay"])
                 lrs.append(lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grads = [p.grad for p in params]
@@ -317,6 +361,14 @@ def _train(
 
             # ---- epoch end: one host sync for everything below ----
             batch_losses, upd, gnorm = batch_losses[:spe_done], upd[:spe_done], gnorm[:spe_done]
+            if dist is not None and dist.world_size > 1:
+                # The global batch loss is the mean of the ranks' local means (equal local
+                # batches); one collective per epoch. Every rank then takes the same
+                # divergence and stopping decisions, so no rank waits on a finished peer.
+                import torch.distributed as tdist
+
+                tdist.all_reduce(batch_losses)
+                batch_losses /= dist.world_size
             bad = ~torch.isfinite(batch_losses) | (batch_losses > cfg.divergence_loss)
             if bool(bad.any()):
                 first = int(bad.nonzero()[0, 0])
@@ -328,7 +380,7 @@ def _train(
             st["elapsed_s"] += train_time
 
             cur = [p.detach() for p in params]
-            dist, dist_per = _norm_of_diff(cur, init)
+            d_init, dist_per = _norm_of_diff(cur, init)
             ep_dist, _ = _norm_of_diff(cur, prev_epoch_params)
             prev_epoch_params = [p.detach().clone() for p in params]
             row: dict[str, Any] = {
@@ -336,7 +388,7 @@ def _train(
                 "step": st["step"],
                 "lr": lrs[-1],
                 "train_loss": batch_losses.mean().item(),
-                "dist_from_init": dist.item(),
+                "dist_from_init": d_init.item(),
                 "epoch_distance": ep_dist.item(),
                 "epoch_time_s": train_time,
                 "elapsed_s": st["elapsed_s"],
@@ -399,7 +451,8 @@ def _train(
                     st["decays"] += 1
                     st["plateau"] = 0
             if (
-                m.probe_every_epochs
+                main
+                and m.probe_every_epochs
                 and epoch % m.probe_every_epochs == 0
                 and epoch < cfg.max_epochs
             ):
@@ -412,7 +465,7 @@ def _train(
         stop_reason = s.reason
 
     status = "diverged" if stop_reason == "diverged" else "completed"
-    if status == "completed":
+    if status == "completed" and main:
         st["probes"] += _probes(model, data, cfg, st["epoch"])
         if checkpoints is not None and m.checkpoints:
             checkpoints.save("final", {k: v.detach().cpu() for k, v in model.state_dict().items()})
