@@ -105,7 +105,7 @@ def execute_data_parallel_trial(
             "use_gpu": use_gpu,
             "data_dir": data_dir,
             "num_threads": max(1, int(cpus_per_worker)),
-        },  # fmt: skip
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.data_parallel_workers,
