@@ -131,8 +131,12 @@ def run_grid(
     num_cpus: int | None = None,
     progress: bool = True,
     out=sys.stdout,
+    storage_shared: bool | None = None,
 ) -> RunReport:
-    """Run every trial of `spec` not already stored under `root`; returns a report."""
+    """Run every trial of `spec` not already stored under `root`; returns a report.
+
+    On a multi-node cluster a local-path `root` must be declared shared (`storage_shared`,
+    None reads $BATCHLAB_STORAGE_SHARED); see `scheduler.cluster.check_cluster`."""
 
     layout = Layout.open(root)
     cleaned = layout.clean_temporaries()
@@ -148,6 +152,11 @@ def run_grid(
     if p.to_run:
         where = init_ray(address, num_cpus)
         print(f"scheduling on the {where}", file=out)
+        from scheduler.cluster import check_cluster
+
+        layout = check_cluster(
+            spec, layout, address=address, storage_shared=storage_shared, out=out
+        )
         _execute(spec, p.to_run, layout, report, progress, out)
     report.wall_time_s = time.perf_counter() - t0
     write_duckdb_file(layout)
@@ -173,6 +182,20 @@ def _execute(
     r = spec.resources
     device = _device_for(spec)
     version = code_version()
+    if r.pack:  # trial packs (docs/packs.md); data-parallel trials still run one by one
+        from scheduler.packing import execute_packs
+
+        packed = [t for t in trials if t.data_parallel_workers == 1]
+        execute_packs(
+            spec, packed, layout, report, progress, out, device=device, code_version=version
+        )
+        rest = [t for t in trials if t.data_parallel_workers > 1]
+        if rest and not report.cancelled:
+            counts = report.counts
+            lone = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})
+            _execute(lone, rest, layout, report, progress, out)
+            report.counts = {k: counts.get(k, 0) + report.counts.get(k, 0) for k in {*counts, *report.counts}}  # fmt: skip
+        return
     opts: dict[str, Any] = {
         "num_cpus": r.cpus_per_trial,
         "num_gpus": r.gpus_per_trial,

@@ -120,6 +120,12 @@ class Resources(_Strict):
     retry_failed: Annotated[int, Field(ge=0)] = 0
     # Save a resume checkpoint every epoch (resume after a crash from the last epoch).
     resume_checkpoints: bool = True
+    # Train trials of one shape (data set, model, batch size, optimizer) together as one
+    # vectorized pack per worker (docs/packs.md); gpus_per_trial then sizes a pack's share.
+    pack: bool = False
+    # Most trials in one pack; None = automatic (GPU: as many as fit the measured free
+    # memory, at most 64; CPU: 8).
+    max_pack_size: PositiveInt | None = None
 
 
 class GridSpec(_Strict):

@@ -1,0 +1,228 @@
+"""What runs inside a Ray worker for a pack: train its trials together, write each one's rows.
+
+The pack counterpart of `scheduler/tasks.py` (and free of Ray imports like it): every member
+gets exactly the rows and `trials` row a lone trial gets (`trial_row` + `write_trial`), plus
+`pack_id` / `pack_size`. A member's rows are committed as soon as that member finishes, so a
+pack whose worker dies later does not lose them: the re-executed task skips members already
+committed and resumes the others from their per-epoch resume checkpoints.
+
+A CUDA out-of-memory error is not a failure: the task returns the unfinished members under
+"oom" and the driver re-queues them as two smaller packs (`scheduler/packing.py`). For the
+tests, BATCHLAB_FAULT_PACK_OOM_ABOVE=N makes every pack of more than N members raise one
+(like the other BATCHLAB_FAULT_* switches of scheduler/faults.py, off unless set).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import gc
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from warehouse.layout import Layout
+from warehouse.store import TrialCheckpoints, write_trial
+from workers.config import DatasetConfig, TrialConfig
+
+DONE_STATUSES = ("completed", "diverged")
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset(dataset_json: str, device: str, data_dir: str | None):
+    """The data set on the device, loaded once per worker process (Ray reuses workers, so
+    consecutive packs of one grid share it). maxsize=1: one data set on the GPU at a time."""
+    from workers.data import load_dataset
+
+    return load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
+
+
+def committed_status(layout: Layout, experiment: str, trial_id: str) -> str | None:
+    """The status in a trial's committed `trials` row, or None when it has none."""
+    data = layout.get_bytes(layout.table_file("trials", experiment, trial_id))
+    if data is None:
+        return None
+    try:
+        return pq.read_table(io.BytesIO(data), columns=["status"]).column(0)[0].as_py()
+    except Exception:  # unreadable: the warehouse checks quarantine it; train again
+        return None
+
+
+def _record(cfg: TrialConfig, result, attempt: int, pack_id: str | None) -> dict[str, Any]:
+    return {
+        "trial_id": cfg.trial_id,
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "best_val_loss": result.summary.get("best_val_loss"),
+        "epochs_run": result.summary.get("epochs_run"),
+        "error": (result.error or "").strip().splitlines()[-1] if result.error else None,
+        "attempt": attempt,
+        "pack_id": pack_id,
+    }
+
+
+def execute_pack(
+    cfg_jsons: list[str],
+    experiment: str,
+    root: str,
+    *,
+    pack_id: str,
+    code_version: str,
+    device: str = "auto",
+    resume: bool = True,
+    node_id: str = "",
+    ray_version: str = "",
+    num_threads: int | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train the trials `cfg_jsons` as one pack and commit each member's rows.
+
+    Returns {"pack_id", "members": [one status record per finished trial, as
+    execute_trial's], "oom": [config JSON of the members left unfinished by a CUDA
+    out-of-memory error], "device_name"}.
+    """
+    import torch
+
+    from scheduler.tasks import next_attempt, trial_row
+    from workers.pack import run_pack
+    from workers.packnet import PackNet, PackUnsupported
+    from workers.train import resolve_device, run_trial
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    cfgs = [TrialConfig.model_validate_json(j) for j in cfg_jsons]
+    layout = Layout.open(root)
+    dev = resolve_device(device)
+    out: dict[str, Any] = {"pack_id": pack_id, "members": [], "oom": []}
+
+    # Members an earlier attempt of this task already committed (its worker died later).
+    todo = []
+    for c in cfgs:
+        status = committed_status(layout, experiment, c.trial_id)
+        if status in DONE_STATUSES:
+            out["members"].append({"trial_id": c.trial_id, "status": status, "pack_id": pack_id,
+                                   "stop_reason": None, "best_val_loss": None, "epochs_run": None,
+                                   "error": None, "attempt": 0, "already_committed": True})  # fmt: skip
+        else:
+            todo.append(c)
+    if not todo:
+        return out
+    data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
+    ckpts = {c.trial_id: TrialCheckpoints(layout, experiment, c.trial_id) for c in todo}
+    attempts = {c.trial_id: next_attempt(ckpts[c.trial_id]) for c in todo}
+    started = dt.datetime.now(dt.timezone.utc)
+
+    def commit(cfg: TrialConfig, result, in_pack: bool) -> None:
+        row = trial_row(
+            cfg, result, code_version=code_version, attempt=attempts[cfg.trial_id],
+            started_at=started, node_id=node_id, ray_version=ray_version,
+            pack_id=pack_id if in_pack else None, pack_size=len(cfgs) if in_pack else 1,
+        )  # fmt: skip
+        tables = {k: getattr(result, k) for k in ("epochs", "steps", "layers", "probes")}
+        write_trial(layout, experiment, row, tables)
+        if resume and result.status != "failed":
+            ckpts[cfg.trial_id].delete("resume")  # the committed rows now supersede it
+        out["members"].append(
+            _record(cfg, result, attempts[cfg.trial_id], pack_id if in_pack else None)
+        )
+
+    # A model PackNet cannot batch: the members train one after another, as lone trials.
+    try:
+        PackNet(_template(todo[0], data))
+    except PackUnsupported as exc:
+        out["unsupported"] = str(exc)
+        for c in todo:
+            ck = ckpts[c.trial_id] if resume else None
+            commit(c, run_trial(c, device=str(dev), data=data, checkpoints=ck), in_pack=False)
+        return out
+
+    by_id = {c.trial_id: c for c in todo}
+    # Members resume in lockstep only from the same epoch: group them by their resume epoch.
+    groups: dict[int, list[TrialConfig]] = {}
+    for c in todo:
+        saved = ckpts[c.trial_id].load("resume") if resume else None
+        groups.setdefault(saved["state"]["epoch"] if saved else 0, []).append(c)
+    oom_above = int(os.environ.get("BATCHLAB_FAULT_PACK_OOM_ABOVE") or 0)
+    oom = False
+    for epoch in sorted(groups):
+        group = groups[epoch]
+        try:
+            if oom_above and len(group) > oom_above:
+                raise torch.cuda.OutOfMemoryError(f"injected: {len(group)} members > {oom_above}")
+            run_pack(
+                group, device=str(dev), data=data,
+                checkpoints=[ckpts[c.trial_id] for c in group] if resume else None,
+                on_epoch=_fault_hooks(group, attempts),
+                on_done=lambda r: commit(by_id[r.trial_id], r, in_pack=True),
+            )  # fmt: skip
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        if oom:
+            break
+    if oom:
+        # Outside the except block: the exception (and the tensors its frames hold) is gone,
+        # so the cached blocks can go back to the GPU for the smaller packs.
+        finished = {m["trial_id"] for m in out["members"]}
+        out["oom"] = [c.model_dump_json() for c in todo if c.trial_id not in finished]
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if dev.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(dev)
+    return out
+
+
+def _template(cfg: TrialConfig, data):
+    from workers.models import build_model
+
+    return build_model(cfg.model, data.input_shape, data.num_classes)
+
+
+def _fault_hooks(
+    group: list[TrialConfig], attempts: dict[str, int]
+) -> Callable[[str, dict[str, Any]], None] | None:
+    """The KILL_AT_EPOCH fault of scheduler/faults.py for pack members (None unless a
+    BATCHLAB_FAULT_* variable is set). The step-level faults hook torch.optim and module
+    forwards of a lone trial; they do not apply to packs."""
+    from scheduler import faults
+
+    if not faults.active():
+        return None
+    hooks = {c.trial_id: faults.kill_hook(c.trial_id, attempts[c.trial_id]) for c in group}
+
+    def on_epoch(trial_id: str, row: dict[str, Any]) -> None:
+        if (hook := hooks.get(trial_id)) is not None:
+            hook(row)
+
+    return on_epoch
+
+
+def measure_packs(
+    cfg_jsons: list[str], device: str = "cuda", data_dir: str | None = None
+) -> dict[str, Any]:
+    """Sizing facts for the driver, measured on this worker's GPU: free and total memory,
+    the bytes of each data set on the device, and (bytes per member, fixed bytes) of a pack
+    of each config's shape. One config per shape key."""
+    import torch
+
+    from workers.pack import measure_member_bytes
+
+    dev = torch.device(device)
+    out: dict[str, Any] = {"data_bytes": {}, "members": {}}
+    for j in cfg_jsons:
+        cfg = TrialConfig.model_validate_json(j)
+        before = torch.cuda.memory_allocated(dev)
+        data = _dataset(cfg.dataset.model_dump_json(), str(dev), data_dir)
+        out["data_bytes"][cfg.dataset.model_dump_json()] = max(
+            out["data_bytes"].get(cfg.dataset.model_dump_json(), 0),
+            torch.cuda.memory_allocated(dev) - before,
+            sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_val, data.y_val)),
+        )  # fmt: skip
+        out["members"][cfg.shape_key()] = measure_member_bytes(cfg, data, dev)
+    torch.cuda.empty_cache()
+    out["free_bytes"], out["total_bytes"] = torch.cuda.mem_get_info(dev)
+    out["device_name"] = torch.cuda.get_device_name(dev)
+    return out

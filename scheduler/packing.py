@@ -1,0 +1,287 @@
+"""Trial packs: group a grid's trials by shape, size the packs, run them on Ray.
+
+With `resources.pack: true`, trials that share `TrialConfig.shape_key()` (data set, model,
+batch size, optimizer: everything that fixes tensor shapes and the update rule) are trained
+together by one worker as a vectorized ensemble (`workers/pack.py`, docs/packs.md).
+
+Pack size: at most `resources.max_pack_size`, and
+- on a GPU, as many members as fit in MEMORY_FRACTION of the GPU's free memory, from the
+  bytes per member *measured* on the GPU by one probe task per run (`measure_packs`: one
+  training step of packs of 1 and 2 members per shape), at most GPU_MAX_PACK;
+- on CPU, at most CPU_MAX_PACK (a CPU gains little from packing; bigger packs only delay
+  results).
+A group larger than the size is cut into equal packs. The Ray request of a pack: on a GPU,
+the larger of (gpus_per_trial x members) and the pack's share of the GPU's memory, at most 1;
+CPUs: cpus_per_trial x members on CPU (the pack's threads), cpus_per_trial on a GPU.
+A CUDA out-of-memory error re-queues the pack's unfinished members as two halves.
+
+The planning functions here are pure (tested without Ray); `execute_packs` is the Ray loop,
+called by `scheduler.runner._execute`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.config import TrialConfig
+
+GPU_MAX_PACK = 64  # members; beyond this small-batch throughput stops growing (PERFORMANCE.md)
+CPU_MAX_PACK = 8  # members
+MEMORY_FRACTION = 0.85  # of the GPU's free memory a pack may plan to use
+CUDA_CONTEXT_BYTES = 600 * 2**20  # per worker process, on top of allocated memory
+
+
+@dataclass(frozen=True, eq=False)
+class Pack:
+    """Trials trained together; its id is a hash of the member trial ids."""
+
+    trials: tuple[TrialConfig, ...]
+
+    @property
+    def pack_id(self) -> str:
+        ids = ",".join(sorted(t.trial_id for t in self.trials))
+        return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+    @property
+    def shape_key(self) -> str:
+        return self.trials[0].shape_key()
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
+    def halves(self) -> tuple[Pack, Pack]:
+        """The pack split in two (for an out-of-memory retry); needs at least 2 members."""
+        if len(self.trials) < 2:
+            raise ValueError("a pack of one trial cannot be split")
+        mid = (len(self.trials) + 1) // 2
+        return Pack(self.trials[:mid]), Pack(self.trials[mid:])
+
+    def cost(self) -> float:
+        """Relative work, to start the longest packs first: members x steps."""
+        t = self.trials[0]
+        return len(self.trials) * max(c.max_epochs for c in self.trials) / t.batch_size
+
+
+def group_by_shape(trials: Sequence[TrialConfig]) -> dict[str, list[TrialConfig]]:
+    """Trials by shape key, groups and members in grid order."""
+    groups: dict[str, list[TrialConfig]] = {}
+    for t in trials:
+        groups.setdefault(t.shape_key(), []).append(t)
+    return groups
+
+
+def chunk(trials: Sequence[TrialConfig], max_size: int) -> list[Pack]:
+    """Cut one shape group into the fewest packs of at most `max_size`, of equal sizes
+    (100 trials at most 64 -> 50 + 50, not 64 + 36: both packs finish together)."""
+    if max_size < 1:
+        raise ValueError(f"max_size: {max_size} is not allowed: a pack holds at least 1 trial")
+    k = math.ceil(len(trials) / max_size)
+    base, extra = divmod(len(trials), k)
+    out, i = [], 0
+    for j in range(k):
+        size = base + (1 if j < extra else 0)
+        out.append(Pack(tuple(trials[i : i + size])))
+        i += size
+    return out
+
+
+@dataclass
+class GpuFacts:
+    """What the probe task measured on a GPU (see scheduler/pack_tasks.measure_packs)."""
+
+    free_bytes: int
+    total_bytes: int
+    data_bytes: dict[str, int] = field(default_factory=dict)  # dataset config JSON -> bytes
+    members: dict[str, tuple[int, int]] = field(default_factory=dict)  # shape key -> per, fixed
+    device_name: str = ""
+
+    def pack_bytes(self, t: TrialConfig, n: int) -> int:
+        per, fixed = self.members[t.shape_key()]
+        return self.data_bytes.get(t.dataset.model_dump_json(), 0) + fixed + n * per
+
+    def max_members(self, t: TrialConfig) -> int:
+        """Members of `t`'s shape that fit in MEMORY_FRACTION of the free memory."""
+        per = self.members[t.shape_key()][0]
+        room = MEMORY_FRACTION * self.free_bytes - self.pack_bytes(t, 0) - CUDA_CONTEXT_BYTES
+        return max(1, int(room // per))
+
+
+def pack_size(
+    trials: Sequence[TrialConfig], device: str, max_pack_size: int | None, gpu: GpuFacts | None
+) -> int:
+    """Members per pack for one shape group (see the module docstring)."""
+    cap = CPU_MAX_PACK if device == "cpu" else GPU_MAX_PACK
+    if max_pack_size is not None:
+        cap = max_pack_size
+    if device != "cpu" and gpu is not None:
+        cap = min(cap, gpu.max_members(trials[0]))
+    return max(1, min(cap, len(trials)))
+
+
+def plan_packs(
+    trials: Sequence[TrialConfig], device: str, max_pack_size: int | None, gpu: GpuFacts | None
+) -> list[Pack]:
+    """All packs of a grid, the most expensive first."""
+    packs = []
+    for group in group_by_shape(trials).values():
+        packs += chunk(group, pack_size(group, device, max_pack_size, gpu))
+    return sorted(packs, key=lambda p: -p.cost())
+
+
+def pack_resources(
+    pack: Pack, cpus_per_trial: float, gpus_per_trial: float, device: str,
+    gpu: GpuFacts | None, max_node_cpus: float,
+) -> tuple[float, float]:  # fmt: skip
+    """(num_cpus, num_gpus) a pack asks Ray for (see the module docstring)."""
+    n = len(pack)
+    if device == "cpu":
+        return min(cpus_per_trial * n, max(max_node_cpus, cpus_per_trial)), 0.0
+    share = gpus_per_trial * n
+    if gpu is not None and gpu.total_bytes > 0:
+        need = gpu.pack_bytes(pack.trials[0], n) + CUDA_CONTEXT_BYTES
+        share = max(share, need / (MEMORY_FRACTION * gpu.total_bytes))
+    # Ray accepts fractions of a GPU to 4 decimals; round up so the share is never short.
+    return cpus_per_trial, min(1.0, math.ceil(max(share, 1e-4) * 1e4) / 1e4)
+
+
+# ============================================================================ the Ray loop
+
+
+def execute_packs(
+    spec, trials: list[TrialConfig], layout, report, progress: bool, out, *, device: str,
+    code_version: str,
+) -> None:  # fmt: skip
+    """Run `trials` as packs on the connected Ray instance; fills `report` like the
+    single-trial path of scheduler.runner._execute does."""
+    import ray
+    from tqdm import tqdm
+
+    from scheduler.pack_tasks import execute_pack, measure_packs
+
+    r = spec.resources
+    max_node_cpus = max(
+        (n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1
+    )
+    gpu: GpuFacts | None = None
+    if device != "cpu":
+        if not ray.cluster_resources().get("GPU"):
+            raise RuntimeError(
+                f"resources.device is {device!r} but the Ray cluster has no GPU "
+                f"({ray.cluster_resources()}); set resources.device: cpu or connect to a GPU "
+                "cluster (--address)"
+            )
+        one_per_shape = [g[0].model_dump_json() for g in group_by_shape(trials).values()]
+        probe = ray.remote(measure_packs).options(num_cpus=r.cpus_per_trial, num_gpus=1)
+        facts = ray.get(probe.remote(one_per_shape, "cuda", spec.data_dir))
+        gpu = GpuFacts(
+            facts["free_bytes"], facts["total_bytes"], facts["data_bytes"],
+            {k: tuple(v) for k, v in facts["members"].items()}, facts.get("device_name", ""),
+        )  # fmt: skip
+        print(
+            f"GPU {gpu.device_name}: {gpu.free_bytes / 2**30:.1f} GiB free; measured MiB per "
+            "pack member: " + ", ".join(f"{v[0] / 2**20:.0f}" for v in gpu.members.values()),
+            file=out,
+        )
+    packs = plan_packs(trials, device, r.max_pack_size, gpu)
+    print(
+        f"{len(trials)} trials in {len(packs)} packs (sizes "
+        f"{', '.join(str(len(p)) for p in packs)})",
+        file=out,
+    )
+    pending: dict[Any, Pack] = {}
+    tries: dict[str, int] = {}
+    faults = {k: v for k, v in os.environ.items() if k.startswith("BATCHLAB_FAULT_")}
+
+    def submit(p: Pack) -> None:
+        for t in p.trials:
+            tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
+        cpus, gpus = pack_resources(
+            p, r.cpus_per_trial, r.gpus_per_trial, device, gpu, max_node_cpus
+        )
+        opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": r.max_retries,
+                                "retry_exceptions": False}  # fmt: skip
+        if faults:  # fault-injection tests: reach the worker processes of this run only
+            opts["runtime_env"] = {"env_vars": faults}
+        remote = ray.remote(_ray_pack).options(**opts)
+        ref = remote.remote(
+            execute_pack, [t.model_dump_json() for t in p.trials], spec.experiment, layout.root,
+            pack_id=p.pack_id, code_version=code_version, device=device,
+            resume=r.resume_checkpoints, num_threads=max(1, int(cpus)), data_dir=spec.data_dir,
+        )  # fmt: skip
+        pending[ref] = p
+
+    for p in packs:
+        submit(p)
+    counts = {"completed": 0, "diverged": 0, "failed": 0}
+    bar = tqdm(total=len(trials), unit="trial", disable=not progress, file=out, dynamic_ncols=True)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                p = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # the task failed: worker died too often, storage error
+                    res = {"members": [_failed(t, exc, p) for t in p.trials], "oom": []}
+                by_id = {t.trial_id: t for t in p.trials}
+                retry = []
+                for rec in res["members"]:
+                    if rec["status"] == "failed" and tries[rec["trial_id"]] <= r.retry_failed:
+                        retry.append(by_id[rec["trial_id"]])
+                        continue
+                    counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+                    report.results.append(rec)
+                    bar.update(1)
+                if retry:
+                    submit(Pack(tuple(retry)))
+                if res["oom"]:
+                    left = Pack(tuple(TrialConfig.model_validate_json(j) for j in res["oom"]))
+                    if len(left) > 1:
+                        print(f"pack {p.pack_id}: CUDA out of memory, re-queued as two packs of "
+                              f"{len(left.halves()[0])} and {len(left.halves()[1])}", file=out)  # fmt: skip
+                        for half in left.halves():
+                            for t in half.trials:
+                                tries[t.trial_id] -= 1  # a split is not a retry
+                            submit(half)
+                    else:
+                        t = left.trials[0]
+                        rec = _failed(t, "CUDA out of memory with a single trial in the pack", p)
+                        counts["failed"] += 1
+                        report.results.append(rec)
+                        bar.update(1)
+            bar.set_postfix(
+                done=counts["completed"], packs_running=len(pending), failed=counts["failed"],
+                diverged=counts["diverged"], refresh=False,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        report.cancelled = True
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        print(
+            "\ncancelled: running packs were stopped; finished members are stored. "
+            "Run the same command again to resume.",
+            file=out,
+        )
+    finally:
+        bar.close()
+        report.counts = counts
+
+
+def _failed(t: TrialConfig, exc: BaseException | str, p: Pack) -> dict[str, Any]:
+    if isinstance(exc, BaseException):
+        lines = str(exc).strip().splitlines()
+        exc = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+    return {"trial_id": t.trial_id, "status": "failed", "error": exc, "pack_id": p.pack_id}
+
+
+def _ray_pack(fn, *args, **kwargs):
+    """Runs in a Ray worker: adds the node id and Ray version to the provenance."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return fn(*args, node_id=ctx.get_node_id(), ray_version=ray.__version__, **kwargs)

@@ -1,0 +1,164 @@
+"""Trial packs in the scheduler: grouping by shape, sizing, splitting, and a packed grid end
+to end on local Ray (spec -> packs -> workers -> Parquet -> DuckDB)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.packing import (
+    CPU_MAX_PACK,
+    GPU_MAX_PACK,
+    GpuFacts,
+    Pack,
+    chunk,
+    group_by_shape,
+    pack_resources,
+    pack_size,
+    plan_packs,
+)
+from scheduler.runner import run_grid
+from scheduler.spec import SpecError, parse_spec
+from warehouse.db import connect
+
+GRID = {
+    "experiment": "packed",
+    "dataset": {"name": "mnist1d", "n_train": 600},
+    "model": {"name": "mlp", "hidden": [16]},
+    "max_epochs": 2,
+    "measure": {"checkpoints": False},
+    "grid": {"batch_size": [64, 128], "lr": [0.05, 0.1], "seed": [0, 1]},
+    "resources": {"cpus_per_trial": 1, "pack": True, "max_pack_size": 4},
+}
+
+
+def _trials(**grid):
+    return parse_spec({**GRID, "grid": {**GRID["grid"], **grid}}).trials()
+
+
+def test_groups_follow_the_shape_key():
+    trials = _trials(momentum=[0.0, 0.9], batchnorm=[False, True])
+    groups = group_by_shape(trials)
+    # batch size and batchnorm change shapes; lr, seed and momentum do not.
+    assert len(groups) == 4
+    for members in groups.values():
+        assert len(members) == 8
+        assert len({(t.batch_size, t.model.batchnorm) for t in members}) == 1
+    # The optimizer's name is part of the key (Adam keeps two state tensors, SGD one).
+    adam = parse_spec({**GRID, "optimizer": "adam"}).trials()
+    assert not set(group_by_shape(adam)) & set(group_by_shape(_trials()))
+
+
+def test_chunks_are_equal_and_cover_the_group():
+    trials = _trials(lr=[0.01 * (i + 1) for i in range(25)], batch_size=[64])  # 50 trials
+    packs = chunk(trials, 16)
+    assert [len(p) for p in packs] == [13, 13, 12, 12]
+    assert [t.trial_id for p in packs for t in p.trials] == [t.trial_id for t in trials]
+    assert len({p.pack_id for p in packs}) == 4
+    with pytest.raises(ValueError, match="max_size"):
+        chunk(trials, 0)
+
+
+def test_halves_and_pack_ids():
+    p = Pack(tuple(_trials(batch_size=[64])))
+    a, b = p.halves()
+    ids = [t.trial_id for t in p.trials]
+    assert (len(a), len(b)) == (2, 2) and [t.trial_id for t in a.trials + b.trials] == ids
+    assert len({p.pack_id, a.pack_id, b.pack_id}) == 3
+    assert Pack(tuple(reversed(p.trials))).pack_id == p.pack_id  # order does not matter
+    with pytest.raises(ValueError, match="cannot be split"):
+        Pack(a.trials[:1]).halves()
+
+
+def test_pack_size_from_measured_memory_and_caps():
+    trials = _trials(lr=[0.01 * (i + 1) for i in range(50)], batch_size=[64])  # 100 trials
+    assert pack_size(trials, "cpu", None, None) == CPU_MAX_PACK
+    assert pack_size(trials, "cuda", None, None) == GPU_MAX_PACK
+    assert pack_size(trials, "cpu", 3, None) == 3
+    assert pack_size(trials[:5], "cuda", None, None) == 5
+    gib = 2**30
+    key, dataset = trials[0].shape_key(), trials[0].dataset.model_dump_json()
+    gpu = GpuFacts(free_bytes=10 * gib, total_bytes=16 * gib, data_bytes={dataset: gib},
+                   members={key: (gib // 4, gib // 2)})  # fmt: skip
+    # 0.85 * 10 GiB - 1 GiB data - 0.5 GiB fixed - ~0.6 GiB context = 6.4 GiB -> 25 members
+    assert pack_size(trials, "cuda", None, gpu) == 25
+    assert pack_size(trials, "cuda", 10, gpu) == 10
+    # A pack asks Ray for the larger of its per-trial share and its memory share, <= 1 GPU.
+    p10 = Pack(tuple(trials[:10]))
+    assert pack_resources(p10, 1.0, 0.01, "cuda", None, 16)[1] == pytest.approx(0.1)
+    cpus, gpus = pack_resources(p10, 1.0, 0.01, "cuda", gpu, 16)
+    assert cpus == 1.0 and 0.3 < gpus < 0.4  # (1 + 0.5 + 2.5 GiB + context) / (0.85 * 16)
+    assert pack_resources(Pack(tuple(trials[:64])), 1.0, 0.1, "cuda", gpu, 16)[1] == 1.0
+    # On CPU a pack's threads are its members' CPUs, at most one node's.
+    assert pack_resources(Pack(tuple(trials[:4])), 1.0, 0.0, "cpu", None, 2) == (2, 0.0)
+    plan = plan_packs(_trials(), "cpu", 2, None)
+    assert [len(p) for p in plan] == [2, 2, 2, 2] and plan[0].trials[0].batch_size == 64
+
+
+def test_pack_settings_are_validated():
+    with pytest.raises(SpecError, match="max_pack_size"):
+        parse_spec({**GRID, "resources": {"pack": True, "max_pack_size": 0}})
+    with pytest.raises(SpecError, match="pack_size"):  # unknown key, with a hint
+        parse_spec({**GRID, "resources": {"pack": True, "pack_size": 4}})
+
+
+@pytest.mark.slow
+def test_packed_grid_end_to_end(ray_local, storage):
+    """8 trials in 2 packs of 4 through run_grid: exactly one committed row set per trial,
+    pack_id / pack_size set, the same rows a lone trial writes; a re-run skips them all."""
+    spec = parse_spec(GRID)
+    report = run_grid(spec, storage, progress=False)
+    assert report.counts == {"completed": 8, "diverged": 0, "failed": 0}, report.results
+    con = connect(storage)
+    rows = con.execute(
+        "SELECT trial_id, pack_id, pack_size, epochs_run, status, batch_size FROM trials"
+    ).fetchall()
+    assert len(rows) == 8 and len({r[0] for r in rows}) == 8
+    assert all(r[2] == 4 and r[3] == 2 and r[4] == "completed" for r in rows)
+    by_pack = {}
+    for r in rows:
+        by_pack.setdefault(r[1], set()).add(r[5])
+    assert len(by_pack) == 2 and all(len(bs) == 1 for bs in by_pack.values())
+    # One epoch row per trial and epoch, one step row per step, layers for each parameter.
+    assert con.execute("SELECT count(*) FROM epochs").fetchone()[0] == 16
+    n_steps = con.execute("SELECT sum(steps_run) FROM trials").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM steps").fetchone()[0] == n_steps
+    assert con.execute("SELECT count(DISTINCT trial_id) FROM layers").fetchone()[0] == 8
+    again = run_grid(spec, storage, progress=False)
+    assert again.planned == 0 and again.skipped == 8
+
+
+@pytest.mark.slow
+def test_out_of_memory_splits_the_pack(ray_local, storage, monkeypatch):
+    """A pack that runs out of GPU memory comes back as two halves (injected OOM for packs
+    of more than 2 members: 4 -> 2 + 2), every trial still written once."""
+    monkeypatch.setenv("BATCHLAB_FAULT_PACK_OOM_ABOVE", "2")
+    spec = parse_spec({**GRID, "experiment": "oom", "grid": {**GRID["grid"], "batch_size": [64]}})
+    report = run_grid(spec, storage, progress=False)
+    assert report.counts["completed"] == 4, report.results
+    rows = connect(storage).execute("SELECT pack_id, pack_size FROM trials").fetchall()
+    assert len(rows) == 4 and {r[1] for r in rows} == {2} and len({r[0] for r in rows}) == 2
+
+
+@pytest.mark.slow
+def test_killed_pack_resumes_from_its_members_checkpoints(ray_local, storage, monkeypatch):
+    """SIGKILL of a pack's worker at the end of epoch 2: Ray re-runs the task, the members
+    resume from their epoch-1 checkpoints, and end where an uninterrupted pack ends."""
+    from workers.data import load_dataset
+    from workers.pack import run_pack
+
+    grid = {**GRID, "experiment": "killed", "max_epochs": 3,
+            "grid": {"batch_size": [64], "lr": [0.05, 0.1], "seed": [0]}}  # fmt: skip
+    spec = parse_spec(grid)
+    trials = spec.trials()
+    reference = run_pack(trials, data=load_dataset(trials[0].dataset))
+    monkeypatch.setenv("BATCHLAB_FAULT_KILL_AT_EPOCH", "2")
+    report = run_grid(spec, storage, progress=False)
+    assert report.counts["completed"] == 2, report.results
+    con = connect(storage)
+    q = "SELECT trial_id, attempt, resumed_from_epoch, final_val_loss FROM trials"
+    rows = {r[0]: r[1:] for r in con.execute(q).fetchall()}
+    for ref in reference:
+        attempt, resumed, final_val_loss = rows[ref.trial_id]
+        assert (attempt, resumed) == (2, 1)
+        assert final_val_loss == pytest.approx(ref.summary["final_val_loss"], rel=1e-6)
+    assert con.execute("SELECT count(*) FROM epochs").fetchone()[0] == 6
