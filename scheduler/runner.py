@@ -56,6 +56,7 @@ class RunReport:
     wall_time_s: float = 0.0
     results: list[dict[str, Any]] = field(default_factory=list)
     cancelled: bool = False
+    analyses: dict[str, int] = field(default_factory=dict)
 
 
 def plan(spec: GridSpec, layout: Layout) -> Plan:
@@ -158,6 +159,15 @@ def run_grid(
             spec, layout, address=address, storage_shared=storage_shared, out=out
         )
         _execute(spec, p.to_run, layout, report, progress, out)
+    if spec.analyses and not report.cancelled:
+        # A barrier: every trial of this run has ended (committed or failed) before any
+        # analysis starts, so an analysis always reads its inputs' final checkpoints.
+        from scheduler.analyses import run_analyses
+
+        init_ray(address, num_cpus)
+        report.analyses = run_analyses(
+            spec, layout, code_version=code_version(), device=_device_for(spec), out=out
+        )
     report.wall_time_s = time.perf_counter() - t0
     write_duckdb_file(layout)
     write_run_record(

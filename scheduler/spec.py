@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import reprlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +31,7 @@ from pydantic import (
     field_validator,
 )
 
+from scheduler.analyses import AnalysisSpec
 from workers.config import (
     DatasetConfig,
     EarlyStoppingConfig,
@@ -72,7 +74,8 @@ class GridAxes(_Strict):
     lr: list[PositiveFloat] = Field(default_factory=lambda: [0.01])
     lr_scaling: list[Literal["none", "linear", "sqrt"]] = Field(default_factory=lambda: ["none"])
     warmup_epochs: list[NonNegativeFloat] = Field(default_factory=lambda: [0.0])
-    seed: list[int] = Field(default_factory=lambda: [0])
+    # Non-negative and 32-bit: larger seeds overflow torch's generator seeding at run time.
+    seed: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default_factory=lambda: [0])
     momentum: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = None
     weight_decay: list[NonNegativeFloat] | None = None
     batchnorm: list[bool] | None = None
@@ -150,6 +153,8 @@ class GridSpec(_Strict):
     # Directory with official data set files (mnist, fashion-mnist, cifar10); relative
     # paths are resolved against the grid file's folder. Not part of trial identity.
     data_dir: str | None = None
+    # Loss-landscape analyses run after the trials they need (scheduler/analyses.py).
+    analyses: list[AnalysisSpec] = Field(default_factory=list)
 
     @field_validator("experiment")
     @classmethod
@@ -174,7 +179,8 @@ class GridSpec(_Strict):
     def base_config(self) -> dict[str, Any]:
         """The TrialConfig fields shared by every trial, as plain data."""
         d = self.model_dump(
-            mode="json", exclude={"experiment", "description", "grid", "resources", "data_dir"}
+            mode="json",
+            exclude={"experiment", "description", "grid", "resources", "data_dir", "analyses"},
         )
         return d
 
@@ -246,6 +252,10 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 80
+
+
 def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
     out = []
     for err in exc.errors():
@@ -273,7 +283,9 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
             out.append(f"{path}: required key is missing")
             continue
         text = err["msg"].removeprefix("Value error, ")
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        # reprlib: bounded depth and length (a value nested thousands deep, or a YAML alias
+        # bomb, must not blow the recursion limit or the memory while printing it).
+        shown = _SHOW.repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
         out.append(f"{path}: {shown} is not allowed: {text}")
@@ -309,6 +321,9 @@ def load_spec(path: str | Path) -> GridSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([f"malformed YAML{where}: {problem}"], str(p)) from None
+    except RecursionError:
+        problem = "nesting too deep: lists or mappings nested thousands of levels"
+        raise SpecError([problem], str(p)) from None
     except UnicodeDecodeError as exc:
         raise SpecError([f"not a UTF-8 text file ({exc.reason})"], str(p)) from None
     spec = parse_spec(data, str(p))

@@ -14,6 +14,10 @@ from typing import Any
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
+# Every file records the schema version it was written with (Parquet key-value metadata),
+# so `warehouse.check` can tell a file from a newer batchlab apart.
+SCHEMA_VERSION_KEY = "batchlab.schema_version"
+_META = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)}
 
 f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 ts = pa.timestamp("us", tz="UTC")
@@ -83,7 +87,8 @@ TRIALS = pa.schema(
         pa.field("started_at", ts),
         pa.field("finished_at", ts),
         pa.field("schema_version", i64),
-    ]
+    ],
+    metadata=_META,
 )
 
 EPOCHS = pa.schema(
@@ -113,7 +118,8 @@ EPOCHS = pa.schema(
         pa.field("epoch_time_s", f64),  # training steps of this epoch, synchronized
         pa.field("elapsed_s", f64),  # cumulative training time
         pa.field("examples_per_s", f64),
-    ]
+    ],
+    metadata=_META,
 )
 
 STEPS = pa.schema(
@@ -125,7 +131,8 @@ STEPS = pa.schema(
         pa.field("update_norm", f64),  # ||theta_{t+1} - theta_t||
         pa.field("grad_norm", f64),  # mini-batch gradient norm before clipping
         pa.field("batch_loss", f64),
-    ]
+    ],
+    metadata=_META,
 )
 
 LAYERS = pa.schema(
@@ -137,7 +144,8 @@ LAYERS = pa.schema(
         pa.field("dist_from_init", f64),
         pa.field("rel_dist_from_init", f64),  # / ||theta_0^l||
         pa.field("param_norm", f64),
-    ]
+    ],
+    metadata=_META,
 )
 
 PROBES = pa.schema(
@@ -150,7 +158,8 @@ PROBES = pa.schema(
         pa.field("seconds", f64),
         pa.field("n_examples", i64),
         pa.field("settings_json", s),  # eps, solver, iterations, seed, subset, ...
-    ]
+    ],
+    metadata=_META,
 )
 
 LANDSCAPES = pa.schema(
@@ -166,7 +175,8 @@ LANDSCAPES = pa.schema(
         pa.field("loss", f64),
         pa.field("acc", f64),
         pa.field("code_version", s),
-    ]
+    ],
+    metadata=_META,
 )
 
 ANALYSES = pa.schema(
@@ -184,7 +194,9 @@ ANALYSES = pa.schema(
         pa.field("code_version", s),
         pa.field("finished_at", ts),
         pa.field("schema_version", i64),
-    ]
+        pa.field("started_at", ts),  # when the analysis task started (NULL in older files)
+    ],
+    metadata=_META,
 )
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -198,6 +210,18 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 # Tables whose rows belong to one trial: visible only once the trial's `trials` row exists.
 TRIAL_TABLES = ("epochs", "steps", "layers", "probes")
+# The column that names a file's rows: a per-trial file `<key>.parquet` holds only rows with
+# this column equal to `<key>` (trial files: the trial id; analyses: the analysis id). Readers
+# and compaction use it to let a per-trial file take precedence over compacted rows.
+KEY_COLUMN: dict[str, str] = {
+    "trials": "trial_id",
+    "epochs": "trial_id",
+    "steps": "trial_id",
+    "layers": "trial_id",
+    "probes": "trial_id",
+    "landscapes": "analysis_id",
+    "analyses": "analysis_id",
+}
 
 
 def to_table(name: str, rows: Iterable[Mapping[str, Any]], **constants: Any) -> pa.Table:
