@@ -3,6 +3,8 @@
     batchlab run GRID.yaml [--storage ROOT] [--address ADDR] [--dry-run]
     batchlab demo                      the built-in quick grid (MNIST-1D, CPU, minutes)
     batchlab sql "SELECT ..."          ad-hoc SQL over the warehouse (or the query on stdin)
+    batchlab compact [--experiment E]  merge per-trial files into few large Parquet files
+    batchlab check [--quarantine]      corrupt files and integrity problems
     batchlab app [--storage ROOT]      the Streamlit explorer (binds 127.0.0.1)
 
 Heavy imports (torch, Ray, Streamlit) happen inside the commands that need them.
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="validate and plan only; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--storage-shared",
+        action="store_true",
+        default=None,
+        help="declare a local-path storage root shared by every node (NFS); see docs/cluster.md",
+    )
 
     p = sub.add_parser("demo", help="run the built-in quick grid on CPU and summarize it")
     _storage_arg(p)
@@ -55,6 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="stop the query after this long")
+
+    p = sub.add_parser("compact", help="merge per-trial files into few large Parquet files")
+    _storage_arg(p)
+    p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+
+    p = sub.add_parser("check", help="find corrupt files and integrity problems")
+    _storage_arg(p)
+    p.add_argument(
+        "--quarantine", action="store_true", help="move corrupt files to <root>/quarantine/"
+    )
+    p.add_argument("--deep", action="store_true", help="also read every file in full")
+
+    p = sub.add_parser("report", help="write the Findings page as a Markdown report")
+    _storage_arg(p)
+    p.add_argument(
+        "--experiment", action="append", default=[], help="only these experiments (repeatable)"
+    )
+    p.add_argument("--output", default=None, help="file to write (default: print to stdout)")
 
     p = sub.add_parser("app", help="open the Streamlit explorer")
     _storage_arg(p)
@@ -86,10 +113,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scheduler.spec import load_spec
 
     spec = load_spec(args.grid)
-    return _run(spec, args.storage, args.address, args.num_cpus, args.dry_run, not args.no_progress)
+    return _run(
+        spec,
+        args.storage,
+        args.address,
+        args.num_cpus,
+        args.dry_run,
+        not args.no_progress,
+        args.storage_shared,
+    )
 
 
-def _run(spec, storage, address, num_cpus, dry_run: bool, progress: bool) -> int:
+def _run(
+    spec,
+    storage,
+    address,
+    num_cpus,
+    dry_run: bool,
+    progress: bool,
+    storage_shared: bool | None = None,
+) -> int:
     from scheduler.runner import plan, run_grid
     from warehouse.layout import Layout
 
@@ -104,7 +147,14 @@ def _run(spec, storage, address, num_cpus, dry_run: bool, progress: bool) -> int
         if len(p.to_run) > 20:
             print(f"  ... and {len(p.to_run) - 20} more")
         return 0
-    report = run_grid(spec, layout.root, address=address, num_cpus=num_cpus, progress=progress)
+    report = run_grid(
+        spec,
+        layout.root,
+        address=address,
+        num_cpus=num_cpus,
+        progress=progress,
+        storage_shared=storage_shared,
+    )
     c = report.counts
     print(
         f"done in {report.wall_time_s:.1f} s: {c.get('completed', 0)} completed, "
@@ -154,7 +204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from warehouse.db import connect
+    from warehouse.sql import run_readonly
 
     query = args.query
     if query in (None, "-"):
@@ -162,17 +212,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if not query.strip():
         print("error: no SQL given (pass it as an argument or on stdin)", file=sys.stderr)
         return 2
-    con = connect(args.storage)
-    import duckdb
-
-    try:
-        rel = con.sql(query)
-    except duckdb.Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if rel is None:
-        return 0
-    df = rel.fetchdf()
+    # Read-only and locked down (warehouse/sql.py): SELECTs over the views, nothing else.
+    df = run_readonly(args.storage, query, timeout_s=args.timeout_s, max_rows=1_000_000)
+    if df.attrs.get("truncated"):
+        print(f"note: only the first {len(df)} rows were fetched", file=sys.stderr)
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -186,6 +229,27 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if len(df) > args.max_rows:
             print(f"... {len(df)} rows ({args.max_rows} shown; --max-rows to see more)")
     return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from warehouse.compact import compact
+
+    report = compact(args.storage, experiment=args.experiment)
+    print(report.summary())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from warehouse.check import check_warehouse, quarantine_corrupt
+
+    if args.quarantine:
+        for c in quarantine_corrupt(args.storage, deep=args.deep):
+            print(f"quarantined {c.path} -> {c.moved_to}: {c.reason}")
+    problems = check_warehouse(args.storage, deep=args.deep)
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problems" if problems else "no problems found")
+    return 1 if problems else 0
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -210,7 +274,28 @@ def cmd_app(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
-_COMMANDS = {"run": cmd_run, "demo": cmd_demo, "sql": cmd_sql, "app": cmd_app}
+def cmd_report(args: argparse.Namespace) -> int:
+    from warehouse.queries import Filters
+    from warehouse.report import render_report
+
+    text = render_report(args.storage, Filters(experiment=tuple(args.experiment)))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+_COMMANDS = {
+    "report": cmd_report,
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "sql": cmd_sql,
+    "compact": cmd_compact,
+    "check": cmd_check,
+    "app": cmd_app,
+}
 
 
 if __name__ == "__main__":
