@@ -1,8 +1,16 @@
-"""Chart builders: data in, Altair chart out (tested on their Vega-Lite specs)."""
+"""Chart builders: data in, Altair chart out (tested on their Vega-Lite specs).
+
+Conventions: batch size on a log2 axis, colour = batch size (viridis) where batch size is
+not the x axis, colour = `series` (the varying settings: lr rule, lr, model...) where it
+is; every band or error bar is +-1 std over seeds; axis titles carry the unit.
+"""
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
+import numpy as np
 import pandas as pd
 
 X_AXES = {
@@ -11,25 +19,310 @@ X_AXES = {
     "examples seen": ("examples_seen", "examples seen"),
     "wall time": ("elapsed_s", "training time (s)"),
 }
+BS_COLOR = alt.Color("batch_size:O", title="batch size", scale=alt.Scale(scheme="viridis"))
+# Settings' names are long; the legend shows them whole up to this width (pixels).
+SERIES_LEGEND = alt.Legend(labelLimit=260)
+BS_X = alt.X(
+    "batch_size:Q", title="batch size (examples, log2)", scale=alt.Scale(type="log", base=2)
+)
+
+
+def _with_band(df: pd.DataFrame, y: str) -> pd.DataFrame:
+    std = df[f"{y}_std"].fillna(0.0) if f"{y}_std" in df else 0.0
+    return df.assign(lo=df[f"{y}_mean"] - std, hi=df[f"{y}_mean"] + std)
+
+
+def _series(df: pd.DataFrame) -> pd.DataFrame:
+    return df if "series" in df else df.assign(series="all")
 
 
 def curve_chart(
     df: pd.DataFrame, y: str, x: str = "epoch", y_title: str | None = None
-) -> alt.Chart:
-    """Mean curve per batch size with a +-1 std band over seeds."""
+) -> alt.LayerChart:
+    """Mean curve per batch size (and setting) with a +-1 std band over seeds."""
     xcol, xtitle = X_AXES[x]
-    data = df.assign(
-        lo=df[f"{y}_mean"] - df[f"{y}_std"].fillna(0.0),
-        hi=df[f"{y}_mean"] + df[f"{y}_std"].fillna(0.0),
-        series=df["batch_size"].astype(str),
-    )
-    color = alt.Color("batch_size:O", title="batch size", scale=alt.Scale(scheme="viridis"))
-    base = alt.Chart(data).encode(x=alt.X(f"{xcol}:Q", title=xtitle), color=color)
+    data = _series(_with_band(df, y))
+    base = alt.Chart(data).encode(x=alt.X(f"{xcol}:Q", title=xtitle), color=BS_COLOR)
     line = base.mark_line().encode(
         y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=alt.Scale(zero=False)),
-        tooltip=["batch_size", "lr", "lr_scaling", "epoch", f"{y}_mean", "n_seeds"],
-        detail="lr_scaling:N",
-        strokeDash=alt.StrokeDash("lr_scaling:N", title="lr rule"),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        detail="series:N",
+        tooltip=["batch_size", "series", "epoch", f"{y}_mean", f"{y}_std", "n_seeds"],
     )
-    band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q", detail="lr_scaling:N")
+    band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q", detail="series:N")
     return (band + line).properties(height=320)
+
+
+def batch_chart(
+    df: pd.DataFrame, y: str, y_title: str, *, log_y: bool = False, zero: bool = False
+) -> alt.LayerChart:
+    """A statistic's seed mean vs batch size, one line per setting, +-1 std error bars."""
+    data = _series(_with_band(df, y))
+    scale = alt.Scale(type="log") if log_y else alt.Scale(zero=zero)
+    color = alt.Color("series:N", title="setting", legend=SERIES_LEGEND)
+    base = alt.Chart(data).encode(x=BS_X, color=color)
+    line = base.mark_line(point=True).encode(
+        y=alt.Y(f"{y}_mean:Q", title=y_title, scale=scale),
+        tooltip=["series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds"],
+    )
+    bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
+    return (bars + line).properties(height=300)
+
+
+def layer_chart(df: pd.DataFrame, y: str = "dist_from_init", y_title: str = "") -> alt.LayerChart:
+    """Per-layer distance from init vs batch size: colour = layer, dash = setting."""
+    data = _series(_with_band(df, y))
+    base = alt.Chart(data).encode(x=BS_X, color=alt.Color("layer:N", title="layer"))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=alt.Scale(type="log")),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        detail="series:N",
+        tooltip=["layer", "numel", "series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds"],
+    )
+    bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="series:N")
+    return (bars + line).properties(height=320)
+
+
+def ratio_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """F-8: smallest/largest batch epoch-distance ratio over epochs, +-1 std (seed pairs)."""
+    data = _series(df).assign(
+        lo=df["ratio_seed_mean"] - df["ratio_seed_std"].fillna(0.0),
+        hi=df["ratio_seed_mean"] + df["ratio_seed_std"].fillna(0.0),
+        pair=df["small_batch_size"].astype(str) + " / " + df["large_batch_size"].astype(str),
+    )
+    base = alt.Chart(data).encode(
+        x=alt.X("epoch:Q", title="epoch"),
+        color=alt.Color("series:N", title="setting", legend=SERIES_LEGEND),
+    )
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("ratio:Q", title="epoch distance, small / large batch (ratio)"),
+        tooltip=["series", "pair", "epoch", "ratio", "ratio_seed_std", "n_pairs"],
+    )
+    band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q")
+    return (band + line).properties(height=300)
+
+
+def update_norm_chart(hist: pd.DataFrame, quantiles: pd.DataFrame) -> alt.LayerChart:
+    """F-9: distribution of per-step update norms per batch size (fraction of steps per
+    log-spaced bin), with a vertical rule at each batch size's median."""
+    h = _series(hist).assign(center=np.sqrt(hist["bin_lo"] * hist["bin_hi"]))
+    x = alt.X(
+        "center:Q",
+        title="update norm ||theta_(t+1) - theta_t|| (log)",
+        scale=alt.Scale(type="log"),
+    )
+    lines = (
+        alt.Chart(h)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=x,
+            y=alt.Y("fraction:Q", title="fraction of steps"),
+            color=BS_COLOR,
+            detail="series:N",
+            tooltip=["batch_size", "series", "bin_lo", "bin_hi", "n_steps", "fraction"],
+        )
+    )
+    med = (
+        alt.Chart(_series(quantiles))
+        .mark_rule(strokeDash=[4, 3])
+        .encode(
+            x=alt.X("update_norm_median_mean:Q"),
+            color=BS_COLOR,
+            tooltip=["batch_size", "series", "update_norm_median_mean", "n_steps", "n_seeds"],
+        )
+    )
+    return (lines + med).properties(height=320)
+
+
+def workers_chart(df: pd.DataFrame) -> alt.Chart:
+    """F-6: time per epoch vs batch size, one line per data-parallel worker count."""
+    data = _series(_with_band(df, "epoch_time_s"))
+    base = alt.Chart(data).encode(
+        x=BS_X, color=alt.Color("workers:O", title="workers (GPUs)"), detail="series:N"
+    )
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("epoch_time_s_mean:Q", title="time per epoch (s)"),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        tooltip=["series", "workers", "batch_size", "epoch_time_s_mean", "speedup", "n_seeds"],
+    )
+    return (base.mark_rule().encode(y="lo:Q", y2="hi:Q") + line).properties(height=300)
+
+
+def critical_batch_chart(steps: pd.DataFrame, fit: pd.DataFrame) -> alt.LayerChart:
+    """Measured steps to target vs batch size (each batch size's best lr), the fitted
+    S = S_min + E_min / B, and rules at B_crit and the measured noise scale B_simple."""
+    pts = _series(_with_band(steps, "steps_to_target"))
+    x = alt.X(
+        "batch_size:Q", title="batch size (examples, log2)", scale=alt.Scale(type="log", base=2)
+    )
+    y = alt.Y(
+        "steps:Q", title="steps to target (optimizer steps, log)", scale=alt.Scale(type="log")
+    )
+    color = alt.Color("series:N", title="setting", legend=SERIES_LEGEND)
+    measured = (
+        alt.Chart(pts.assign(steps=pts["steps_to_target_mean"]))
+        .mark_point(filled=True, size=60)
+        .encode(x=x, y=y, color=color, tooltip=["series", "batch_size", "steps", "n_reached"])
+    )
+    layers = [measured]
+    rows = []
+    for r in _series(fit).itertuples():
+        if not (r.fit_ok and r.s_min > 0 and r.e_min > 0):
+            continue
+        for b in np.geomspace(r.min_batch_size, r.max_batch_size, 40):
+            rows.append({"series": r.series, "batch_size": b, "steps": r.s_min + r.e_min / b})
+    if rows:
+        layers.append(
+            alt.Chart(pd.DataFrame(rows))
+            .mark_line(strokeDash=[6, 3])
+            .encode(x=x, y=y, color=color, detail="series:N")
+        )
+    marks = []
+    for r in _series(fit).itertuples():
+        if r.fit_ok and math.isfinite(r.b_crit):
+            marks.append({"series": r.series, "value": r.b_crit, "what": "B_crit (fit)"})
+        if r.b_simple_mean is not None and math.isfinite(r.b_simple_mean):
+            marks.append(
+                {"series": r.series, "value": r.b_simple_mean, "what": "B_simple (noise scale)"}
+            )
+    if marks:
+        layers.append(
+            alt.Chart(pd.DataFrame(marks))
+            .mark_rule()
+            .encode(
+                x=alt.X("value:Q"),
+                color=color,
+                strokeDash=alt.StrokeDash("what:N", title="batch size estimate"),
+                tooltip=["series", "what", "value"],
+            )
+        )
+    return alt.layer(*layers).properties(height=320)
+
+
+def interpolation_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """F-10: loss along theta(a) = a theta_large + (1 - a) theta_small, train and
+    validation, one line per interpolation; rules at a = 0 and a = 1."""
+    data = df.assign(
+        run=df["analysis_id"].astype(str),
+        ends=df["batch_size_a"].astype("Int64").astype(str)
+        + " -> "
+        + df["batch_size_b"].astype("Int64").astype(str),
+    )
+    line = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("alpha:Q", title="alpha (0 = small-batch minimizer, 1 = large-batch)"),
+            y=alt.Y("loss:Q", title="cross-entropy loss (nats, log)", scale=alt.Scale(type="log")),
+            color=alt.Color("split:N", title="split"),
+            detail="run:N",
+            tooltip=["run", "ends", "split", "alpha", "loss", "acc"],
+        )
+    )
+    rules = (
+        alt.Chart(pd.DataFrame({"alpha": [0.0, 1.0]}))
+        .mark_rule(color="gray", strokeDash=[2, 2])
+        .encode(x="alpha:Q")
+    )
+    return (rules + line).properties(height=340)
+
+
+def surface_chart(df: pd.DataFrame, levels: int = 10) -> alt.Chart:
+    """F-12: filled contours of a 2-D loss surface (log10 loss quantized into `levels`
+    bands, one colour scale for all panels), one panel per surface, side by side."""
+    data = df.assign(
+        log_loss=np.log10(df["loss"].clip(lower=1e-12)),
+        panel="bs "
+        + df["batch_size_a"].astype("Int64").astype(str)
+        + " ("
+        + df["analysis_id"].astype(str)
+        + ")",
+    )
+    return (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "alpha:O",
+                title="alpha (filter-normalized direction 1)",
+                axis=alt.Axis(format=".2f"),
+            ),
+            y=alt.Y(
+                "beta:O", title="beta (direction 2)", sort="descending", axis=alt.Axis(format=".2f")
+            ),
+            color=alt.Color(
+                "log_loss:Q",
+                title="log10 loss (nats)",
+                scale=alt.Scale(scheme="viridis"),
+                bin=alt.Bin(maxbins=levels),
+            ),
+            tooltip=["panel", "alpha", "beta", "loss", "acc"],
+        )
+        .properties(width=220, height=220)
+        .facet(column=alt.Column("panel:N", title=None))
+    )
+
+
+def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
+    """F-13, F-17, F-23: minimum validation loss for every lr x batch size (lower is
+    better, darker); a ring marks each batch size's best lr."""
+    data = _series(df).assign(label=df["min_val_loss_mean"].map(lambda v: f"{v:.3g}"))
+    x = alt.X("batch_size:O", title="batch size (examples)")
+    y = alt.Y("lr:O", title="lr (grid value, before scaling)", sort="descending")
+    rect = (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "min_val_loss_mean:Q",
+                title="min val loss (nats)",
+                scale=alt.Scale(scheme="viridis", reverse=True, zero=False),
+            ),
+            tooltip=[
+                "series",
+                "batch_size",
+                "lr",
+                "scaled_lr",
+                "min_val_loss_mean",
+                "min_val_loss_std",
+                "n_seeds",
+            ],
+        )
+    )
+    text = alt.Chart(data).mark_text(fontSize=11, color="white").encode(x=x, y=y, text="label:N")
+    best = (
+        alt.Chart(data[data["is_best_lr"]])
+        .mark_point(shape="circle", size=900, strokeWidth=2, color="red")
+        .encode(x=x, y=y)
+    )
+    return alt.layer(rect, text, best).properties(height=260)
+
+
+def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """F-17: minimum validation loss vs lr, one line per batch size, +-1 std bars; the
+    batch size's best lr is drawn as a large diamond."""
+    data = _series(_with_band(df, "min_val_loss"))
+    x = alt.X("lr:Q", title="lr (grid value, before scaling, log)", scale=alt.Scale(type="log"))
+    base = alt.Chart(data).encode(x=x, color=BS_COLOR)
+    line = base.mark_line(point=True).encode(
+        y=alt.Y(
+            "min_val_loss_mean:Q", title="min validation loss (nats)", scale=alt.Scale(zero=False)
+        ),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        detail="series:N",
+        tooltip=["series", "batch_size", "lr", "min_val_loss_mean", "min_val_loss_std", "n_seeds"],
+    )
+    bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="series:N")
+    best = (
+        alt.Chart(data[data["is_best_lr"]])
+        .mark_point(shape="diamond", size=220, filled=True)
+        .encode(
+            x=x,
+            y="min_val_loss_mean:Q",
+            color=BS_COLOR,
+            tooltip=["series", "batch_size", "lr", "min_val_loss_mean"],
+        )
+    )
+    return alt.layer(bars, line, best).properties(height=320)

@@ -1,4 +1,10 @@
-"""batchlab explorer: entrypoint. `batchlab app` runs `streamlit run app/main.py`."""
+"""batchlab explorer: entrypoint. `batchlab app` runs `streamlit run app/main.py`.
+
+Registers every page (`app.common.PAGES`, one file each under app/views/) and renders the
+shared sidebar filters before the page on every run. The folder is not named `pages/`: with
+a `pages/` folder next to the entrypoint Streamlit serves a page's URL by running that file
+alone, without this entrypoint (its legacy multipage mode), until st.navigation has run once.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st
 
-PAGES = Path(__file__).resolve().parent / "pages"
+from app.common import PAGES, clear_filters, has_data, set_filters, sidebar_filters
+
+HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="batchlab", layout="wide")
 nav = st.navigation(
     [
         st.Page(
-            str(PAGES / "overview.py"), title="Overview", icon=":material/table:", default=True
-        ),
-        st.Page(str(PAGES / "curves.py"), title="Curves", icon=":material/show_chart:"),
+            str(HERE / "views" / p.file),
+            title=p.title,
+            icon=p.icon,
+            url_path=p.url_path,
+            default=p.default,
+        )
+        for p in PAGES
     ]
 )
+if has_data():
+    set_filters(sidebar_filters(include_status=nav.url_path == "overview"))
+else:
+    clear_filters()
 nav.run()

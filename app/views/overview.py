@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.common import query, require_data, sidebar_filters
+from app.common import filters, query, require_data
 
 st.title("Experiments and trials")
 require_data()
-f = sidebar_filters(include_status=True)
+f = filters(include_status=True)
 
 exps = query("experiments")
 st.subheader("Experiments")
