@@ -276,8 +276,9 @@ def _multinode_main(cfg_path: str) -> None:
 
         def submit_job(**kwargs) -> str:
             # Right after start the head may answer "No available agent to submit job,
-            # please try again later" (its job agent registers a little later): retry.
-            end = time.monotonic() + 60
+            # please try again later" (its job agent registers a little later, up to minutes
+            # on a loaded 2-core machine): retry.
+            end = time.monotonic() + 180
             while True:
                 try:
                     return client.submit_job(**kwargs)
@@ -410,7 +411,7 @@ def multinode_run(tmp_path_factory, data_cache):
         start_new_session=True,
     )  # fmt: skip
     try:
-        log, _ = proc.communicate(timeout=240)
+        log, _ = proc.communicate(timeout=480)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # lets the harness shut its cluster down
         try:
