@@ -273,8 +273,12 @@ def _execute(
             )  # fmt: skip
     except KeyboardInterrupt:
         report.cancelled = True
+        # Not force=True: force-cancelling a task whose result is already on its way makes
+        # Ray 2.60's driver abort ("Tried to complete task that was not pending") before the
+        # run record is written (tests/reliability/test_driver_interrupts.py). A plain cancel
+        # interrupts the running trials; whatever is left dies with the driver's job.
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)
         print(
             "\ncancelled: running trials were stopped; nothing half-written is visible. "
             "Run the same command again to resume.",

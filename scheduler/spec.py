@@ -264,6 +264,8 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
             for p in err["loc"]
             if not (isinstance(p, str) and ("[" in p or p in ("function-after",)))
         )
+        if err["type"] == "extra_forbidden" and err["loc"] and loc[-1:] != err["loc"][-1:]:
+            loc = (*loc, err["loc"][-1])  # the user's key itself, even one that contains "["
         path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
         path = path.lstrip(".") or "(top level)"
         value = err.get("input")
@@ -292,6 +294,31 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return out
 
 
+def _huge_ints(data: Any, limit: int = 20) -> list[str]:
+    """Problems for integers outside the 64-bit range anywhere in `data` (the trial hash,
+    Parquet columns and torch all need int64). Iterative and visiting each list or mapping
+    once, so input nested thousands deep or a YAML alias bomb costs nothing."""
+    out: list[str] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack and len(out) < limit:
+        path, v = stack.pop()
+        if isinstance(v, Mapping | list | tuple):
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            items = v.items() if isinstance(v, Mapping) else enumerate(v)
+            for k, x in items:
+                if not isinstance(v, Mapping):
+                    sub = f"{path}[{k}]"
+                else:
+                    sub = f"{path}.{k}" if path else str(k)
+                stack.append((sub, x))
+        elif isinstance(v, int) and not -(2**63) <= v < 2**63:
+            out.append(f"{path}: {_SHOW.repr(v)} is not allowed: integers must fit in 64 bits")
+    return sorted(out)
+
+
 def parse_spec(data: Any, source: str = "grid") -> GridSpec:
     """Validate already-parsed YAML data into a GridSpec (raises SpecError)."""
     if not isinstance(data, Mapping):
@@ -302,6 +329,8 @@ def parse_spec(data: Any, source: str = "grid") -> GridSpec:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_problems(exc), source) from None
+    if huge := _huge_ints(data):
+        raise SpecError(huge, source)
     # Building every trial validates combinations (e.g. nesterov with adam) up front.
     first = next(spec.iter_trials(), None)
     if first is None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
+import traceback
 from typing import Any
 
+from scheduler import faults
 from warehouse.layout import Layout
 from warehouse.store import TrialCheckpoints, write_trial
 from workers.config import TrialConfig
-from workers.train import TrialResult, run_trial
+from workers.train import TrialResult, provenance, resolve_device, run_trial
 
 
 def trial_row(
@@ -87,6 +88,27 @@ def next_attempt(ckpt: TrialCheckpoints) -> int:
     return n
 
 
+def out_of_memory_result(cfg: TrialConfig, exc: BaseException, device: str) -> TrialResult:
+    """A lone trial that ran out of device memory: recorded as `failed` with stop reason
+    "out_of_memory" (the grid goes on; the next `batchlab run` tries it again, from its last
+    resume checkpoint). Packs are split instead (scheduler/packing.py)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the memory back before this worker takes another trial
+    lines = str(exc).strip().splitlines()
+    return TrialResult(
+        trial_id=cfg.trial_id,
+        config_hash=cfg.config_hash,
+        status="failed",
+        stop_reason="out_of_memory",
+        summary={**provenance(resolve_device(device))},
+        # The driver shows the last line: the reason, then the exception's first line.
+        error="".join(traceback.format_exception(exc))
+        + f"out of memory: {lines[0] if lines else type(exc).__name__}",
+    )
+
+
 def execute_trial(
     cfg_json: str,
     experiment: str,
@@ -110,19 +132,18 @@ def execute_trial(
     ckpt = TrialCheckpoints(layout, experiment, cfg.trial_id)
     attempt = next_attempt(ckpt)
     started = dt.datetime.now(dt.timezone.utc)
-    if os.environ.get("BATCHLAB_FAULT_KILL_AT_EPOCH"):
-        from scheduler.faults import kill_hook
-
-        on_epoch = kill_hook(cfg.trial_id, attempt)
-    else:
-        on_epoch = None
-    result = run_trial(
-        cfg,
-        device=device,
-        data_dir=data_dir,
-        checkpoints=ckpt if resume else None,
-        on_epoch=on_epoch,
-    )
+    try:
+        # Fault injection for the reliability tests: a no-op unless BATCHLAB_FAULT_* is set.
+        with faults.inject(cfg.trial_id, attempt) as on_epoch:
+            result = run_trial(
+                cfg,
+                device=device,
+                data_dir=data_dir,
+                checkpoints=ckpt if resume else None,
+                on_epoch=on_epoch,
+            )
+    except torch.cuda.OutOfMemoryError as exc:
+        result = out_of_memory_result(cfg, exc, device)
     row = trial_row(
         cfg, result, code_version=code_version, attempt=attempt, started_at=started,
         node_id=node_id, ray_version=ray_version,

@@ -47,9 +47,11 @@ def write_trial(
         path = layout.table_file(name, experiment, trial_id)
         if rows:
             layout.write_table(path, to_table(name, rows, **key))
-        elif layout.exists(path):
-            # A retry that produced fewer tables must not leave a previous attempt's rows.
-            layout.fs.delete_file(path)
+        elif layout.exists(path) or layout.exists(layout.compacted_marker(name, experiment)):
+            # A retry that produced fewer tables must not leave a previous attempt's rows,
+            # neither in its old file nor in a compacted part: an empty file (a tombstone)
+            # takes precedence over both, and the next compaction drops it.
+            layout.write_table(path, to_table(name, [], **key))
     row = {**trial_row, "experiment": experiment, "schema_version": SCHEMA_VERSION}
     layout.write_table(layout.table_file("trials", experiment, trial_id), to_table("trials", [row]))
 
@@ -65,16 +67,20 @@ def read_trial_rows(layout: Layout, experiment: str) -> list[dict[str, Any]]:
     """The committed `trials` rows of one experiment, straight from the files (no DuckDB),
     for the scheduler's skip logic. Unreadable files are ignored here (and quarantined by
     the warehouse checks)."""
+    files = layout.table_files("trials", experiment)
+    shadowed = {k for _, k in files.shadowed}
     out = []
-    for path in layout.list_files("trials", experiment):
-        data = layout.get_bytes(path)
+    for f in [*files.per_trial, *files.parts]:
+        data = layout.get_bytes(f.path)
         if data is None:
             continue
         try:
             t = pq.read_table(io.BytesIO(data), columns=["trial_id", "status", "config_hash"])
         except Exception:
             continue
-        out.extend(t.to_pylist())
+        rows = t.to_pylist()
+        # A per-trial file takes precedence over compacted rows of the same trial.
+        out.extend(r for r in rows if f.key or r["trial_id"] not in shadowed)
     return out
 
 

@@ -74,11 +74,7 @@ def test_batch_chart_log2_axis_and_error_bars(con):
     assert mark_type(bars) == "rule"
     series = {r["series"] for r in rows}
     assert "mlp, fixed lr" not in series and any("lr 0.08" in s for s in series)
-    a = [
-        r
-        for r in rows
-        if r["series"] == "mlp, none, lr 0.01, 1 worker" and r["batch_size"] == 64
-    ]
+    a = [r for r in rows if r["series"] == "mlp, none, lr 0.01, 1 worker" and r["batch_size"] == 64]
     assert a and a[0]["min_val_loss_mean"] == pytest.approx(0.35)
 
 

@@ -8,7 +8,13 @@ import statistics
 import pytest
 import torch
 
-from workers.config import EarlyStoppingConfig, MeasureConfig, ModelConfig, OptimizerConfig, TrialConfig
+from workers.config import (
+    EarlyStoppingConfig,
+    MeasureConfig,
+    ModelConfig,
+    OptimizerConfig,
+    TrialConfig,
+)
 from workers.data import load_dataset
 from workers.models import build_model
 from workers.train import lr_at, run_trial, steps_per_epoch
@@ -79,7 +85,14 @@ def test_architectures_match_the_sources():
 
 
 def test_lr_schedule_scaling_and_warmup(mnist1d):
-    c = cfg(batch_size=128, lr=0.01, lr_scaling="linear", base_batch_size=32, warmup_epochs=1.0, max_epochs=2)
+    c = cfg(
+        batch_size=128,
+        lr=0.01,
+        lr_scaling="linear",
+        base_batch_size=32,
+        warmup_epochs=1.0,
+        max_epochs=2,
+    )
     spe = steps_per_epoch(4000, 128)
     assert spe == 32
     assert c.scaled_lr == pytest.approx(0.04)
@@ -107,7 +120,9 @@ def test_distances_are_consistent_with_checkpoints(mnist1d):
         assert sum(d * d for d in per) == pytest.approx(e["dist_from_init"] ** 2, rel=1e-5)
     # The final distance equals ||final - init|| computed from the stored checkpoints.
     init, final = ck.load("init"), ck.load("final")
-    sq = sum(((final[k] - init[k]) ** 2).sum().item() for k in init if k.endswith(("weight", "bias")))
+    sq = sum(
+        ((final[k] - init[k]) ** 2).sum().item() for k in init if k.endswith(("weight", "bias"))
+    )
     assert math.sqrt(sq) == pytest.approx(r.epochs[-1]["dist_from_init"], rel=1e-5)
     # The first epoch's distance equals the epoch distance; an epoch distance never exceeds
     # the sum of that epoch's update norms (triangle inequality).
@@ -122,7 +137,10 @@ def test_distances_are_consistent_with_checkpoints(mnist1d):
 
 def test_large_batches_take_smaller_steps_and_stay_closer_to_init(mnist1d):
     """F-7 and F-9 at a fixed lr on MNIST-1D: directions, not numbers."""
-    runs = {b: run_trial(cfg(batch_size=b, lr=0.05, max_epochs=4, seed=0), data=mnist1d) for b in (32, 256)}
+    runs = {
+        b: run_trial(cfg(batch_size=b, lr=0.05, max_epochs=4, seed=0), data=mnist1d)
+        for b in (32, 256)
+    }
     med = {b: statistics.median(s["update_norm"] for s in r.steps) for b, r in runs.items()}
     dist = {b: r.epochs[-1]["dist_from_init"] for b, r in runs.items()}
     assert med[256] < med[32], med
@@ -130,10 +148,20 @@ def test_large_batches_take_smaller_steps_and_stay_closer_to_init(mnist1d):
 
 
 def test_early_stopping_in_epochs_and_in_steps(mnist1d):
-    r = run_trial(cfg(batch_size=256, lr=1e-6, max_epochs=50, early_stopping={"patience": 2, "min_delta": 0.01}), data=mnist1d)
+    r = run_trial(
+        cfg(
+            batch_size=256,
+            lr=1e-6,
+            max_epochs=50,
+            early_stopping={"patience": 2, "min_delta": 0.01},
+        ),
+        data=mnist1d,
+    )
     assert r.stop_reason == "early_stopping" and r.summary["epochs_run"] < 50
     es = EarlyStoppingConfig(patience=20, unit="steps", eval_every_steps=5, min_delta=0.01)
-    r = run_trial(cfg(batch_size=256, lr=1e-6, max_epochs=50, early_stopping=es.model_dump()), data=mnist1d)
+    r = run_trial(
+        cfg(batch_size=256, lr=1e-6, max_epochs=50, early_stopping=es.model_dump()), data=mnist1d
+    )
     assert r.stop_reason == "early_stopping"
     # Patience 20 steps with validation every 5: stops after at most a few epochs of 16 steps.
     assert r.summary["steps_run"] <= r.summary["best_step"] + 20 + 5
@@ -146,7 +174,12 @@ def test_target_error_records_steps_to_target(mnist1d):
 
 
 def test_plateau_decay_divides_the_lr(mnist1d):
-    c = cfg(batch_size=256, lr=1e-7, max_epochs=6, plateau_decay={"factor": 0.1, "patience": 1, "max_decays": 2})
+    c = cfg(
+        batch_size=256,
+        lr=1e-7,
+        max_epochs=6,
+        plateau_decay={"factor": 0.1, "patience": 1, "max_decays": 2},
+    )
     r = run_trial(c, data=mnist1d)
     lrs = [e["lr"] for e in r.epochs]
     assert lrs[0] == pytest.approx(1e-7)
@@ -158,9 +191,14 @@ def test_gradient_clipping_bounds_the_update(mnist1d):
     assert max(s["update_norm"] for s in r.steps) <= 1.0 * 0.01 * (1 + 1e-4)
 
 
-@pytest.mark.parametrize("opt", [{"name": "adam"}, {"name": "sgd", "momentum": 0.9, "nesterov": True}])
+@pytest.mark.parametrize(
+    "opt", [{"name": "adam"}, {"name": "sgd", "momentum": 0.9, "nesterov": True}]
+)
 def test_other_optimizers_train(mnist1d, opt):
-    r = run_trial(cfg(batch_size=128, lr=0.01 if opt["name"] == "sgd" else 1e-3, optimizer=opt, max_epochs=2), data=mnist1d)
+    r = run_trial(
+        cfg(batch_size=128, lr=0.01 if opt["name"] == "sgd" else 1e-3, optimizer=opt, max_epochs=2),
+        data=mnist1d,
+    )
     assert r.status == "completed"
     assert r.epochs[-1]["train_loss"] < r.epochs[0]["train_loss"] or r.epochs[-1]["val_loss"] < 2.3
 
@@ -172,7 +210,12 @@ def test_divergence_is_a_status_with_the_step(mnist1d):
 
 
 def test_resume_from_epoch_checkpoint_is_exact(mnist1d):
-    c = cfg(batch_size=256, lr=0.05, max_epochs=4, model={"name": "mlp", "hidden": [32], "batchnorm": True})
+    c = cfg(
+        batch_size=256,
+        lr=0.05,
+        max_epochs=4,
+        model={"name": "mlp", "hidden": [32], "batchnorm": True},
+    )
     full = run_trial(c, data=mnist1d)
     ck = _MemoryCheckpoints()
 
@@ -202,11 +245,19 @@ def test_measure_switches(mnist1d):
 
 
 def test_probes_run_at_the_end_with_their_settings(mnist1d):
-    m = {"hessian": {"max_iter": 5, "n_examples": 256}, "sharpness": {"eps": [1e-3], "max_iter": 2, "n_examples": 256},
-         "noise_scale": {"b_small": 16, "b_big": 128, "n_batches": 3, "exact_n_examples": 128}}
+    m = {
+        "hessian": {"max_iter": 5, "n_examples": 256},
+        "sharpness": {"eps": [1e-3], "max_iter": 2, "n_examples": 256},
+        "noise_scale": {"b_small": 16, "b_big": 128, "n_batches": 3, "exact_n_examples": 128},
+    }
     r = run_trial(cfg(batch_size=256, max_epochs=1, measure=m), data=mnist1d)
     probes = {p["probe"] for p in r.probes}
-    assert {"hessian_top_eig", "keskar_sharpness", "noise_scale_two_batch", "noise_scale_exact"} <= probes
+    assert {
+        "hessian_top_eig",
+        "keskar_sharpness",
+        "noise_scale_two_batch",
+        "noise_scale_exact",
+    } <= probes
     for p in r.probes:
         assert p["epoch"] == 1 and p["settings_json"] and p["seconds"] >= 0
 
