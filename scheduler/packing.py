@@ -261,7 +261,7 @@ def execute_packs(
     except KeyboardInterrupt:
         report.cancelled = True
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)  # not force=True: see the note in scheduler/runner.py
         print(
             "\ncancelled: running packs were stopped; finished members are stored. "
             "Run the same command again to resume.",
