@@ -1,6 +1,6 @@
 """Run a grid: plan (what is done, what is left), then execute the rest on Ray.
 
-This module and `scheduler/submit.py` are the only places that import Ray. Each trial is a
+Only `scheduler/` imports Ray (here, and lazily in packing, data_parallel, analyses, cluster, submit). Each trial is a
 Ray task asking for the spec's `cpus_per_trial` / `gpus_per_trial`; Ray retries a task whose
 worker process died (`max_retries`), and the trial resumes from its last epoch checkpoint.
 A Python exception inside a trial is recorded as a `failed` trial by the worker itself, so
