@@ -59,6 +59,7 @@ from workers.train import (
     lr_at,
     make_optimizer,
     provenance,
+    record_validation,
     resolve_device,
     steps_per_epoch,
 )
@@ -345,24 +346,8 @@ def _new_state() -> dict[str, Any]:
 
 
 def _validate(m: _Member, vl: float, va: float, epoch: int) -> str | None:
-    """workers.train's validate(): early-stopping and target bookkeeping of one member on
-    host values; returns the stop reason, if any."""
-    st, cfg, es = m.st, m.cfg, m.cfg.early_stopping
-    if not math.isfinite(vl):
-        return None
-    if vl < st["best_val"] - (es.min_delta if es else 0.0):
-        st.update(best_val=vl, best_epoch=epoch, best_step=st["step"], since_best=0, plateau=0)
-    else:
-        st["since_best"] += es.eval_every_steps if (es and es.unit == "steps") else 1
-        st["plateau"] += 1
-    st["best_acc"] = max(st["best_acc"], va)
-    if cfg.target_val_error is not None and 1.0 - va <= cfg.target_val_error:
-        if st["steps_to_target"] < 0:
-            st["steps_to_target"] = st["step"]
-        return "target_reached"
-    if es is not None and st["since_best"] >= es.patience:
-        return "early_stopping"
-    return None
+    """workers.train's validation bookkeeping for one member (the same function)."""
+    return record_validation(m.cfg, m.st, vl, va, epoch)
 
 
 def _probe_rows(model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int) -> list[dict]:

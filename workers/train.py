@@ -193,6 +193,30 @@ def provenance(device: torch.device) -> dict[str, Any]:
     }
 
 
+def record_validation(
+    cfg: TrialConfig, st: dict[str, Any], vl: float, va: float, epoch: int
+) -> str | None:
+    """Early-stopping, plateau and target bookkeeping of one validation (host values) in the
+    trial state `st`; returns the stop reason ("target_reached", "early_stopping") or None.
+    Shared by the lone-trial loop and the pack trainer so both stop identically."""
+    es = cfg.early_stopping
+    if not math.isfinite(vl):
+        return None
+    if vl < st["best_val"] - (es.min_delta if es else 0.0):
+        st.update(best_val=vl, best_epoch=epoch, best_step=st["step"], since_best=0, plateau=0)
+    else:
+        st["since_best"] += es.eval_every_steps if (es and es.unit == "steps") else 1
+        st["plateau"] += 1
+    st["best_acc"] = max(st["best_acc"], va)
+    if cfg.target_val_error is not None and 1.0 - va <= cfg.target_val_error:
+        if st["steps_to_target"] < 0:
+            st["steps_to_target"] = st["step"]
+        return "target_reached"
+    if es is not None and st["since_best"] >= es.patience:
+        return "early_stopping"
+    return None
+
+
 class _Stop(Exception):
     def __init__(self, reason: str):
         self.reason = reason
@@ -297,20 +321,8 @@ def _train(
         """One host sync: validation loss/acc, early-stopping and target bookkeeping."""
         vl, va = evaluate(model, data.x_val, data.y_val)
         vl, va = vl.item(), va.item()
-        if not math.isfinite(vl):
-            return vl, va
-        if vl < st["best_val"] - (es.min_delta if es else 0.0):
-            st.update(best_val=vl, best_epoch=epoch, best_step=st["step"], since_best=0, plateau=0)
-        else:
-            st["since_best"] += es.eval_every_steps if (es and es.unit == "steps") else 1
-            st["plateau"] += 1
-        st["best_acc"] = max(st["best_acc"], va)
-        if cfg.target_val_error is not None and 1.0 - va <= cfg.target_val_error:
-            if st["steps_to_target"] < 0:
-                st["steps_to_target"] = st["step"]
-            raise _Stop("target_reached")
-        if es is not None and st["since_best"] >= es.patience:
-            raise _Stop("early_stopping")
+        if (reason := record_validation(cfg, st, vl, va, epoch)) is not None:
+            raise _Stop(reason)
         return vl, va
 
     try:
