@@ -226,9 +226,12 @@ def _multinode_main(cfg_path: str) -> None:
     def save() -> None:
         Path(cfg["result"]).write_text(json.dumps(out))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
     head_args = {
         "num_cpus": 0,  # no trial may run on the head: they must go to the worker nodes
         "include_dashboard": True,
@@ -236,6 +239,10 @@ def _multinode_main(cfg_path: str) -> None:
         # A killed node is declared dead after ~5 missed 1 s health checks (default ~15 s).
         "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5},
         "dashboard_port": port,
+        # The head's job agent must not take Ray's default port 52365: any other Ray on this
+        # machine (the session's `ray_local`) holds it, the agent then never registers and
+        # every submission answers "No available agent to submit job".
+        "dashboard_agent_listen_port": free_port(),
     }
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
     try:
