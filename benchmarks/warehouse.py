@@ -54,7 +54,8 @@ from warehouse import queries  # noqa: E402
 from warehouse.compact import compact  # noqa: E402
 from warehouse.db import connect  # noqa: E402
 from warehouse.layout import Layout  # noqa: E402
-from warehouse.schemas import SCHEMA_VERSION, SCHEMAS  # noqa: E402
+from warehouse.schemas import SCHEMA_VERSION, SCHEMAS, TRIAL_TABLES, to_table  # noqa: E402
+from warehouse.summaries import summarize  # noqa: E402
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -100,7 +101,7 @@ def _table(name: str, key: dict[str, Any], n: int, cols: dict[str, Any]) -> pa.T
 def _write_trial(
     layout: Layout, i: int, n_exp: int, n_epochs: int, n_steps: int, n_layers: int
 ) -> int:
-    """Write one synthetic trial's five files; returns the rows written."""
+    """Write one synthetic trial's files (one per table); returns the rows written."""
     cfg = _trial_config(i, n_exp)
     rng = np.random.default_rng(i)
     exp, tid, bs = cfg["experiment"], cfg["trial_id"], cfg["batch_size"]
@@ -202,6 +203,10 @@ def _write_trial(
             },
         ),
     }
+    # The per-trial step summaries `write_trial` derives (warehouse/summaries.py).
+    stats, hist = summarize({"update_norm": upd, "grad_norm": upd / scaled_lr})
+    tables["step_stats"] = to_table("step_stats", stats, **key)
+    tables["step_hist"] = to_table("step_hist", hist, **key)
     summary = {
         "status": "diverged" if diverged else "completed",
         "stop_reason": "diverged" if diverged else "max_epochs",
@@ -253,7 +258,7 @@ def _write_trial(
     }
     tables["trials"] = _table("trials", key, 1, {k: [v] for k, v in summary.items()})
     rows = 0
-    for name in ("epochs", "steps", "layers", "probes", "trials"):  # trials last: the commit
+    for name in (*TRIAL_TABLES, "trials"):  # trials last: the commit
         path = layout.table_file(name, exp, tid)
         layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(tables[name], path, compression="zstd")
@@ -311,7 +316,8 @@ def synthesize(
             _write_chunk(root, lo, hi, n_exp, n_epochs, n_steps, n_layers) for lo, hi in bounds
         )
     _write_landscapes(Layout.open(root), n_exp, n_trials)
-    return {"rows": rows, "files": 5 * n_trials, "seconds": time.perf_counter() - t0}
+    files = (len(TRIAL_TABLES) + 1) * n_trials
+    return {"rows": rows, "files": files, "seconds": time.perf_counter() - t0}
 
 
 # ---- measurement --------------------------------------------------------------------------

@@ -131,15 +131,21 @@ class Layout:
         return self.path("cluster-check", name)
 
     # ---- atomic I/O ----
+    @staticmethod
+    def temp_path(path: str) -> str:
+        """A hidden temporary name next to `path` to write under and rename. The writer's
+        host and pid are in the name, so `clean_temporaries` can tell a crashed writer's
+        leftovers from a live writer's file."""
+        parent, name = path.rsplit("/", 1)
+        tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return f"{parent}/.{name}{TMP_MARK}{tag}"
+
     def put_bytes(self, path: str, data: bytes) -> None:
         """Write `data` to `path` so that readers see the old file or the whole new one."""
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
             self.fs.create_dir(parent, recursive=True)
-            # The writer's host and pid are in the name, so a cleanup can tell a crashed
-            # writer's leftovers from a live writer's file.
-            tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp = f"{parent}/.{path.rsplit('/', 1)[1]}{TMP_MARK}{tag}"
+            tmp = self.temp_path(path)
             with open(tmp, "wb") as fh:
                 _fault_crash_writing(path, fh, data)  # no-op unless a reliability test asks
                 fh.write(data)
@@ -155,9 +161,8 @@ class Layout:
     def open_output(self, path: str) -> Iterator[pa.NativeFile]:
         """A stream whose bytes appear at `path` all at once when the block exits without an
         exception (nothing appears otherwise); for files too large for `put_bytes`."""
-        parent, name = path.rsplit("/", 1)
-        tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = f"{parent}/.{name}{TMP_MARK}{tag}"
+        tmp = self.temp_path(path)
+        parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         try:
             if self.is_local:
@@ -361,8 +366,13 @@ class Layout:
         n = 0
         host = socket.gethostname()
         now = time.time()
-        for sub in ("tables", "checkpoints", "runs"):
-            sel = pafs.FileSelector(self.path(sub), recursive=True, allow_not_found=True)
+        selectors = [
+            pafs.FileSelector(self.path(sub), recursive=True, allow_not_found=True)
+            for sub in ("tables", "checkpoints", "runs")
+        ]
+        # The root itself: batchlab.duckdb is rebuilt under a temporary name (and its .wal).
+        selectors.append(pafs.FileSelector(self.base, allow_not_found=True))
+        for sel in selectors:
             for info in self.fs.get_file_info(sel):
                 name = info.base_name
                 if (

@@ -26,6 +26,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from warehouse.summaries import HIST_BINS_PER_DECADE
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -436,26 +438,44 @@ def epoch_distance_ratio(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataF
     )
 
 
+def _unsummarized(con: duckdb.DuckDBPyConnection, sel: str, params: dict[str, Any]) -> bool:
+    """Whether a selected trial has no `step_stats` rows (written before the summaries
+    existed): its per-step numbers must come from `steps` itself."""
+    return bool(
+        con.execute(
+            f"""WITH {sel} SELECT count(*) FROM sel s
+            ANTI JOIN step_stats st USING (experiment, trial_id)""",
+            params,
+        ).fetchone()[0]
+    )
+
+
 def update_norm_quantiles(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
-    """F-9: quantiles of the per-step update norm ||theta_(t+1) - theta_t|| (table `steps`),
-    computed per trial over all its steps, then averaged over seeds."""
+    """F-9: quantiles of the per-step update norm ||theta_(t+1) - theta_t||, computed per
+    trial over all its steps (`step_stats`, the per-trial summary of table `steps`; from
+    `steps` itself for trials written before the summaries), then averaged over seeds."""
     sel, params = _sel(f)
+    fallback = ""
+    if _unsummarized(con, sel, params):
+        fallback = f"""UNION ALL
+            SELECT s.{", s.".join(KEY)}, s.trial_id,
+                   quantile_cont(st.update_norm, 0.10), quantile_cont(st.update_norm, 0.25),
+                   quantile_cont(st.update_norm, 0.50), quantile_cont(st.update_norm, 0.75),
+                   quantile_cont(st.update_norm, 0.90), avg(st.update_norm), count(*)
+            FROM (SELECT * FROM sel ANTI JOIN step_stats USING (experiment, trial_id)) s
+            JOIN steps st USING (experiment, trial_id)
+            WHERE isfinite(st.update_norm)
+            GROUP BY ALL"""
     return _q(
         con,
         f"""
         WITH {sel},
         per AS (
-            SELECT s.{", s.".join(KEY)}, s.trial_id,
-                   quantile_cont(st.update_norm, 0.10) AS p10,
-                   quantile_cont(st.update_norm, 0.25) AS p25,
-                   quantile_cont(st.update_norm, 0.50) AS median,
-                   quantile_cont(st.update_norm, 0.75) AS p75,
-                   quantile_cont(st.update_norm, 0.90) AS p90,
-                   avg(st.update_norm) AS mean,
-                   count(*) AS n_steps
-            FROM sel s JOIN steps st USING (experiment, trial_id)
-            WHERE isfinite(st.update_norm)
-            GROUP BY ALL
+            SELECT s.{", s.".join(KEY)}, s.trial_id, ss.p10, ss.p25, ss.median, ss.p75,
+                   ss.p90, ss.mean, ss.n AS n_steps
+            FROM sel s JOIN step_stats ss USING (experiment, trial_id)
+            WHERE ss.metric = 'update_norm' AND ss.n > 0
+            {fallback}
         )
         SELECT {_KEY},
                avg(p10) AS update_norm_p10_mean, avg(p25) AS update_norm_p25_mean,
@@ -492,37 +512,47 @@ def update_norms_by_epoch(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Data
 
 
 def update_norm_histogram(
-    con: duckdb.DuckDBPyConnection, f: Filters, bins: int = 40
+    con: duckdb.DuckDBPyConnection, f: Filters, bins_per_decade: int = 10
 ) -> pd.DataFrame:
-    """F-9: the distribution of per-step update norms per configuration (seeds pooled), as
-    `bins` log10-spaced bins shared by every configuration: [bin_lo, bin_hi), the count and
-    the fraction of the configuration's steps."""
-    if not 1 <= int(bins) <= 1000:
-        raise ValueError(f"bins: {bins!r} is out of range; allowed: 1 to 1000")
+    """F-9: the distribution of per-step update norms per configuration (seeds pooled), in
+    fixed log10 bins shared by every configuration and experiment: bin `b` holds the norms
+    in [bin_lo, bin_hi) = [10^(b/k), 10^((b+1)/k)), k = `bins_per_decade` (a divisor of 20);
+    the count and the fraction of the configuration's positive finite steps. Read from
+    `step_hist` (20 bins per decade per trial, re-binned exactly), or from `steps` itself for
+    trials written before the summaries."""
+    fine = HIST_BINS_PER_DECADE
+    k = int(bins_per_decade)
+    if k < 1 or fine % k:
+        allowed = [d for d in range(1, fine + 1) if fine % d == 0]
+        raise ValueError(f"bins_per_decade: {bins_per_decade!r} is not allowed; allowed: {allowed}")
     sel, params = _sel(f)
+    fallback = ""
+    if _unsummarized(con, sel, params):
+        fallback = f"""UNION ALL
+            SELECT s.{", s.".join(KEY)},
+                   CAST(floor(log10(st.update_norm) * {fine}) AS BIGINT) AS bin, 1 AS n
+            FROM (SELECT * FROM sel ANTI JOIN step_stats USING (experiment, trial_id)) s
+            JOIN steps st USING (experiment, trial_id)
+            WHERE st.update_norm > 0 AND isfinite(st.update_norm)"""
     return _q(
         con,
         f"""
         WITH {sel},
-        v AS (
-            SELECT s.{", s.".join(KEY)}, log10(st.update_norm) AS lx
-            FROM sel s JOIN steps st USING (experiment, trial_id)
-            WHERE st.update_norm > 0 AND isfinite(st.update_norm)
+        fine AS (
+            SELECT s.{", s.".join(KEY)}, h.bin, h.n
+            FROM sel s JOIN step_hist h USING (experiment, trial_id)
+            WHERE h.metric = 'update_norm'
+            {fallback}
         ),
-        r AS (SELECT min(lx) AS lo, greatest((max(lx) - min(lx)) / $bins, 1e-9) AS w FROM v),
         b AS (
-            SELECT v.* EXCLUDE (lx),
-                   least(CAST(floor((v.lx - r.lo) / r.w) AS BIGINT), $bins - 1) AS bin,
-                   r.lo, r.w
-            FROM v, r
+            SELECT {_KEY}, CAST(floor(bin * $k / {fine}) AS BIGINT) AS bin, n FROM fine
         )
-        SELECT {_KEY}, bin, pow(10, any_value(lo) + bin * any_value(w)) AS bin_lo,
-               pow(10, any_value(lo) + (bin + 1) * any_value(w)) AS bin_hi,
-               count(*) AS n_steps,
-               count(*) / sum(count(*)) OVER (PARTITION BY {_KEY}) AS fraction
+        SELECT {_KEY}, bin, pow(10, bin / $k) AS bin_lo, pow(10, (bin + 1) / $k) AS bin_hi,
+               sum(n)::BIGINT AS n_steps,
+               sum(n) / sum(sum(n)) OVER (PARTITION BY {_KEY}) AS fraction
         FROM b GROUP BY {_KEY}, bin ORDER BY {_KEY}, bin
         """,
-        {**params, "bins": int(bins)},
+        {**params, "k": k},
     )
 
 

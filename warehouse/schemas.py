@@ -135,6 +135,35 @@ STEPS = pa.schema(
     metadata=_META,
 )
 
+# Per-trial summaries of `steps` (warehouse/summaries.py), derived by `write_trial`.
+STEP_STATS = pa.schema(
+    [
+        *_KEY,
+        pa.field("metric", s, nullable=False),  # update_norm | grad_norm
+        pa.field("n", i64),  # finite values summarized (0: the trial stored no steps)
+        pa.field("mean", f64),
+        pa.field("min", f64),
+        pa.field("p10", f64),
+        pa.field("p25", f64),
+        pa.field("median", f64),
+        pa.field("p75", f64),
+        pa.field("p90", f64),
+        pa.field("max", f64),
+    ],
+    metadata=_META,
+)
+
+STEP_HIST = pa.schema(
+    [
+        *_KEY,
+        pa.field("metric", s, nullable=False),  # update_norm | grad_norm
+        # floor(log10(x) * 20): the values in [10^(bin/20), 10^((bin+1)/20))
+        pa.field("bin", i64, nullable=False),
+        pa.field("n", i64),  # finite positive values in the bin
+    ],
+    metadata=_META,
+)
+
 LAYERS = pa.schema(
     [
         *_KEY,
@@ -203,13 +232,15 @@ SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,
     "epochs": EPOCHS,
     "steps": STEPS,
+    "step_stats": STEP_STATS,
+    "step_hist": STEP_HIST,
     "layers": LAYERS,
     "probes": PROBES,
     "landscapes": LANDSCAPES,
     "analyses": ANALYSES,
 }
 # Tables whose rows belong to one trial: visible only once the trial's `trials` row exists.
-TRIAL_TABLES = ("epochs", "steps", "layers", "probes")
+TRIAL_TABLES = ("epochs", "steps", "step_stats", "step_hist", "layers", "probes")
 # The column that names a file's rows: a per-trial file `<key>.parquet` holds only rows with
 # this column equal to `<key>` (trial files: the trial id; analyses: the analysis id). Readers
 # and compaction use it to let a per-trial file take precedence over compacted rows.
@@ -217,6 +248,8 @@ KEY_COLUMN: dict[str, str] = {
     "trials": "trial_id",
     "epochs": "trial_id",
     "steps": "trial_id",
+    "step_stats": "trial_id",
+    "step_hist": "trial_id",
     "layers": "trial_id",
     "probes": "trial_id",
     "landscapes": "analysis_id",

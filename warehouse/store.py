@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from warehouse.layout import Layout
 from warehouse.schemas import SCHEMA_VERSION, TRIAL_TABLES, to_table
+from warehouse.summaries import step_summaries
 
 
 def utcnow() -> dt.datetime:
@@ -34,6 +35,7 @@ def write_trial(
 
     `trial_row` must hold trial_id, config_hash and status; `tables` maps table names in
     TRIAL_TABLES to row dicts (without the key columns, which are filled in here).
+    `step_stats` and `step_hist` are derived from the `steps` rows unless given.
     """
     trial_id = trial_row["trial_id"]
     key = {
@@ -42,6 +44,10 @@ def write_trial(
         "config_hash": trial_row.get("config_hash"),
         "code_version": trial_row.get("code_version"),
     }
+    tables = dict(tables)
+    if "step_stats" not in tables:  # derived from the steps rows (warehouse/summaries.py)
+        tables["steps"] = list(tables.get("steps", ()))
+        tables["step_stats"], tables["step_hist"] = step_summaries(tables["steps"])
     for name in TRIAL_TABLES:
         rows = list(tables.get(name, ()))
         path = layout.table_file(name, experiment, trial_id)

@@ -198,7 +198,7 @@ class CliRun:
         self._fh.close()
         return rc
 
-    def wait_ray_gone(self, timeout_s: float = 30.0) -> list[int]:
+    def wait_ray_gone(self, timeout_s: float = 90.0) -> list[int]:
         """Wait until no process of this run's Ray instance is left; returns stragglers."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

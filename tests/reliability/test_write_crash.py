@@ -71,6 +71,31 @@ def test_writer_killed_before_rename_leaves_only_an_invisible_temporary(tmp_path
     assert hidden_files(layout.root) == [str(live)]
 
 
+def test_duckdb_file_build_killed_midway_is_cleaned_by_the_next_run(tmp_path):
+    """`batchlab.duckdb` is rebuilt under a temporary name at the end of every run: a run
+    killed while building it leaves the temporary (and DuckDB's .wal); the next run's
+    cleanup removes both and leaves the previous file alone."""
+    from warehouse.db import write_duckdb_file
+
+    layout = Layout.open(tmp_path / "runs")
+    write_duckdb_file(layout)
+    before = Path(layout.duckdb_file).read_bytes()
+    code = (
+        "import os, signal, sys, duckdb; from warehouse.layout import Layout\n"
+        "lay = Layout.open(sys.argv[1]); con = duckdb.connect(lay.temp_path(lay.duckdb_file))\n"
+        "con.execute('CREATE TABLE t AS SELECT 1 AS x'); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, layout.root], cwd=REPO, capture_output=True
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    left = hidden_files(layout.root)
+    assert left and all(Path(f).name.startswith(".batchlab.duckdb" + TMP_MARK) for f in left)
+    assert layout.clean_temporaries() == len(left)
+    assert hidden_files(layout.root) == []
+    assert Path(layout.duckdb_file).read_bytes() == before
+
+
 @pytest.mark.slow
 def test_worker_killed_while_committing_is_invisible_and_cleaned_by_the_next_run(
     ray_local, tmp_path, monkeypatch
