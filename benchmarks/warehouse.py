@@ -54,8 +54,8 @@ from warehouse import queries  # noqa: E402
 from warehouse.compact import compact  # noqa: E402
 from warehouse.db import connect  # noqa: E402
 from warehouse.layout import Layout  # noqa: E402
-from warehouse.schemas import SCHEMA_VERSION, SCHEMAS, TRIAL_TABLES, to_table  # noqa: E402
-from warehouse.summaries import summarize  # noqa: E402
+from warehouse.schemas import SCHEMA_VERSION, SCHEMAS, TRIAL_TABLES  # noqa: E402
+from warehouse.summaries import AT_BEST, MEANS, summarize, summarize_epochs  # noqa: E402
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -203,10 +203,6 @@ def _write_trial(
             },
         ),
     }
-    # The per-trial step summaries `write_trial` derives (warehouse/summaries.py).
-    stats, hist = summarize({"update_norm": upd, "grad_norm": upd / scaled_lr})
-    tables["step_stats"] = to_table("step_stats", stats, **key)
-    tables["step_hist"] = to_table("step_hist", hist, **key)
     summary = {
         "status": "diverged" if diverged else "completed",
         "stop_reason": "diverged" if diverged else "max_epochs",
@@ -255,6 +251,13 @@ def _write_trial(
         "started_at": T0 + dt.timedelta(minutes=i),
         "finished_at": T0 + dt.timedelta(minutes=i + 1),
         "schema_version": SCHEMA_VERSION,
+        # The summaries `write_trial` derives (warehouse/summaries.py).
+        **summarize({"update_norm": upd, "grad_norm": upd / scaled_lr}),
+        **summarize_epochs(
+            ep,
+            {c: tables["epochs"].column(c).to_numpy() for c in (*AT_BEST, *MEANS)},
+            best + 1,
+        ),
     }
     tables["trials"] = _table("trials", key, 1, {k: [v] for k, v in summary.items()})
     rows = 0

@@ -26,8 +26,6 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("experiment", "trial_id"),
     "epochs": ("experiment", "trial_id", "epoch"),
     "steps": ("experiment", "trial_id", "step"),
-    "step_stats": ("experiment", "trial_id", "metric"),
-    "step_hist": ("experiment", "trial_id", "metric", "bin"),
     "layers": ("experiment", "trial_id", "epoch", "layer"),
     # keskar_sharpness gives one row per eps: the settings tell them apart
     "probes": ("experiment", "trial_id", "epoch", "probe", "settings_json"),

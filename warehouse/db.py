@@ -6,10 +6,9 @@ Views (one per table in `warehouse.schemas.SCHEMAS`):
   precedence over compacted rows of the same trial). Columns are always the current
   schema's, typed (`union_by_name` + a typed empty relation), so files of an older schema
   version read with NULLs for newer columns;
-  `trials_raw`, `probes_raw`, `step_stats_raw`, `analyses_raw` and `landscapes_raw` are
-  read into memory when the connection is made (`MATERIALIZED`); the big tables are read per query;
-- `trials`: the committed trials; `epochs`, `steps`, `step_stats`, `step_hist`, `layers`,
-  `probes`: rows of committed
+  `trials_raw`, `probes_raw`, `analyses_raw` and `landscapes_raw` are read into memory
+  when the connection is made (`MATERIALIZED`); the big tables are read per query;
+- `trials`: the committed trials; `epochs`, `steps`, `layers`, `probes`: rows of committed
   trials only (a semi-join on `trials`, the commit marker); `landscapes`, `analyses`: as is;
 - `corrupt_files(path, reason)`: files skipped because they are not readable Parquet
   (`batchlab check --quarantine` moves them aside).
@@ -41,6 +40,7 @@ _DUCK_TYPES = {
     pa.string(): "VARCHAR",
     pa.bool_(): "BOOLEAN",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.list_(pa.int64()): "BIGINT[]",
 }
 
 
@@ -48,7 +48,7 @@ _DUCK_TYPES = {
 # but one file per trial before compaction, and nearly every query joins `trials`; reading
 # them once per connection instead of once per query is the difference between seconds
 # and milliseconds on an uncompacted warehouse of thousands of trials.
-MATERIALIZED = ("trials", "probes", "step_stats", "analyses", "landscapes")
+MATERIALIZED = ("trials", "probes", "analyses", "landscapes")
 
 
 def _empty_select(schema: pa.Schema) -> str:

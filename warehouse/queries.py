@@ -217,20 +217,28 @@ def train_loss_at_common_epoch(con: duckdb.DuckDBPyConnection, f: Filters) -> pd
 
 def generalization_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     """F-2, F-18, F-26, F-27: minimum validation loss, best validation accuracy and the
-    train-validation gap at the best epoch (val loss - train loss; train acc - val acc)."""
+    train-validation gap at the best epoch (val loss - train loss; train acc - val acc).
+    Per trial from its row's `at_best_*` summaries (from `epochs` for older rows)."""
     sel, params = _sel(f)
-    return _q(
-        con,
-        f"""
-        WITH {sel},
-        per AS (
+    if _epochs_summarized(con, sel, params):
+        per = """
+            SELECT s.*, s.at_best_val_loss - s.at_best_train_loss_eval AS gap_loss,
+                   s.at_best_train_acc_eval - s.at_best_val_acc AS gap_acc,
+                   s.at_best_train_loss_eval AS train_loss_at_best
+            FROM sel s"""
+    else:
+        per = """
             SELECT s.*, e.val_loss - e.train_loss_eval AS gap_loss,
                    e.train_acc_eval - e.val_acc AS gap_acc,
                    e.train_loss_eval AS train_loss_at_best
             FROM sel s LEFT JOIN epochs e
               ON e.experiment = s.experiment AND e.trial_id = s.trial_id
-             AND e.epoch = s.best_epoch
-        )
+             AND e.epoch = s.best_epoch"""
+    return _q(
+        con,
+        f"""
+        WITH {sel},
+        per AS ({per})
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
                {_stat("best_val_loss", "min_val_loss")},
                {_stat("best_val_acc", "best_val_acc")},
@@ -244,24 +252,39 @@ def generalization_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> 
     )
 
 
+def _epochs_summarized(con: duckdb.DuckDBPyConnection, sel: str, params: dict[str, Any]) -> bool:
+    """Whether every selected trial's row has the epoch summaries (`epochs_n`, `at_best_*`,
+    `mean_*`; schema version 2): then per-trial numbers need not read `epochs`."""
+    return not con.execute(
+        f"WITH {sel} SELECT count(*) FROM sel WHERE epochs_n IS NULL", params
+    ).fetchone()[0]
+
+
 def time_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     """F-3, F-4, F-5, F-14: time per epoch (mean training seconds per epoch), epochs to the
     minimum validation loss (best_epoch), training time to the minimum (cumulative training
-    seconds at best_epoch), total training and wall time, throughput."""
+    seconds at best_epoch), total training and wall time, throughput. Per trial from its
+    row's `mean_*` / `at_best_*` summaries (from `epochs` for older rows)."""
     sel, params = _sel(f)
-    return _q(
-        con,
-        f"""
-        WITH {sel},
-        ep AS (
+    if _epochs_summarized(con, sel, params):
+        ep = """
+            SELECT experiment, trial_id, mean_epoch_time_s AS epoch_time_s,
+                   mean_examples_per_s AS examples_per_s, at_best_elapsed_s AS time_to_min_s
+            FROM sel"""
+    else:
+        ep = """
             SELECT s.experiment, s.trial_id,
                    avg(e.epoch_time_s) FILTER (WHERE isfinite(e.epoch_time_s)) AS epoch_time_s,
                    avg(e.examples_per_s) FILTER (WHERE isfinite(e.examples_per_s))
                        AS examples_per_s,
                    max(e.elapsed_s) FILTER (WHERE e.epoch = s.best_epoch) AS time_to_min_s
             FROM sel s JOIN epochs e USING (experiment, trial_id)
-            GROUP BY ALL
-        ),
+            GROUP BY ALL"""
+    return _q(
+        con,
+        f"""
+        WITH {sel},
+        ep AS ({ep}),
         per AS (
             SELECT s.*, ep.epoch_time_s, ep.examples_per_s, ep.time_to_min_s,
                    CASE WHEN s.best_epoch >= 1 THEN s.best_epoch END AS epochs_to_min
@@ -304,21 +327,28 @@ def time_by_workers(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
 def distance_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     """F-7, F-16, F-8: distance of the final weights from the initial ones
     (||theta_T - theta_0||, trainable parameters), the distance at the best epoch, and the
-    trial's mean epoch distance ||theta_e - theta_(e-1)|| over its epochs."""
+    trial's mean epoch distance ||theta_e - theta_(e-1)|| over its epochs. Per trial from its
+    row's `at_best_*` / `mean_*` summaries (from `epochs` for older rows)."""
     sel, params = _sel(f)
-    return _q(
-        con,
-        f"""
-        WITH {sel},
-        ep AS (
+    if _epochs_summarized(con, sel, params):
+        ep = """
+            SELECT experiment, trial_id, at_best_dist_from_init AS dist_at_best,
+                   mean_epoch_distance
+            FROM sel"""
+    else:
+        ep = """
             SELECT s.experiment, s.trial_id,
                    max(e.dist_from_init) FILTER (WHERE e.epoch = s.best_epoch) AS dist_at_best,
                    avg(e.epoch_distance) FILTER (WHERE isfinite(e.epoch_distance))
                        AS mean_epoch_distance
             FROM sel s JOIN epochs e USING (experiment, trial_id)
-            GROUP BY ALL
-        ),
-        per AS (SELECT s.*, ep.dist_at_best, ep.mean_epoch_distance
+            GROUP BY ALL"""
+    return _q(
+        con,
+        f"""
+        WITH {sel},
+        ep AS ({ep}),
+        per AS (SELECT s.* EXCLUDE (mean_epoch_distance), ep.dist_at_best, ep.mean_epoch_distance
                 FROM sel s LEFT JOIN ep USING (experiment, trial_id))
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
                {_stat("final_dist_from_init", "dist_from_init")},
@@ -339,11 +369,19 @@ def distance_by_layer(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFram
         con,
         f"""
         WITH {sel},
-        lay AS (
-            SELECT s.{", s.".join(KEY)}, s.seed, l.layer, l.epoch, l.numel,
-                   l.dist_from_init, l.rel_dist_from_init,
-                   max(l.epoch) OVER (PARTITION BY l.experiment, l.trial_id) AS last_epoch
-            FROM sel s JOIN layers l USING (experiment, trial_id)
+        lt AS (  -- each layer's row at its last epoch (arg_max_null: NULL values count)
+            SELECT l.experiment, l.trial_id, l.layer, max(l.epoch) AS epoch,
+                   arg_max_null(l.numel, l.epoch) AS numel,
+                   arg_max_null(l.dist_from_init, l.epoch) AS dist_from_init,
+                   arg_max_null(l.rel_dist_from_init, l.epoch) AS rel_dist_from_init
+            FROM layers l SEMI JOIN sel USING (experiment, trial_id)
+            GROUP BY ALL
+        ),
+        lay AS (  -- kept where it is the trial's last epoch
+            SELECT s.{", s.".join(KEY)}, s.seed, lt.layer, lt.epoch, lt.numel,
+                   lt.dist_from_init, lt.rel_dist_from_init,
+                   max(lt.epoch) OVER (PARTITION BY lt.experiment, lt.trial_id) AS last_epoch
+            FROM sel s JOIN lt USING (experiment, trial_id)
         )
         SELECT {_KEY}, layer, max(numel) AS numel, max(epoch) AS epoch,
                {_stat("dist_from_init", "dist_from_init")},
@@ -439,21 +477,19 @@ def epoch_distance_ratio(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataF
 
 
 def _unsummarized(con: duckdb.DuckDBPyConnection, sel: str, params: dict[str, Any]) -> bool:
-    """Whether a selected trial has no `step_stats` rows (written before the summaries
-    existed): its per-step numbers must come from `steps` itself."""
+    """Whether a selected trial has no step summaries (its row predates schema version 2):
+    its per-step numbers must come from `steps` itself."""
     return bool(
         con.execute(
-            f"""WITH {sel} SELECT count(*) FROM sel s
-            ANTI JOIN step_stats st USING (experiment, trial_id)""",
-            params,
+            f"WITH {sel} SELECT count(*) FROM sel WHERE step_update_norm_n IS NULL", params
         ).fetchone()[0]
     )
 
 
 def update_norm_quantiles(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     """F-9: quantiles of the per-step update norm ||theta_(t+1) - theta_t||, computed per
-    trial over all its steps (`step_stats`, the per-trial summary of table `steps`; from
-    `steps` itself for trials written before the summaries), then averaged over seeds."""
+    trial over all its steps (the trials row's `step_update_norm_*` summary of table `steps`;
+    from `steps` itself for trials written before the summaries), then averaged over seeds."""
     sel, params = _sel(f)
     fallback = ""
     if _unsummarized(con, sel, params):
@@ -462,7 +498,7 @@ def update_norm_quantiles(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Data
                    quantile_cont(st.update_norm, 0.10), quantile_cont(st.update_norm, 0.25),
                    quantile_cont(st.update_norm, 0.50), quantile_cont(st.update_norm, 0.75),
                    quantile_cont(st.update_norm, 0.90), avg(st.update_norm), count(*)
-            FROM (SELECT * FROM sel ANTI JOIN step_stats USING (experiment, trial_id)) s
+            FROM (SELECT * FROM sel WHERE step_update_norm_n IS NULL) s
             JOIN steps st USING (experiment, trial_id)
             WHERE isfinite(st.update_norm)
             GROUP BY ALL"""
@@ -471,10 +507,11 @@ def update_norm_quantiles(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Data
         f"""
         WITH {sel},
         per AS (
-            SELECT s.{", s.".join(KEY)}, s.trial_id, ss.p10, ss.p25, ss.median, ss.p75,
-                   ss.p90, ss.mean, ss.n AS n_steps
-            FROM sel s JOIN step_stats ss USING (experiment, trial_id)
-            WHERE ss.metric = 'update_norm' AND ss.n > 0
+            SELECT {_KEY}, trial_id, step_update_norm_p10 AS p10, step_update_norm_p25 AS p25,
+                   step_update_norm_median AS median, step_update_norm_p75 AS p75,
+                   step_update_norm_p90 AS p90, step_update_norm_mean AS mean,
+                   step_update_norm_n AS n_steps
+            FROM sel WHERE step_update_norm_n > 0
             {fallback}
         )
         SELECT {_KEY},
@@ -517,9 +554,9 @@ def update_norm_histogram(
     """F-9: the distribution of per-step update norms per configuration (seeds pooled), in
     fixed log10 bins shared by every configuration and experiment: bin `b` holds the norms
     in [bin_lo, bin_hi) = [10^(b/k), 10^((b+1)/k)), k = `bins_per_decade` (a divisor of 20);
-    the count and the fraction of the configuration's positive finite steps. Read from
-    `step_hist` (20 bins per decade per trial, re-binned exactly), or from `steps` itself for
-    trials written before the summaries."""
+    the count and the fraction of the configuration's positive finite steps. Read from the
+    trials row's `step_update_norm_hist_*` (20 bins per decade per trial, re-binned
+    exactly), or from `steps` itself for trials written before the summaries."""
     fine = HIST_BINS_PER_DECADE
     k = int(bins_per_decade)
     if k < 1 or fine % k:
@@ -531,7 +568,7 @@ def update_norm_histogram(
         fallback = f"""UNION ALL
             SELECT s.{", s.".join(KEY)},
                    CAST(floor(log10(st.update_norm) * {fine}) AS BIGINT) AS bin, 1 AS n
-            FROM (SELECT * FROM sel ANTI JOIN step_stats USING (experiment, trial_id)) s
+            FROM (SELECT * FROM sel WHERE step_update_norm_n IS NULL) s
             JOIN steps st USING (experiment, trial_id)
             WHERE st.update_norm > 0 AND isfinite(st.update_norm)"""
     return _q(
@@ -539,9 +576,9 @@ def update_norm_histogram(
         f"""
         WITH {sel},
         fine AS (
-            SELECT s.{", s.".join(KEY)}, h.bin, h.n
-            FROM sel s JOIN step_hist h USING (experiment, trial_id)
-            WHERE h.metric = 'update_norm'
+            SELECT {_KEY}, unnest(step_update_norm_hist_bin) AS bin,
+                   unnest(step_update_norm_hist_n) AS n
+            FROM sel WHERE step_update_norm_n IS NOT NULL
             {fallback}
         ),
         b AS (

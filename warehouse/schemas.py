@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the trials row's step_* summary columns
 # Every file records the schema version it was written with (Parquet key-value metadata),
 # so `warehouse.check` can tell a file from a newer batchlab apart.
 SCHEMA_VERSION_KEY = "batchlab.schema_version"
@@ -29,6 +29,34 @@ _KEY = [
     pa.field("config_hash", s),
     pa.field("code_version", s),
 ]
+
+
+def _step_summary_fields() -> list[pa.Field]:
+    """`step_<metric>_<stat>` for update_norm and grad_norm: `n` finite values, mean, min,
+    p10, p25, median, p75, p90, max; `step_<metric>_hist_bin` / `_hist_n`: the histogram of
+    the positive values in log10 bins of 1/20 decade (bin = floor(20 log10 x))."""
+    out = []
+    for m in ("update_norm", "grad_norm"):
+        out.append(pa.field(f"step_{m}_n", i64))
+        for stat in ("mean", "min", "p10", "p25", "median", "p75", "p90", "max"):
+            out.append(pa.field(f"step_{m}_{stat}", f64))
+        out.append(pa.field(f"step_{m}_hist_bin", pa.list_(i64)))
+        out.append(pa.field(f"step_{m}_hist_n", pa.list_(i64)))
+    return out
+
+
+def _epoch_summary_fields() -> list[pa.Field]:
+    """`epochs_n`, `at_best_<c>` (the epochs row at best_epoch), `mean_<c>` (mean of the
+    finite values over the trial's epochs): see warehouse/summaries.py."""
+    at_best = ("train_loss_eval", "train_acc_eval", "val_loss", "val_acc", "elapsed_s")
+    at_best += ("dist_from_init",)
+    means = ("epoch_time_s", "examples_per_s", "epoch_distance")
+    return [
+        pa.field("epochs_n", i64),
+        *(pa.field(f"at_best_{c}", f64) for c in at_best),
+        *(pa.field(f"mean_{c}", f64) for c in means),
+    ]
+
 
 TRIALS = pa.schema(
     [
@@ -87,6 +115,10 @@ TRIALS = pa.schema(
         pa.field("started_at", ts),
         pa.field("finished_at", ts),
         pa.field("schema_version", i64),
+        # Since schema version 2: summaries of the trial's `steps` and `epochs` rows
+        # (warehouse/summaries.py), NULL in older rows.
+        *_step_summary_fields(),
+        *_epoch_summary_fields(),
     ],
     metadata=_META,
 )
@@ -131,35 +163,6 @@ STEPS = pa.schema(
         pa.field("update_norm", f64),  # ||theta_{t+1} - theta_t||
         pa.field("grad_norm", f64),  # mini-batch gradient norm before clipping
         pa.field("batch_loss", f64),
-    ],
-    metadata=_META,
-)
-
-# Per-trial summaries of `steps` (warehouse/summaries.py), derived by `write_trial`.
-STEP_STATS = pa.schema(
-    [
-        *_KEY,
-        pa.field("metric", s, nullable=False),  # update_norm | grad_norm
-        pa.field("n", i64),  # finite values summarized (0: the trial stored no steps)
-        pa.field("mean", f64),
-        pa.field("min", f64),
-        pa.field("p10", f64),
-        pa.field("p25", f64),
-        pa.field("median", f64),
-        pa.field("p75", f64),
-        pa.field("p90", f64),
-        pa.field("max", f64),
-    ],
-    metadata=_META,
-)
-
-STEP_HIST = pa.schema(
-    [
-        *_KEY,
-        pa.field("metric", s, nullable=False),  # update_norm | grad_norm
-        # floor(log10(x) * 20): the values in [10^(bin/20), 10^((bin+1)/20))
-        pa.field("bin", i64, nullable=False),
-        pa.field("n", i64),  # finite positive values in the bin
     ],
     metadata=_META,
 )
@@ -232,15 +235,13 @@ SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,
     "epochs": EPOCHS,
     "steps": STEPS,
-    "step_stats": STEP_STATS,
-    "step_hist": STEP_HIST,
     "layers": LAYERS,
     "probes": PROBES,
     "landscapes": LANDSCAPES,
     "analyses": ANALYSES,
 }
 # Tables whose rows belong to one trial: visible only once the trial's `trials` row exists.
-TRIAL_TABLES = ("epochs", "steps", "step_stats", "step_hist", "layers", "probes")
+TRIAL_TABLES = ("epochs", "steps", "layers", "probes")
 # The column that names a file's rows: a per-trial file `<key>.parquet` holds only rows with
 # this column equal to `<key>` (trial files: the trial id; analyses: the analysis id). Readers
 # and compaction use it to let a per-trial file take precedence over compacted rows.
@@ -248,8 +249,6 @@ KEY_COLUMN: dict[str, str] = {
     "trials": "trial_id",
     "epochs": "trial_id",
     "steps": "trial_id",
-    "step_stats": "trial_id",
-    "step_hist": "trial_id",
     "layers": "trial_id",
     "probes": "trial_id",
     "landscapes": "analysis_id",

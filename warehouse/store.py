@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from warehouse.layout import Layout
 from warehouse.schemas import SCHEMA_VERSION, TRIAL_TABLES, to_table
-from warehouse.summaries import step_summaries
+from warehouse.summaries import epoch_summaries, step_summaries
 
 
 def utcnow() -> dt.datetime:
@@ -35,7 +35,8 @@ def write_trial(
 
     `trial_row` must hold trial_id, config_hash and status; `tables` maps table names in
     TRIAL_TABLES to row dicts (without the key columns, which are filled in here).
-    `step_stats` and `step_hist` are derived from the `steps` rows unless given.
+    The trials row's summary columns (`step_*`, `epochs_n`, `at_best_*`, `mean_*`) are
+    derived from the `steps` and `epochs` rows unless given.
     """
     trial_id = trial_row["trial_id"]
     key = {
@@ -45,9 +46,7 @@ def write_trial(
         "code_version": trial_row.get("code_version"),
     }
     tables = dict(tables)
-    if "step_stats" not in tables:  # derived from the steps rows (warehouse/summaries.py)
-        tables["steps"] = list(tables.get("steps", ()))
-        tables["step_stats"], tables["step_hist"] = step_summaries(tables["steps"])
+    tables["steps"] = list(tables.get("steps", ()))
     for name in TRIAL_TABLES:
         rows = list(tables.get(name, ()))
         path = layout.table_file(name, experiment, trial_id)
@@ -58,7 +57,12 @@ def write_trial(
             # neither in its old file nor in a compacted part: an empty file (a tombstone)
             # takes precedence over both, and the next compaction drops it.
             layout.write_table(path, to_table(name, [], **key))
-    row = {**trial_row, "experiment": experiment, "schema_version": SCHEMA_VERSION}
+    # The steps and epochs summaries (warehouse/summaries.py) unless the caller gave them.
+    summary = {} if "step_update_norm_n" in trial_row else step_summaries(tables["steps"])
+    if "epochs_n" not in trial_row:
+        tables["epochs"] = list(tables.get("epochs", ()))
+        summary |= epoch_summaries(tables["epochs"], trial_row.get("best_epoch"))
+    row = {**summary, **trial_row, "experiment": experiment, "schema_version": SCHEMA_VERSION}
     layout.write_table(layout.table_file("trials", experiment, trial_id), to_table("trials", [row]))
 
 

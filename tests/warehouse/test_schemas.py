@@ -23,6 +23,7 @@ SAMPLE = {
     pa.string(): "x",
     pa.bool_(): True,
     pa.timestamp("us", tz="UTC"): dt.datetime(2025, 5, 1, 12, 30, tzinfo=dt.timezone.utc),
+    pa.list_(pa.int64()): [-3, 2],
 }
 
 

@@ -1,5 +1,5 @@
-"""Per-trial step summaries (`step_stats`, `step_hist`): derived by `write_trial`, and the
-queries that read them answer exactly what the same queries over `steps` answer."""
+"""Per-trial step summaries (the trials row's `step_*` columns): derived by `write_trial`,
+and the queries that read them answer exactly what the same queries over `steps` answer."""
 
 from __future__ import annotations
 
@@ -27,17 +27,31 @@ def _steps(rng: np.random.Generator, bs: int, n: int) -> list[dict]:
     ]
 
 
+def _epochs(rng: np.random.Generator, bs: int, n: int = 5) -> list[dict]:
+    rows = []
+    for e in range(1, n + 1):
+        v = rng.uniform(0.1, 1.0, 8)
+        rows.append(
+            {"epoch": e, "train_loss_eval": v[0], "train_acc_eval": v[1], "val_loss": v[2],
+             "val_acc": v[3], "elapsed_s": e * v[4], "dist_from_init": e * v[5],
+             "epoch_time_s": v[6] if e != 2 else float("nan"),  # left out of the mean
+             "examples_per_s": bs / v[6], "epoch_distance": v[7]}
+        )  # fmt: skip
+    return rows
+
+
 def _write(layout: Layout, *, summarized: bool, n_seeds: int = 3, n_steps: int = 400) -> None:
     rng = np.random.default_rng(0)
     for bs in BATCH_SIZES:
         for seed in range(n_seeds):
-            tables = {"steps": _steps(rng, bs, n_steps)}
-            if not summarized or (seed == 0 and bs == 32 and summarized == "mixed"):
-                tables |= {"step_stats": [], "step_hist": []}  # as an older batchlab wrote it
+            old = not summarized or (seed == 0 and bs == 32 and summarized == "mixed")
             write_trial(
                 layout,
                 "sum",
                 {
+                    # NULL summaries: a row as schema version 1 wrote it
+                    **({"step_update_norm_n": None, "epochs_n": None} if old else {}),
+                    "best_epoch": int(rng.integers(1, 6)),
                     "trial_id": f"bs{bs}-s{seed}",
                     "config_hash": "h",
                     "status": "completed",
@@ -48,38 +62,41 @@ def _write(layout: Layout, *, summarized: bool, n_seeds: int = 3, n_steps: int =
                     "dataset": "mnist1d",
                     "model": "mlp",
                 },
-                tables,
+                {"steps": _steps(rng, bs, n_steps), "epochs": _epochs(rng, bs)},
             )
 
 
 def test_step_summaries_match_numpy_and_count_every_positive_value():
     rng = np.random.default_rng(1)
     steps = _steps(rng, 64, 1000)
-    stats, hist = step_summaries(steps)
+    row = step_summaries(steps)
     x = np.array([r["update_norm"] for r in steps])
     x = x[np.isfinite(x)]
-    row = next(r for r in stats if r["metric"] == "update_norm")
-    assert row["n"] == x.size == 998
-    assert row["median"] == pytest.approx(np.median(x), rel=1e-15)
-    assert row["p10"] == pytest.approx(np.quantile(x, 0.1), rel=1e-15)
-    assert (row["min"], row["max"]) == (x.min(), x.max())
-    counts = {r["bin"]: r["n"] for r in hist if r["metric"] == "update_norm"}
+    assert row["step_update_norm_n"] == x.size == 998
+    assert row["step_update_norm_median"] == pytest.approx(np.median(x), rel=1e-15)
+    assert row["step_update_norm_p10"] == pytest.approx(np.quantile(x, 0.1), rel=1e-15)
+    assert (row["step_update_norm_min"], row["step_update_norm_max"]) == (x.min(), x.max())
+    assert row["step_grad_norm_n"] == 1000
+    counts = dict(
+        zip(row["step_update_norm_hist_bin"], row["step_update_norm_hist_n"], strict=True)
+    )
     assert sum(counts.values()) == (x > 0).sum() == 997
     for b, n in counts.items():  # each count is the values inside [10^(b/20), 10^((b+1)/20))
         lo, hi = 10 ** (b / HIST_BINS_PER_DECADE), 10 ** ((b + 1) / HIST_BINS_PER_DECADE)
         assert n == ((x >= lo) & (x < hi)).sum()
 
 
-def test_trial_without_steps_has_zero_count_rows(tmp_path):
-    stats, hist = step_summaries([])
-    assert [(r["metric"], r["n"]) for r in stats] == [("update_norm", 0), ("grad_norm", 0)]
-    assert hist == []
+def test_trial_without_steps_has_zero_counts_not_nulls():
+    row = step_summaries([])
+    assert (row["step_update_norm_n"], row["step_grad_norm_n"]) == (0, 0)
+    assert row["step_update_norm_median"] is None and row["step_update_norm_hist_bin"] == []
 
 
 @pytest.mark.parametrize("compacted", [False, True])
 def test_summaries_answer_exactly_what_steps_answer(tmp_path, compacted):
-    """Three warehouses with the same steps: summarized, unsummarized (as an older
-    batchlab wrote them: the queries read `steps`), and mixed; one set of answers."""
+    """Three warehouses with the same steps and epochs: summarized, unsummarized (as an
+    older batchlab wrote them: the queries read `steps` and `epochs`), and mixed; one set
+    of answers from every query that reads the summaries."""
     answers = {}
     for kind in (True, False, "mixed"):
         root = tmp_path / str(kind)
@@ -87,10 +104,13 @@ def test_summaries_answer_exactly_what_steps_answer(tmp_path, compacted):
         if compacted:
             compact(str(root), grace_s=0)
         con = connect(str(root))
-        n_stats = con.execute("SELECT count(*) FROM step_stats").fetchone()[0]
-        assert n_stats == {True: 12, False: 0, "mixed": 10}[kind]
+        n_stats = con.execute("SELECT count(step_update_norm_n) FROM trials").fetchone()[0]
+        assert n_stats == {True: 6, False: 0, "mixed": 5}[kind]
         answers[kind] = {
             "quantiles": q.update_norm_quantiles(con, q.Filters()),
+            "generalization": q.generalization_by_batch_size(con, q.Filters()),
+            "time": q.time_by_batch_size(con, q.Filters()),
+            "distance": q.distance_by_batch_size(con, q.Filters()),
             **{
                 f"hist{k}": q.update_norm_histogram(con, q.Filters(), bins_per_decade=k)
                 for k in (1, 4, 10, 20)
