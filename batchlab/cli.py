@@ -1,6 +1,6 @@
 """The `batchlab` command line.
 
-    batchlab run GRID.yaml [--storage ROOT] [--address ADDR] [--dry-run]
+    batchlab run GRID.yaml [--storage ROOT] [--address ADDR] [--dry-run] [--compact-threshold N]
     batchlab demo                      the built-in quick grid (MNIST-1D, CPU, minutes)
     batchlab sql "SELECT ..."          ad-hoc SQL over the warehouse (or the query on stdin)
     batchlab compact [--experiment E]  merge per-trial files into few large Parquet files
@@ -30,6 +30,12 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+# `batchlab run` compacts an experiment at the end once it has this many per-trial files:
+# queries over epochs/steps read one file per trial before compaction (seconds at 10,000
+# trials), a few large files after it.
+DEFAULT_COMPACT_THRESHOLD = 1000
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="batchlab", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -47,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="validate and plan only; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compact-threshold",
+        type=int,
+        default=DEFAULT_COMPACT_THRESHOLD,
+        metavar="N",
+        help="after the run, compact the experiment when it has at least N uncompacted trials "
+        f"(default {DEFAULT_COMPACT_THRESHOLD}; 0: never); see docs/warehouse.md",
+    )
     p.add_argument(
         "--storage-shared",
         action="store_true",
@@ -121,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.dry_run,
         not args.no_progress,
         args.storage_shared,
+        args.compact_threshold,
     )
 
 
@@ -132,6 +147,7 @@ def _run(
     dry_run: bool,
     progress: bool,
     storage_shared: bool | None = None,
+    compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
 ) -> int:
     from scheduler.runner import plan, run_grid
     from warehouse.layout import Layout
@@ -163,8 +179,29 @@ def _run(
     for r in report.results:
         if r["status"] == "failed":
             print(f"  failed {r['trial_id']}: {r.get('error')}")
+    if compact_threshold > 0 and not report.cancelled:
+        _compact_if_many(layout, spec.experiment, compact_threshold)
     print(f"results: {layout.root}  (DuckDB file: {layout.duckdb_file})")
     return 1 if report.cancelled else 0
+
+
+def _compact_if_many(layout, experiment: str, threshold: int) -> None:
+    """Compact `experiment` when it has at least `threshold` uncompacted trials; a failed
+    compaction changes nothing (docs/warehouse.md) and does not fail the run."""
+    from warehouse.compact import compact
+
+    n = len(layout.table_files("trials", experiment).per_trial)
+    if n < threshold:
+        return
+    print(f"compacting experiment {experiment}: {n} uncompacted trials (>= {threshold})")
+    try:
+        print(compact(layout, experiment=experiment).summary().splitlines()[0])
+    except Exception as exc:  # the per-trial files are intact: querying still works
+        print(
+            f"compaction failed, results untouched: {exc}; run `batchlab compact "
+            f"--storage {layout.root} --experiment {experiment}` later",
+            file=sys.stderr,
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -81,6 +81,37 @@ def test_rerun_skips_everything_and_extension_runs_only_new(ray_local, storage):
     assert _counts(storage, "extend")["trials"] == 6
 
 
+def test_cli_run_compacts_an_experiment_once_it_has_many_trials(
+    ray_local, storage, tmp_path, capsys
+):
+    """`batchlab run --compact-threshold N`: below N (or 0) the per-trial files stay; at N
+    the experiment is compacted after the run, with the same rows."""
+    import yaml
+
+    from batchlab.cli import main
+
+    grid = copy.deepcopy(TINY_GRID)
+    grid |= {"experiment": "autocompact", "max_epochs": 1}
+    grid["grid"] = {"batch_size": [256], "lr": [0.05], "seed": [0, 1, 2]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    run = ["run", str(path), "--storage", storage, "--no-progress", "--compact-threshold"]
+    assert main([*run, "0"]) == 0
+    layout = Layout.open(storage)
+    assert len(layout.table_files("trials", "autocompact").per_trial) == 3
+    before = _counts(storage, "autocompact")
+    assert before["trials"] == 3
+    capsys.readouterr()
+    assert main([*run, "4"]) == 0  # 3 < 4: left as is
+    assert "compacting" not in capsys.readouterr().out
+    assert main([*run, "3"]) == 0  # nothing to run; 3 uncompacted trials >= 3
+    assert "compacting experiment autocompact: 3 uncompacted trials" in capsys.readouterr().out
+    for table in ("trials", "epochs", "steps", "layers"):
+        files = layout.table_files(table, "autocompact")
+        assert not files.per_trial and len(files.parts) == 1, table
+    assert _counts(storage, "autocompact") == before
+
+
 def test_diverging_trial_is_recorded_and_others_complete(ray_local, storage):
     grid = copy.deepcopy(TINY_GRID)
     grid["experiment"] = "diverge"
