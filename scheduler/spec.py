@@ -256,7 +256,52 @@ _SHOW = reprlib.Repr()
 _SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 80
 
 
-def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
+Marks = dict[tuple, tuple[int, int]]
+
+
+def yaml_marks(text: str, max_nodes: int = 100_000) -> Marks:
+    """(line, column), 1-based, of every key and value in a YAML text, by path: a mapping
+    value at ("grid", "lr"), a list item at ("grid", "lr", 2), and the key itself at
+    ("grid", "lr", "<key>"). Each node is visited once (an alias bomb costs nothing)."""
+    out: Marks = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    stack: list[tuple[tuple, Any]] = [((), root)] if root is not None else []
+    seen: set[int] = set()
+    while stack and len(seen) < max_nodes:
+        path, node = stack.pop()
+        out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if key is not None:
+                    out.setdefault(
+                        (*path, key, "<key>"), (k.start_mark.line + 1, k.start_mark.column + 1)
+                    )
+                    stack.append(((*path, key), v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(((*path, i), v) for i, v in enumerate(node.value))
+    return out
+
+
+def _where(marks: Marks | None, loc: tuple, key: bool = False) -> str:
+    """' (line L, column C)' of `loc` in the YAML text (its key's position with `key`; the
+    nearest enclosing node when `loc` itself is absent, e.g. a missing key)."""
+    if not marks:
+        return ""
+    if key and (*loc, "<key>") in marks:
+        line, col = marks[(*loc, "<key>")]
+        return f" (line {line}, column {col})"
+    for n in range(len(loc), -1, -1):
+        if n and loc[:n] in marks:
+            line, col = marks[loc[:n]]
+            return f" (line {line}, column {col})"
+    return ""
+
+
+def _problems(exc: ValidationError, prefix: str = "", marks: Marks | None = None) -> list[str]:
     out = []
     for err in exc.errors():
         loc = tuple(
@@ -279,10 +324,10 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
                 msg += f" (did you mean {hint[0]!r}?)"
             if valid:
                 msg += f"; valid keys: {', '.join(valid)}"
-            out.append(msg)
+            out.append(msg + _where(marks, loc, key=True))
             continue
         if err["type"] == "missing":
-            out.append(f"{path}: required key is missing")
+            out.append(f"{path}: required key is missing" + _where(marks, loc[:-1]))
             continue
         text = err["msg"].removeprefix("Value error, ")
         # reprlib: bounded depth and length (a value nested thousands deep, or a YAML alias
@@ -290,7 +335,7 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
         shown = _SHOW.repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        out.append(f"{path}: {shown} is not allowed: {text}")
+        out.append(f"{path}: {shown} is not allowed: {text}" + _where(marks, loc))
     return out
 
 
@@ -319,8 +364,9 @@ def _huge_ints(data: Any, limit: int = 20) -> list[str]:
     return sorted(out)
 
 
-def parse_spec(data: Any, source: str = "grid") -> GridSpec:
-    """Validate already-parsed YAML data into a GridSpec (raises SpecError)."""
+def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> GridSpec:
+    """Validate already-parsed YAML data into a GridSpec (raises SpecError). With `marks`
+    (`yaml_marks` of the text), each problem also says its line and column."""
     if not isinstance(data, Mapping):
         raise SpecError(
             [f"(top level): expected a mapping of keys, got {type(data).__name__}"], source
@@ -328,7 +374,7 @@ def parse_spec(data: Any, source: str = "grid") -> GridSpec:
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_problems(exc), source) from None
+        raise SpecError(_problems(exc, marks=marks), source) from None
     if huge := _huge_ints(data):
         raise SpecError(huge, source)
     # Building every trial validates combinations (e.g. nesterov with adam) up front.
@@ -355,7 +401,11 @@ def load_spec(path: str | Path) -> GridSpec:
         raise SpecError([problem], str(p)) from None
     except UnicodeDecodeError as exc:
         raise SpecError([f"not a UTF-8 text file ({exc.reason})"], str(p)) from None
-    spec = parse_spec(data, str(p))
+    try:
+        marks = yaml_marks(p.read_text())
+    except (yaml.YAMLError, RecursionError):  # positions are a courtesy: never an error
+        marks = {}
+    spec = parse_spec(data, str(p), marks)
     if (
         spec.data_dir
         and not Path(spec.data_dir).expanduser().is_absolute()

@@ -62,6 +62,42 @@ def test_missing_experiment():
         parse_spec({"grid": {}})
 
 
+def test_errors_from_a_file_say_the_line_and_column(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text(
+        "experiment: x\n"
+        "dataset: mnist1d\n"
+        "model:\n"
+        "  name: mlp\n"
+        "  hiden: [32]\n"  # line 5: a typo in a key
+        "max_epochs: 2\n"
+        "grid:\n"
+        "  batch_size: [32, -64]\n"  # line 8, column 20: a bad value in a list
+        "  lr: [0.1]\n"
+        "  seed: [0]\n"
+        "optimizer: {name: sgd, momentum: 2.0}\n"  # line 11: a bad value in a flow mapping
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    problems = info.value.problems
+    assert any(
+        x.startswith("model.hiden: unknown key 'hiden'") and x.endswith("(line 5, column 3)")
+        for x in problems
+    ), problems
+    assert any(
+        x.startswith("grid.batch_size[1]: -64") and x.endswith("(line 8, column 20)")
+        for x in problems
+    ), problems
+    assert any(
+        x.startswith("optimizer.momentum: 2.0") and x.endswith("(line 11, column 34)")
+        for x in problems
+    ), problems
+    # Parsed data without its text (parse_spec): the same messages, without positions.
+    with pytest.raises(SpecError) as info:
+        parse_spec({"experiment": "x", "max_epochs": -1, "grid": {"lr": [0.1]}})
+    assert not any("(line" in x for x in info.value.problems)
+
+
 def test_malformed_yaml_and_missing_file(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("experiment: x\ngrid: {batch_size: [32, 64\n")
