@@ -12,6 +12,10 @@ Non-finite values (NaN from a disabled measurement) are left out of means and st
 `workers` is `data_parallel_workers` (1 when unset). `lr` is the grid's lr before the
 scaling rule; `scaled_lr` is the peak lr the trials used.
 
+Every query starts from the CTE `sel` (committed trials, filtered) and joins it with the
+`<table>_raw` views: an inner join with committed trials keeps exactly the rows the
+committed views (`epochs`, `steps`, ...) hold, without their second semi-join on `trials`.
+
 `NAMED_QUERIES` maps every query that takes `(con, Filters)` to its function, and
 `FINDING_QUERIES` says which queries back which finding (F-n in FINDINGS.md).
 """
@@ -159,25 +163,42 @@ def trial_table(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     )
 
 
+def _per_config_epoch(sel: str, aggs: str, where: str = "") -> str:
+    """SQL: per configuration (`KEY`) and epoch, the aggregates `aggs` over the `epochs`
+    rows (alias `e`) of the trials in `sel`, ordered by key and epoch. Grouped on a dense
+    integer id of the configuration instead of its ten key columns (measured: ~20% faster
+    at 2M epoch rows), then the key columns are joined back."""
+    return f"""
+        WITH {sel},
+        g AS (SELECT experiment, trial_id, dense_rank() OVER (ORDER BY {_KEY}) AS gid FROM sel),
+        k AS (SELECT DISTINCT dense_rank() OVER (ORDER BY {_KEY}) AS gid, {_KEY} FROM sel),
+        agg AS (
+            SELECT g.gid, e.epoch, {aggs}
+            FROM g JOIN epochs_raw e USING (experiment, trial_id)
+            {where}
+            GROUP BY g.gid, e.epoch
+        )
+        SELECT k.* EXCLUDE (gid), agg.* EXCLUDE (gid) FROM agg JOIN k USING (gid)
+        ORDER BY {_KEY}, epoch
+        """
+
+
 def curves(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     """Per-epoch curves averaged over seeds (F-1, F-30, F-31), with every x axis: epoch,
     iterations (optimizer steps), examples seen and wall time (training seconds)."""
     sel, params = _sel(f)
     return _q(
         con,
-        f"""
-        WITH {sel}
-        SELECT s.{", s.".join(KEY)}, e.epoch,
-               avg(e.step) AS step, avg(e.examples_seen) AS examples_seen,
+        _per_config_epoch(
+            sel,
+            f"""avg(e.step) AS step, avg(e.examples_seen) AS examples_seen,
                avg(e.elapsed_s) AS elapsed_s,
                {_stat("e.train_loss", "train_loss")},
                {_stat("e.train_loss_eval", "train_loss_eval")},
                {_stat("e.val_loss", "val_loss")},
                {_stat("e.val_acc", "val_acc")},
-               count(*) AS n_seeds
-        FROM sel s JOIN epochs e USING (experiment, trial_id)
-        GROUP BY ALL ORDER BY {_KEY}, e.epoch
-        """,
+               count(*) AS n_seeds""",
+        ),
         params,
     )
 
@@ -197,7 +218,7 @@ def train_loss_at_common_epoch(con: duckdb.DuckDBPyConnection, f: Filters) -> pd
                    CASE WHEN isfinite(e.train_loss_eval) THEN e.train_loss_eval
                         ELSE e.train_loss END AS train_loss,
                    isfinite(e.train_loss_eval) AS eval_mode
-            FROM sel s JOIN epochs e USING (experiment, trial_id)
+            FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
         ),
         last AS (
             SELECT {_GROUP}, min(max_epoch) AS epoch FROM (
@@ -231,7 +252,7 @@ def generalization_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> 
             SELECT s.*, e.val_loss - e.train_loss_eval AS gap_loss,
                    e.train_acc_eval - e.val_acc AS gap_acc,
                    e.train_loss_eval AS train_loss_at_best
-            FROM sel s LEFT JOIN epochs e
+            FROM sel s LEFT JOIN epochs_raw e
               ON e.experiment = s.experiment AND e.trial_id = s.trial_id
              AND e.epoch = s.best_epoch"""
     return _q(
@@ -278,7 +299,7 @@ def time_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFra
                    avg(e.examples_per_s) FILTER (WHERE isfinite(e.examples_per_s))
                        AS examples_per_s,
                    max(e.elapsed_s) FILTER (WHERE e.epoch = s.best_epoch) AS time_to_min_s
-            FROM sel s JOIN epochs e USING (experiment, trial_id)
+            FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
             GROUP BY ALL"""
     return _q(
         con,
@@ -341,7 +362,7 @@ def distance_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Dat
                    max(e.dist_from_init) FILTER (WHERE e.epoch = s.best_epoch) AS dist_at_best,
                    avg(e.epoch_distance) FILTER (WHERE isfinite(e.epoch_distance))
                        AS mean_epoch_distance
-            FROM sel s JOIN epochs e USING (experiment, trial_id)
+            FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
             GROUP BY ALL"""
     return _q(
         con,
@@ -374,7 +395,7 @@ def distance_by_layer(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFram
                    arg_max_null(l.numel, l.epoch) AS numel,
                    arg_max_null(l.dist_from_init, l.epoch) AS dist_from_init,
                    arg_max_null(l.rel_dist_from_init, l.epoch) AS rel_dist_from_init
-            FROM layers l SEMI JOIN sel USING (experiment, trial_id)
+            FROM layers_raw l SEMI JOIN sel USING (experiment, trial_id)
             GROUP BY ALL
         ),
         lay AS (  -- kept where it is the trial's last epoch
@@ -400,15 +421,12 @@ def epoch_distance(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
     sel, params = _sel(f)
     return _q(
         con,
-        f"""
-        WITH {sel}
-        SELECT s.{", s.".join(KEY)}, e.epoch,
-               {_stat("e.epoch_distance", "epoch_distance")},
+        _per_config_epoch(
+            sel,
+            f"""{_stat("e.epoch_distance", "epoch_distance")},
                {_stat("e.dist_from_init", "dist_from_init")},
-               count(*) AS n_seeds
-        FROM sel s JOIN epochs e USING (experiment, trial_id)
-        GROUP BY ALL ORDER BY {_KEY}, e.epoch
-        """,
+               count(*) AS n_seeds""",
+        ),
         params,
     )
 
@@ -427,40 +445,31 @@ def epoch_distance_ratio(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataF
                    max(batch_size) AS large_batch_size
             FROM sel GROUP BY ALL HAVING count(DISTINCT batch_size) >= 2
         ),
-        ed AS (
-            SELECT s.{", s.".join(KEY)}, s.seed, e.epoch, e.epoch_distance
-            FROM sel s JOIN epochs e USING (experiment, trial_id)
-            WHERE isfinite(e.epoch_distance)
-        ),
-        sm AS (
-            SELECT ed.* FROM ed JOIN ends USING ({_GROUP})
-            WHERE ed.batch_size = ends.small_batch_size
-        ),
-        lg AS (
-            SELECT ed.* FROM ed JOIN ends USING ({_GROUP})
-            WHERE ed.batch_size = ends.large_batch_size
+        ed AS (  -- the epoch distances of the smallest and the largest batch size only
+            SELECT s.{", s.".join(GROUP)}, s.seed, e.epoch, e.epoch_distance,
+                   s.batch_size = ends.small_batch_size AS is_small
+            FROM sel s JOIN ends USING ({_GROUP})
+            JOIN epochs_raw e USING (experiment, trial_id)
+            WHERE s.batch_size IN (ends.small_batch_size, ends.large_batch_size)
+              AND isfinite(e.epoch_distance)
         ),
         means AS (
-            SELECT {_GROUP}, sm.epoch,
-                   avg(sm.epoch_distance) AS small_epoch_distance_mean,
-                   stddev_samp(sm.epoch_distance) AS small_epoch_distance_std,
-                   count(*) AS n_small
-            FROM sm GROUP BY ALL
-        ),
-        meanl AS (
-            SELECT {_GROUP}, lg.epoch,
-                   avg(lg.epoch_distance) AS large_epoch_distance_mean,
-                   stddev_samp(lg.epoch_distance) AS large_epoch_distance_std,
-                   count(*) AS n_large
-            FROM lg GROUP BY ALL
+            SELECT {_GROUP}, epoch,
+                   avg(epoch_distance) FILTER (is_small) AS small_epoch_distance_mean,
+                   stddev_samp(epoch_distance) FILTER (is_small) AS small_epoch_distance_std,
+                   count(*) FILTER (is_small) AS n_small,
+                   avg(epoch_distance) FILTER (NOT is_small) AS large_epoch_distance_mean,
+                   stddev_samp(epoch_distance) FILTER (NOT is_small) AS large_epoch_distance_std,
+                   count(*) FILTER (NOT is_small) AS n_large
+            FROM ed GROUP BY ALL
         ),
         paired AS (
             SELECT {_GROUP}, sm.epoch,
                    avg(sm.epoch_distance / lg.epoch_distance) AS ratio_seed_mean,
                    stddev_samp(sm.epoch_distance / lg.epoch_distance) AS ratio_seed_std,
                    count(*) AS n_pairs
-            FROM sm JOIN lg USING ({_GROUP}, epoch, seed)
-            WHERE lg.epoch_distance > 0
+            FROM ed sm JOIN ed lg USING ({_GROUP}, epoch, seed)
+            WHERE sm.is_small AND NOT lg.is_small AND lg.epoch_distance > 0
             GROUP BY ALL
         )
         SELECT {_GROUP}, epoch, ends.small_batch_size, ends.large_batch_size,
@@ -468,8 +477,9 @@ def epoch_distance_ratio(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataF
                large_epoch_distance_mean, large_epoch_distance_std,
                small_epoch_distance_mean / nullif(large_epoch_distance_mean, 0) AS ratio,
                ratio_seed_mean, ratio_seed_std, n_small, n_large, coalesce(n_pairs, 0) AS n_pairs
-        FROM means JOIN meanl USING ({_GROUP}, epoch) JOIN ends USING ({_GROUP})
+        FROM means JOIN ends USING ({_GROUP})
         LEFT JOIN paired USING ({_GROUP}, epoch)
+        WHERE n_small > 0 AND n_large > 0
         ORDER BY {_GROUP}, epoch
         """,
         params,
@@ -499,7 +509,7 @@ def update_norm_quantiles(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Data
                    quantile_cont(st.update_norm, 0.50), quantile_cont(st.update_norm, 0.75),
                    quantile_cont(st.update_norm, 0.90), avg(st.update_norm), count(*)
             FROM (SELECT * FROM sel WHERE step_update_norm_n IS NULL) s
-            JOIN steps st USING (experiment, trial_id)
+            JOIN steps_raw st USING (experiment, trial_id)
             WHERE isfinite(st.update_norm)
             GROUP BY ALL"""
     return _q(
@@ -532,18 +542,15 @@ def update_norms_by_epoch(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Data
     sel, params = _sel(f)
     return _q(
         con,
-        f"""
-        WITH {sel}
-        SELECT s.{", s.".join(KEY)}, e.epoch,
-               avg(e.update_norm_p10) AS update_norm_p10_mean,
+        _per_config_epoch(
+            sel,
+            f"""avg(e.update_norm_p10) AS update_norm_p10_mean,
                {_stat("e.update_norm_median", "update_norm_median")},
                avg(e.update_norm_p90) AS update_norm_p90_mean,
                avg(e.update_norm_max) AS update_norm_max_mean,
-               count(*) AS n_seeds
-        FROM sel s JOIN epochs e USING (experiment, trial_id)
-        WHERE isfinite(e.update_norm_median)
-        GROUP BY ALL ORDER BY {_KEY}, e.epoch
-        """,
+               count(*) AS n_seeds""",
+            where="WHERE isfinite(e.update_norm_median)",
+        ),
         params,
     )
 
@@ -569,7 +576,7 @@ def update_norm_histogram(
             SELECT s.{", s.".join(KEY)},
                    CAST(floor(log10(st.update_norm) * {fine}) AS BIGINT) AS bin, 1 AS n
             FROM (SELECT * FROM sel WHERE step_update_norm_n IS NULL) s
-            JOIN steps st USING (experiment, trial_id)
+            JOIN steps_raw st USING (experiment, trial_id)
             WHERE st.update_norm > 0 AND isfinite(st.update_norm)"""
     return _q(
         con,
@@ -610,7 +617,7 @@ def _probe_summary(
         p AS (
             SELECT s.{", s.".join(KEY)}, s.scaled_lr, s.trial_id, p.probe, {_PROBE_EPS} AS eps,
                    p.epoch, p.value
-            FROM sel s JOIN probes p USING (experiment, trial_id)
+            FROM sel s JOIN probes_raw p USING (experiment, trial_id)
             WHERE p.probe IN (SELECT unnest($probes)) AND coalesce(p.status, 'ok') = 'ok'
               AND isfinite(p.value)
             QUALIFY p.epoch = max(p.epoch) OVER (PARTITION BY s.experiment, s.trial_id, p.probe)
@@ -697,7 +704,7 @@ def critical_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFr
                    coalesce(avg(p.value) FILTER (p.probe = 'noise_scale_two_batch'),
                             avg(p.value) FILTER (p.probe = 'noise_scale_exact')) AS b_simple_mean,
                    count(DISTINCT s.trial_id) AS n_noise_trials
-            FROM sel s JOIN probes p USING (experiment, trial_id)
+            FROM sel s JOIN probes_raw p USING (experiment, trial_id)
             WHERE p.probe IN ('noise_scale_two_batch', 'noise_scale_exact')
               AND coalesce(p.status, 'ok') = 'ok' AND isfinite(p.value)
             GROUP BY ALL
