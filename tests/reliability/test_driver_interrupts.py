@@ -60,9 +60,11 @@ def scenario(tmp_path_factory):
     """Runs the three phases once; returns what each left behind."""
     work = tmp_path_factory.mktemp("interrupts")
     ray_tmp = tempfile.mkdtemp(prefix="blr-", dir="/tmp")
-    grid = write_grid(
-        work / "grid.yaml", tiny_grid(EXPERIMENT, list(range(N_TRIALS)), max_epochs=10)
-    )
+    # Slow enough (batch 8: 180 steps an epoch, ~1 s a trial here) that the grid cannot end
+    # between the second commit and the driver's reaction to Ctrl-C on an idle machine.
+    spec = tiny_grid(EXPERIMENT, list(range(N_TRIALS)), max_epochs=10)
+    spec["grid"]["batch_size"] = [8]
+    grid = write_grid(work / "grid.yaml", spec)
     root = str(work / "runs")
     secrets = {k: f"sentinel-{uuid.uuid4().hex}" for k in SECRET_VARS}
     out: dict = {"root": root, "ray_tmp": ray_tmp, "secrets": secrets, "logs": []}
