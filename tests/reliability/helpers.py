@@ -143,6 +143,10 @@ def kill_pids(pids: list[int], timeout_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class CliRun:
     """`batchlab run GRID --storage ROOT --num-cpus 2` in its own session and Ray temp dir."""
 
@@ -161,8 +165,11 @@ class CliRun:
         cmd = [sys.executable, "-m", "batchlab.cli", "run", str(self.grid), "--storage", self.root,
                "--num-cpus", "2", "--no-progress"]  # fmt: skip
         self._fh = open(self.log, "w")  # noqa: SIM115 (closed in wait/cleanup)
+        # Ctrl-C must reach the driver as in a terminal even when pytest itself runs as a
+        # background job (a shell starts those with SIGINT ignored, and children inherit it).
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, start_new_session=True,
-                                     stdout=self._fh, stderr=subprocess.STDOUT)  # fmt: skip
+                                     stdout=self._fh, stderr=subprocess.STDOUT,
+                                     preexec_fn=_default_sigint)  # fmt: skip
         return self
 
     def output(self) -> str:
