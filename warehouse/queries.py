@@ -30,7 +30,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from warehouse.summaries import HIST_BINS_PER_DECADE
+from warehouse.summaries import AT_BEST, HIST_BINS_PER_DECADE, MEANS
 
 
 @dataclass(frozen=True)
@@ -240,26 +240,17 @@ def generalization_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> 
     """F-2, F-18, F-26, F-27: minimum validation loss, best validation accuracy and the
     train-validation gap at the best epoch (val loss - train loss; train acc - val acc).
     Per trial from its row's `at_best_*` summaries (from `epochs` for older rows)."""
-    sel, params = _sel(f)
-    if _epochs_summarized(con, sel, params):
-        per = """
-            SELECT s.*, s.at_best_val_loss - s.at_best_train_loss_eval AS gap_loss,
-                   s.at_best_train_acc_eval - s.at_best_val_acc AS gap_acc,
-                   s.at_best_train_loss_eval AS train_loss_at_best
-            FROM sel s"""
-    else:
-        per = """
-            SELECT s.*, e.val_loss - e.train_loss_eval AS gap_loss,
-                   e.train_acc_eval - e.val_acc AS gap_acc,
-                   e.train_loss_eval AS train_loss_at_best
-            FROM sel s LEFT JOIN epochs_raw e
-              ON e.experiment = s.experiment AND e.trial_id = s.trial_id
-             AND e.epoch = s.best_epoch"""
+    sel, params = _sel_with_epoch_summaries(con, f)
     return _q(
         con,
         f"""
         WITH {sel},
-        per AS ({per})
+        per AS (
+            SELECT s.*, s.at_best_val_loss - s.at_best_train_loss_eval AS gap_loss,
+                   s.at_best_train_acc_eval - s.at_best_val_acc AS gap_acc,
+                   s.at_best_train_loss_eval AS train_loss_at_best
+            FROM sel s
+        )
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
                {_stat("best_val_loss", "min_val_loss")},
                {_stat("best_val_acc", "best_val_acc")},
@@ -273,12 +264,39 @@ def generalization_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> 
     )
 
 
-def _epochs_summarized(con: duckdb.DuckDBPyConnection, sel: str, params: dict[str, Any]) -> bool:
-    """Whether every selected trial's row has the epoch summaries (`epochs_n`, `at_best_*`,
-    `mean_*`; schema version 2): then per-trial numbers need not read `epochs`."""
-    return not con.execute(
+def _sel_with_epoch_summaries(
+    con: duckdb.DuckDBPyConnection, f: Filters
+) -> tuple[str, dict[str, Any]]:
+    """`_sel` whose rows all carry the epoch summaries (`at_best_*`, `mean_*`; schema
+    version 2): rows written before them get the same numbers computed from `epochs`, as
+    `warehouse.summaries.summarize_epochs` does, so per-trial queries need one code path."""
+    sel, params = _sel(f)
+    missing = con.execute(
         f"WITH {sel} SELECT count(*) FROM sel WHERE epochs_n IS NULL", params
     ).fetchone()[0]
+    if not missing:
+        return sel, params
+    at_best = [f"at_best_{c}" for c in AT_BEST]
+    means = [f"mean_{c}" for c in MEANS]
+    computed = ", ".join(
+        [f"max(e.{c}) FILTER (WHERE e.epoch = s.best_epoch) AS at_best_{c}" for c in AT_BEST]
+        + [f"avg(e.{c}) FILTER (WHERE isfinite(e.{c})) AS mean_{c}" for c in MEANS]
+    )
+    filled = ", ".join(f"coalesce(s.{c}, x.{c}) AS {c}" for c in (*at_best, *means))
+    return (
+        sel.replace("sel AS (", "sel0 AS (", 1)
+        + f""",
+        old AS (
+            SELECT s.experiment, s.trial_id, {computed}
+            FROM sel0 s JOIN epochs_raw e USING (experiment, trial_id)
+            WHERE s.epochs_n IS NULL GROUP BY ALL
+        ),
+        sel AS (
+            SELECT s.* REPLACE ({filled})
+            FROM sel0 s LEFT JOIN old x USING (experiment, trial_id)
+        )""",
+        params,
+    )
 
 
 def time_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
@@ -286,30 +304,16 @@ def time_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFra
     minimum validation loss (best_epoch), training time to the minimum (cumulative training
     seconds at best_epoch), total training and wall time, throughput. Per trial from its
     row's `mean_*` / `at_best_*` summaries (from `epochs` for older rows)."""
-    sel, params = _sel(f)
-    if _epochs_summarized(con, sel, params):
-        ep = """
-            SELECT experiment, trial_id, mean_epoch_time_s AS epoch_time_s,
-                   mean_examples_per_s AS examples_per_s, at_best_elapsed_s AS time_to_min_s
-            FROM sel"""
-    else:
-        ep = """
-            SELECT s.experiment, s.trial_id,
-                   avg(e.epoch_time_s) FILTER (WHERE isfinite(e.epoch_time_s)) AS epoch_time_s,
-                   avg(e.examples_per_s) FILTER (WHERE isfinite(e.examples_per_s))
-                       AS examples_per_s,
-                   max(e.elapsed_s) FILTER (WHERE e.epoch = s.best_epoch) AS time_to_min_s
-            FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
-            GROUP BY ALL"""
+    sel, params = _sel_with_epoch_summaries(con, f)
     return _q(
         con,
         f"""
         WITH {sel},
-        ep AS ({ep}),
         per AS (
-            SELECT s.*, ep.epoch_time_s, ep.examples_per_s, ep.time_to_min_s,
+            SELECT s.*, s.mean_epoch_time_s AS epoch_time_s,
+                   s.mean_examples_per_s AS examples_per_s, s.at_best_elapsed_s AS time_to_min_s,
                    CASE WHEN s.best_epoch >= 1 THEN s.best_epoch END AS epochs_to_min
-            FROM sel s LEFT JOIN ep USING (experiment, trial_id)
+            FROM sel s
         )
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
                {_stat("epoch_time_s", "epoch_time_s")},
@@ -350,27 +354,12 @@ def distance_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Dat
     (||theta_T - theta_0||, trainable parameters), the distance at the best epoch, and the
     trial's mean epoch distance ||theta_e - theta_(e-1)|| over its epochs. Per trial from its
     row's `at_best_*` / `mean_*` summaries (from `epochs` for older rows)."""
-    sel, params = _sel(f)
-    if _epochs_summarized(con, sel, params):
-        ep = """
-            SELECT experiment, trial_id, at_best_dist_from_init AS dist_at_best,
-                   mean_epoch_distance
-            FROM sel"""
-    else:
-        ep = """
-            SELECT s.experiment, s.trial_id,
-                   max(e.dist_from_init) FILTER (WHERE e.epoch = s.best_epoch) AS dist_at_best,
-                   avg(e.epoch_distance) FILTER (WHERE isfinite(e.epoch_distance))
-                       AS mean_epoch_distance
-            FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
-            GROUP BY ALL"""
+    sel, params = _sel_with_epoch_summaries(con, f)
     return _q(
         con,
         f"""
         WITH {sel},
-        ep AS ({ep}),
-        per AS (SELECT s.* EXCLUDE (mean_epoch_distance), ep.dist_at_best, ep.mean_epoch_distance
-                FROM sel s LEFT JOIN ep USING (experiment, trial_id))
+        per AS (SELECT s.*, s.at_best_dist_from_init AS dist_at_best FROM sel s)
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
                {_stat("final_dist_from_init", "dist_from_init")},
                {_stat("dist_at_best", "dist_at_best")},
