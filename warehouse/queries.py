@@ -45,6 +45,7 @@ class Filters:
     seed: tuple[int, ...] = ()
     batch_size: tuple[int, ...] = ()
     lr: tuple[float, ...] = ()
+    trial_id: tuple[str, ...] = ()  # the explorer's selected runs
     status: tuple[str, ...] = ("completed",)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +61,7 @@ class Filters:
             "seed",
             "batch_size",
             "lr",
+            "trial_id",
             "status",
         ):
             values = getattr(self, name)
