@@ -28,7 +28,9 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from scheduler.analyses import AnalysisSpec
@@ -82,8 +84,42 @@ class GridAxes(_Strict):
     grad_clip_norm: list[PositiveFloat] | None = None
     n_train: list[PositiveInt] | None = None
     data_parallel_workers: list[PositiveInt] | None = None
+    loss: list[str] | None = None
+    # Axes over the user's own settings, by dotted key: `model.kwargs.<name>`,
+    # `dataset.kwargs.<name>`, `loss_kwargs.<name>` and `params.<name>` (docs/custom.md).
+    user_axes: dict[str, list[Any]] = Field(default_factory=dict)
 
-    _check = field_validator("*")(lambda v: v if v is None else _nonempty_unique(v))
+    _check = field_validator("*")(
+        lambda v: v if v is None or isinstance(v, dict) else _nonempty_unique(v)
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_user_axes(cls, v: Any) -> Any:
+        if not isinstance(v, Mapping):
+            return v
+        v = dict(v)
+        user = dict(v.pop("user_axes", None) or {})
+        for key in [k for k in v if isinstance(k, str) and "." in k]:
+            user[key] = v.pop(key)
+        if user:
+            v["user_axes"] = user
+        return v
+
+    @field_validator("user_axes")
+    @classmethod
+    def _user_axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            prefix, _, name = key.rpartition(".")
+            if prefix not in USER_AXIS_PREFIXES or not name.isidentifier():
+                raise ValueError(
+                    f"grid.{key}: unknown axis; user settings are axes named "
+                    + ", ".join(f"{p}.<name>" for p in USER_AXIS_PREFIXES)
+                )
+            if not isinstance(values, list):
+                raise ValueError(f"grid.{key}: an axis is a list of values, got {values!r}")
+            _nonempty_unique(values)
+        return v
 
     @field_validator("lr")
     @classmethod
@@ -93,6 +129,8 @@ class GridAxes(_Strict):
                 raise ValueError(f"lr must be finite, got {x}")
         return v
 
+
+USER_AXIS_PREFIXES = ("model.kwargs", "dataset.kwargs", "loss_kwargs", "params")
 
 # Where each axis lands in a TrialConfig (dotted path).
 AXIS_PATHS = {
@@ -107,6 +145,7 @@ AXIS_PATHS = {
     "grad_clip_norm": "grad_clip_norm",
     "n_train": "dataset.n_train",
     "data_parallel_workers": "data_parallel_workers",
+    "loss": "loss",
 }
 
 
@@ -148,11 +187,20 @@ class GridSpec(_Strict):
     data_parallel_workers: PositiveInt = 1
     base_batch_size: PositiveInt = 32
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    # The user's code (docs/custom.md): loss, own training loop, free hyperparameters.
+    loss: str = "cross_entropy"
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    trainable: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
     grid: GridAxes = Field(default_factory=GridAxes)
     resources: Resources = Field(default_factory=Resources)
     # Directory with official data set files (mnist, fashion-mnist, cifar10); relative
     # paths are resolved against the grid file's folder. Not part of trial identity.
     data_dir: str | None = None
+    # The folder relative user-code paths ("./nets.py:build") are resolved against and that
+    # is put on the workers' sys.path: the grid file's folder (set by load_spec; not part
+    # of trial identity).
+    code_dir: str | None = None
     # Loss-landscape analyses run after the trials they need (scheduler/analyses.py).
     analyses: list[AnalysisSpec] = Field(default_factory=list)
 
@@ -165,12 +213,18 @@ class GridSpec(_Strict):
 
     @field_validator("dataset", "model", "optimizer", mode="before")
     @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        # `dataset: mnist1d` is short for `dataset: {name: mnist1d}`.
+    def _shorthand(cls, v: Any, info: ValidationInfo) -> Any:
+        # `dataset: mnist1d` is short for `dataset: {name: mnist1d}`; an import path
+        # (`model: "./nets.py:build"`) for `{factory: ...}` / `{loader: ...}`.
+        if isinstance(v, str) and ":" in v and info.field_name in ("dataset", "model"):
+            return {"loader" if info.field_name == "dataset" else "factory": v}
         return {"name": v} if isinstance(v, str) else v
 
     def axes(self) -> dict[str, list]:
-        return {k: v for k, v in self.grid.model_dump().items() if v is not None}
+        """Every axis by name (user axes by their dotted key), in declaration order."""
+        d = self.grid.model_dump()
+        user = d.pop("user_axes")
+        return {**{k: v for k, v in d.items() if v is not None}, **user}
 
     @property
     def n_trials(self) -> int:
@@ -180,7 +234,15 @@ class GridSpec(_Strict):
         """The TrialConfig fields shared by every trial, as plain data."""
         d = self.model_dump(
             mode="json",
-            exclude={"experiment", "description", "grid", "resources", "data_dir", "analyses"},
+            exclude={
+                "experiment",
+                "description",
+                "grid",
+                "resources",
+                "data_dir",
+                "analyses",
+                "code_dir",
+            },
         )
         return d
 
@@ -193,6 +255,9 @@ class GridSpec(_Strict):
         """
         axes = self.axes()
         names = list(axes)
+        if self.grid.user_axes:
+            yield from self._iter_validated(axes)
+            return
         base: TrialConfig | None = None
         for combo in itertools.product(*(axes[n] for n in names)):
             if base is None:
@@ -225,6 +290,25 @@ class GridSpec(_Strict):
                 top[sub] = getattr(base, sub).model_copy(update=upd)
                 dump[sub] = {**base_dump[sub], **upd}
             yield base.model_copy(update=top).set_hash(config_hash_of(dump))
+
+    def _iter_validated(self, axes: dict[str, list]) -> Iterator[TrialConfig]:
+        """Every trial validated in full: grids with user axes (whose values only the
+        resolved TrialConfig can check)."""
+        names = list(axes)
+        for combo in itertools.product(*(axes[n] for n in names)):
+            d = self.base_config()
+            for name, value in zip(names, combo, strict=True):
+                *parents, leaf = AXIS_PATHS.get(name, name).split(".")
+                target = d
+                for p in parents:
+                    target[p] = dict(target.get(p) or {})
+                    target = target[p]
+                target[leaf] = value
+            try:
+                yield TrialConfig.model_validate(d)
+            except ValidationError as exc:
+                where = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
+                raise SpecError(_problems(exc, prefix=f"grid[{where}]")) from None
 
     def trials(self) -> list[TrialConfig]:
         """The unique trials (two axis combinations resolving to one config run once)."""
@@ -412,4 +496,8 @@ def load_spec(path: str | Path) -> GridSpec:
         and "://" not in spec.data_dir
     ):
         spec = spec.model_copy(update={"data_dir": str((p.parent / spec.data_dir).resolve())})
+    if spec.code_dir is None:
+        spec = spec.model_copy(update={"code_dir": str(p.parent.resolve())})
+    elif not Path(spec.code_dir).expanduser().is_absolute():
+        spec = spec.model_copy(update={"code_dir": str((p.parent / spec.code_dir).resolve())})
     return spec

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -22,6 +23,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -29,11 +32,71 @@ DATASETS = ("mnist1d", "digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "cnn", "lenet", "vgg", "keskar_f1", "keskar_c1")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCALING = ("none", "linear", "sqrt")
+LOSSES = ("cross_entropy", "bce", "mse")
+
+# "module.sub:attr" or a path to a .py file ("./nets.py:build", "/abs/nets.py:build").
+_IMPORT_PATH = re.compile(r"(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|[^:\n]*\.py):[A-Za-z_][\w.]*")
+
+# Keys added after trial identities were first stored: left out of the hash while they hold
+# their default, so every trial of an older grid keeps its id (and is skipped on a re-run).
+# (dotted path, default)
+_LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("dataset", "loader"), None),
+    (("dataset", "kwargs"), {}),
+    (("model", "factory"), None),
+    (("model", "kwargs"), {}),
+    (("loss",), "cross_entropy"),
+    (("loss_kwargs",), {}),
+    (("trainable",), None),
+    (("params",), {}),
+)
+
+
+def identity_dump(dumped: dict[str, Any]) -> dict[str, Any]:
+    """The dumped TrialConfig without the later keys that hold their defaults (a copy)."""
+    out = dict(dumped)
+    for path, default in _LATER_KEYS:
+        parent: dict[str, Any] | None = out
+        for part in path[:-1]:
+            sub = parent.get(part) if parent is not None else None
+            if not isinstance(sub, dict):
+                parent = None
+                break
+            sub = dict(sub)
+            parent[part] = sub
+            parent = sub
+        if parent is not None and path[-1] in parent and parent[path[-1]] == default:
+            del parent[path[-1]]
+    return out
 
 
 def config_hash_of(dumped: dict[str, Any]) -> str:
-    """sha256 of the key-sorted compact JSON of a dumped TrialConfig."""
-    return hashlib.sha256(orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """sha256 of the key-sorted compact JSON of a dumped TrialConfig (its identity dump)."""
+    return hashlib.sha256(
+        orjson.dumps(identity_dump(dumped), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+def check_import_path(v: str | None, key: str) -> str | None:
+    """`module:attr` or `file.py:attr`, else a ValueError saying what is allowed."""
+    if v is None:
+        return v
+    if not isinstance(v, str) or not _IMPORT_PATH.fullmatch(v):
+        raise ValueError(
+            "not an import path; expected 'package.module:function' or "
+            "'./file.py:function' (a .py file relative to the grid file)"
+        )
+    return v
+
+
+def _jsonable(v: dict[str, Any], key: str) -> dict[str, Any]:
+    try:
+        orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise ValueError(
+            f"values must be plain YAML data (numbers, strings, lists, mappings): {exc}"
+        ) from None
+    return v
 
 
 class _Strict(BaseModel):
@@ -43,7 +106,12 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    name: Literal["mnist1d", "digits", "mnist", "fashion-mnist", "cifar10"] = "mnist1d"
+    # The user's data set: "package.module:function" or "./file.py:function", called with
+    # `kwargs` (docs/custom.md). None = the built-in data set `name`.
+    loader: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # A built-in data set, or (with `loader`) the label of the user's data set.
+    name: str = "mnist1d"
     # Optional cap on training examples (a seeded subset); None = the whole training split.
     n_train: PositiveInt | None = None
     # Fraction of the official training split held out for validation when the data set
@@ -54,9 +122,45 @@ class DatasetConfig(_Strict):
     # every trial of a grid sees the same split).
     split_seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _label(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("loader") and "name" not in v:
+            v = {**v, "name": _label_of(v["loader"])}
+        return v
+
+    _loader = field_validator("loader")(lambda v: check_import_path(v, "dataset.loader"))
+    _kwargs = field_validator("kwargs")(lambda v: _jsonable(v, "dataset.kwargs"))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str, info: ValidationInfo) -> str:
+        return _builtin_or_user(v, info.data.get("loader"), DATASETS, "data set", "dataset.loader")
+
+
+def _builtin_or_user(
+    name: str, user: str | None, builtins: tuple[str, ...], what: str, key: str
+) -> str:
+    if user is None and name not in builtins:
+        raise ValueError(
+            f"not a built-in {what}: allowed {', '.join(map(repr, builtins))}; for your own "
+            f"{what} give {key}: 'package.module:function' (docs/custom.md)"
+        )
+    return name
+
+
+def _label_of(path: str) -> str:
+    """A readable default name for user code: the function's name."""
+    return str(path).rsplit(":", 1)[-1]
+
 
 class ModelConfig(_Strict):
-    name: Literal["mlp", "cnn", "lenet", "vgg", "keskar_f1", "keskar_c1"] = "mlp"
+    # The user's model: "package.module:function" or "./file.py:function" returning an
+    # nn.Module, called with `kwargs` (+ input_shape / num_classes when it accepts them).
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # A built-in model, or (with `factory`) the label of the user's model.
+    name: str = "mlp"
     # Hidden widths of the MLP (units); ignored by the convolutional models.
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
     # BatchNorm after every hidden layer / conv (F-27, F-28). keskar_f1 and keskar_c1 always use it.
@@ -65,6 +169,21 @@ class ModelConfig(_Strict):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     # Channel widths of the VGG-style blocks (each: conv3x3-ReLU-maxpool2).
     channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("factory") and "name" not in v:
+            v = {**v, "name": _label_of(v["factory"])}
+        return v
+
+    _factory = field_validator("factory")(lambda v: check_import_path(v, "model.factory"))
+    _kwargs = field_validator("kwargs")(lambda v: _jsonable(v, "model.kwargs"))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str, info: ValidationInfo) -> str:
+        return _builtin_or_user(v, info.data.get("factory"), MODELS, "model", "model.factory")
 
 
 class OptimizerConfig(_Strict):
@@ -168,12 +287,48 @@ class TrialConfig(_Strict):
     # Loss above this (or NaN/inf) marks the trial diverged.
     divergence_loss: PositiveFloat = 1e4
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    # The training loss, used by training, evaluation and every probe: a built-in
+    # (cross_entropy | bce | mse) or "package.module:function" / "./file.py:function"
+    # taking (outputs, targets) and returning the batch mean (docs/custom.md).
+    loss: str = "cross_entropy"
+    # Keyword arguments of the loss (e.g. label_smoothing for cross_entropy).
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # The user's own training loop: "package.module:function" / "./file.py:function",
+    # called with the running trial (`batchlab.trial`); None = batchlab's loop.
+    trainable: str | None = None
+    # Hyperparameters batchlab does not know: passed to the user's code as trial.params
+    # (grid axes `params.<name>`), part of the trial's identity.
+    params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
         if self.optimizer.name == "adam" and self.optimizer.nesterov:
             raise ValueError("optimizer.nesterov applies to sgd only")
         return self
+
+    _trainable = field_validator("trainable")(lambda v: check_import_path(v, "trainable"))
+    _params = field_validator("params", "loss_kwargs")(lambda v: _jsonable(v, "params"))
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v not in LOSSES and not (isinstance(v, str) and _IMPORT_PATH.fullmatch(v)):
+            raise ValueError(
+                f"a built-in loss ({', '.join(map(repr, LOSSES))}) or "
+                "'package.module:function' / './file.py:function'"
+            )
+        return v
+
+    @property
+    def user_paths(self) -> dict[str, str]:
+        """The user code this trial runs, by grid key (empty for a built-in trial)."""
+        out = {
+            "model.factory": self.model.factory,
+            "dataset.loader": self.dataset.loader,
+            "trainable": self.trainable,
+            "loss": self.loss if self.loss not in LOSSES else None,
+        }
+        return {k: v for k, v in out.items() if v}
 
     @property
     def scaled_lr(self) -> float:
@@ -194,7 +349,8 @@ class TrialConfig(_Strict):
         return self
 
     def canonical_json(self) -> str:
-        """Key-sorted JSON of every field, defaults included: the input of the hash."""
+        """Key-sorted JSON of every field, defaults included (the hash reads the identity
+        dump of it: `identity_dump`)."""
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS).decode()
 
     @property
@@ -215,5 +371,7 @@ class TrialConfig(_Strict):
             "model": self.model.model_dump(mode="json"),
             "batch_size": self.batch_size,
             "optimizer": self.optimizer.name,
+            "loss": [self.loss, self.loss_kwargs],
+            "trainable": self.trainable,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,9 +12,11 @@ network. `mnist`, `fashion-mnist` and `cifar10` are read from their official fil
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,14 +35,23 @@ class Dataset:
     input_shape: tuple[int, ...]
     # Where the data came from (files and their checksums, generator arguments).
     source: dict = field(default_factory=dict)
+    # A user data set too large for the device (torch.utils.data.Dataset objects): batches
+    # come from a DataLoader; x_train/y_train and x_val/y_val then hold a fixed seeded
+    # subset (on the device) for the full-set evaluations and probes (docs/custom.md).
+    train_set: Any = None
+    val_set: Any = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.train_set is not None
 
     @property
     def n_train(self) -> int:
-        return int(self.x_train.shape[0])
+        return len(self.train_set) if self.streaming else int(self.x_train.shape[0])
 
     @property
     def n_val(self) -> int:
-        return int(self.x_val.shape[0])
+        return len(self.val_set) if self.streaming else int(self.x_val.shape[0])
 
 
 def cache_dir() -> Path:
@@ -103,7 +114,12 @@ def _raw(cfg: DatasetConfig, data_dir: str | None):
 def load_dataset(
     cfg: DatasetConfig, device: torch.device | str = "cpu", data_dir: str | None = None
 ) -> Dataset:
-    """Load `cfg` onto `device`, normalized with the training split's mean and std."""
+    """Load `cfg` onto `device`: a built-in data set normalized with the training split's
+    mean and std, or the user's loader's data as it returns it (workers/user_data.py)."""
+    if cfg.loader is not None:
+        from workers.user_data import load_user_dataset
+
+        return load_user_dataset(cfg, device, data_dir)
     xtr, ytr, xv, yv, num_classes, shape, source = _raw(cfg, data_dir)
     if cfg.n_train is not None:
         if cfg.n_train > len(xtr):
@@ -131,3 +147,20 @@ def load_dataset(
         input_shape=tuple(shape),
         source=source,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _cached(dataset_json: str, device: str, data_dir: str | None, code_dir: str | None) -> Dataset:
+    return load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
+
+
+def load_dataset_cached(
+    cfg: DatasetConfig, device: torch.device | str = "cpu", data_dir: str | None = None
+) -> Dataset:
+    """`load_dataset`, kept for the next call in this process (one data set at a time): the
+    members of a pack, the next trial of a grid on a reused Ray worker, and a retried trial
+    in the same process do not load (or call the user's loader) again. Callers must not
+    modify the returned tensors."""
+    from workers.user import code_dir
+
+    return _cached(cfg.model_dump_json(), str(torch.device(device)), data_dir, code_dir())

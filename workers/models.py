@@ -151,7 +151,11 @@ def keskar_c1(input_shape: Sequence[int], num_classes: int) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Build the model named by `cfg` for inputs of `input_shape` (no batch dim)."""
+    """Build the model named by `cfg` for inputs of `input_shape` (no batch dim): a built-in,
+    or the user's `factory` called with `kwargs` (+ input_shape / num_classes when it
+    accepts them by name), which must return an nn.Module."""
+    if cfg.factory is not None:
+        return build_user_model(cfg, input_shape, num_classes)
     flat = 1
     for s in input_shape:
         flat *= int(s)
@@ -168,3 +172,21 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
     if cfg.name == "keskar_c1":
         return keskar_c1(input_shape, num_classes)
     raise ValueError(f"model.name: unknown model {cfg.name!r}")
+
+
+def build_user_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    from workers.user import UserCodeError, call_with, resolve
+
+    fn = resolve(cfg.factory, "model.factory")
+    offered = {"input_shape": tuple(int(s) for s in input_shape), "num_classes": int(num_classes)}
+    model = call_with(fn, dict(cfg.kwargs), offered)
+    if not isinstance(model, nn.Module):
+        raise UserCodeError(
+            f"model.factory: {cfg.factory!r} returned a {type(model).__name__}; expected a "
+            "torch.nn.Module"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserCodeError(
+            f"model.factory: {cfg.factory!r} returned a module with no trainable parameters"
+        )
+    return model

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from workers.config import TrialConfig
-from workers.data import Dataset, load_dataset
+from workers.data import Dataset, load_dataset_cached
+from workers.losses import CROSS_ENTROPY, Loss, loss_of
 from workers.models import build_model
 
 EVAL_BATCH = 4096  # examples per forward pass when evaluating a whole split
@@ -132,19 +132,62 @@ def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = CROSS_ENTROPY
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy and accuracy over a whole split, eval mode, as device scalars."""
+    """Mean loss and accuracy over a whole split, eval mode, as device scalars (accuracy
+    NaN when the loss defines none). The mean is the size-weighted mean of chunk means."""
+    return _evaluate_batches(model, ((x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH])
+                                     for i in range(0, x.shape[0], EVAL_BATCH)), loss, x.device)  # fmt: skip
+
+
+def _evaluate_batches(model: nn.Module, batches, loss: Loss, dev: torch.device):
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
-    for i in range(0, x.shape[0], EVAL_BATCH):
-        logits = model(x[i : i + EVAL_BATCH]).float()
-        loss_sum += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum")
-        correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum()
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    correct = torch.zeros((), device=dev, dtype=torch.float64)
+    n, has_acc = 0, True
+    for xb, yb in batches:
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        out = model(xb).float()
+        loss_sum += loss(out, yb).double() * xb.shape[0]
+        c = loss.correct(out, yb) if has_acc else None
+        if c is None:
+            has_acc = False
+        else:
+            correct += c
+        n += xb.shape[0]
     model.train(was_training)
-    return loss_sum / x.shape[0], correct / x.shape[0]
+    acc = correct / n if has_acc else torch.full((), math.nan, device=dev)
+    return (loss_sum / n).float(), acc.float()
+
+
+def loader_workers(dev: torch.device) -> int:
+    """DataLoader worker processes for a streamed data set ($BATCHLAB_LOADER_WORKERS; default
+    2 on CUDA, 0 on CPU where the trial's own threads do the work)."""
+    env = os.environ.get("BATCHLAB_LOADER_WORKERS")
+    return int(env) if env else (2 if dev.type == "cuda" else 0)
+
+
+def _loader(ds, batches: list[list[int]], dev: torch.device):
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=batches, num_workers=loader_workers(dev),
+        pin_memory=dev.type == "cuda", persistent_workers=False,
+    )  # fmt: skip
+
+
+def evaluate_split(
+    model: nn.Module, data: Dataset, split: str, loss: Loss = CROSS_ENTROPY
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy over the whole validation split ("val") or the training split
+    ("train"); a streamed data set's training split is evaluated on its device subset."""
+    dev = data.x_train.device
+    if split == "val" and data.streaming:
+        n = len(data.val_set)
+        order = [list(range(i, min(n, i + EVAL_BATCH))) for i in range(0, n, EVAL_BATCH)]
+        return _evaluate_batches(model, _loader(data.val_set, order, dev), loss, dev)
+    if split == "val":
+        return evaluate(model, data.x_val, data.y_val, loss)
+    return evaluate(model, data.x_train, data.y_train, loss)
 
 
 def _params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -207,7 +250,8 @@ def record_validation(
     else:
         st["since_best"] += es.eval_every_steps if (es and es.unit == "steps") else 1
         st["plateau"] += 1
-    st["best_acc"] = max(st["best_acc"], va)
+    if math.isfinite(va):  # NaN: the loss defines no accuracy (e.g. mse regression)
+        st["best_acc"] = max(st["best_acc"], va)
     if cfg.target_val_error is not None and 1.0 - va <= cfg.target_val_error:
         if st["steps_to_target"] < 0:
             st["steps_to_target"] = st["step"]
@@ -266,7 +310,8 @@ def _train(
     if not main:
         checkpoints = _ReadOnlyCheckpoints(checkpoints) if checkpoints is not None else None
         on_epoch = None
-    data = data if data is not None else load_dataset(cfg.dataset, dev, data_dir)
+    data = data if data is not None else load_dataset_cached(cfg.dataset, dev, data_dir)
+    lossf = loss_of(cfg)
     n = data.n_train
     spe = steps_per_epoch(n, cfg.batch_size)
     m = cfg.measure
@@ -319,7 +364,7 @@ def _train(
 
     def validate(epoch: int) -> tuple[float, float]:
         """One host sync: validation loss/acc, early-stopping and target bookkeeping."""
-        vl, va = evaluate(model, data.x_val, data.y_val)
+        vl, va = evaluate_split(model, data, "val", lossf)
         vl, va = vl.item(), va.item()
         if (reason := record_validation(cfg, st, vl, va, epoch)) is not None:
             raise _Stop(reason)
@@ -335,15 +380,22 @@ def _train(
             gnorm = torch.zeros(spe, device=dev)
             lrs = []
             stopped: _Stop | None = None
+            stream = _stream(data, perm, cfg.batch_size, spe, dev) if data.streaming else None
             for i in range(spe):
-                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                if dist is not None and dist.world_size > 1:
-                    idx = idx.tensor_split(dist.world_size)[dist.rank]
+                if stream is not None:
+                    xb, yb = next(stream)
+                    if dist is not None and dist.world_size > 1:
+                        xb, yb = xb.tensor_split(dist.world_size)[dist.rank], yb.tensor_split(dist.world_size)[dist.rank]  # fmt: skip
+                else:
+                    idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                    if dist is not None and dist.world_size > 1:
+                        idx = idx.tensor_split(dist.world_size)[dist.rank]
+                    xb, yb = data.x_train[idx], data.y_train[idx]
                 lr = lr_at(cfg, st["step"], spe, st["decay"])
                 lrs.append(lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+                loss = lossf(net(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grads = [p.grad for p in params]
@@ -415,7 +467,7 @@ def _train(
             row.update({f"update_norm_{k}": v for k, v in uq.items()})
             row.update({f"grad_norm_{k}": v for k, v in gq.items()})
             if m.train_eval:
-                tl, ta = evaluate(model, data.x_train, data.y_train)
+                tl, ta = evaluate_split(model, data, "train", lossf)
                 row["train_loss_eval"], row["train_acc_eval"] = tl.item(), ta.item()
             else:
                 row["train_loss_eval"], row["train_acc_eval"] = math.nan, math.nan
@@ -439,15 +491,19 @@ def _train(
                     })  # fmt: skip
             st["epoch"] = epoch
             if stopped is not None:
-                vl, va = evaluate(model, data.x_val, data.y_val)
+                vl, va = evaluate_split(model, data, "val", lossf)
                 row["val_loss"], row["val_acc"] = vl.item(), va.item()
                 st["epochs"].append(row)
                 raise stopped
             try:
                 # In "steps" mode validation (and its bookkeeping) already ran inside the epoch.
-                vl, va = _val_only(model, data) if (es and es.unit == "steps") else validate(epoch)
+                vl, va = (
+                    _val_only(model, data, lossf)
+                    if (es and es.unit == "steps")
+                    else validate(epoch)
+                )
             except _Stop as s:
-                vl, va = evaluate(model, data.x_val, data.y_val)
+                vl, va = evaluate_split(model, data, "val", lossf)
                 row["val_loss"], row["val_acc"] = vl.item(), va.item()
                 st["epochs"].append(row)
                 raise s
@@ -468,7 +524,7 @@ def _train(
                 and epoch % m.probe_every_epochs == 0
                 and epoch < cfg.max_epochs
             ):
-                st["probes"] += _probes(model, data, cfg, epoch)
+                st["probes"] += _probes(model, data, cfg, epoch, lossf)
             if on_epoch is not None:
                 on_epoch(row)
             if checkpoints is not None:
@@ -478,7 +534,7 @@ def _train(
 
     status = "diverged" if stop_reason == "diverged" else "completed"
     if status == "completed" and main:
-        st["probes"] += _probes(model, data, cfg, st["epoch"])
+        st["probes"] += _probes(model, data, cfg, st["epoch"], lossf)
         if checkpoints is not None and m.checkpoints:
             checkpoints.save("final", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else math.nan
@@ -491,7 +547,9 @@ def _train(
         "epochs_run": epochs_run,
         "steps_run": st["step"],
         "best_val_loss": st["best_val"] if math.isfinite(st["best_val"]) else math.nan,
-        "best_val_acc": st["best_acc"],
+        "best_val_acc": st["best_acc"]
+        if any(math.isfinite(r.get("val_acc", math.nan)) for r in st["epochs"])
+        else math.nan,
         "best_epoch": st["best_epoch"],
         "best_step": st["best_step"],
         "steps_to_target": st["steps_to_target"],
@@ -518,18 +576,33 @@ def _train(
     )
 
 
-def _val_only(model: nn.Module, data: Dataset) -> tuple[float, float]:
-    vl, va = evaluate(model, data.x_val, data.y_val)
+def _val_only(model: nn.Module, data: Dataset, lossf: Loss) -> tuple[float, float]:
+    vl, va = evaluate_split(model, data, "val", lossf)
     return vl.item(), va.item()
 
 
-def _probes(model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int) -> list[dict[str, Any]]:
+def _stream(data: Dataset, perm: torch.Tensor, batch_size: int, spe: int, dev: torch.device):
+    """The epoch's batches of a streamed data set, in the order of `perm` (the same order
+    the device-resident path takes), through a DataLoader."""
+    order = perm.cpu().tolist()
+    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(spe)]
+    for xb, yb in _loader(data.train_set, batches, dev):
+        if not torch.is_floating_point(yb):
+            yb = yb.long()
+        yield xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+
+
+def _probes(
+    model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int, lossf: Loss = CROSS_ENTROPY
+) -> list[dict[str, Any]]:
     m = cfg.measure
     if m.sharpness is None and m.hessian is None and m.noise_scale is None:
         return []
     from workers.probes import run_probes
 
-    return run_probes(model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch)
+    return run_probes(
+        model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch, loss_fn=lossf.fn
+    )
 
 
 def _resume_state(model, opt, init, st, dev) -> dict[str, Any]:

@@ -27,7 +27,7 @@ BAD_INPUTS = [
     (
         {"model": {"hiden": [3]}},
         "model.hiden",
-        "valid keys: batchnorm, channels, dropout, hidden, name",
+        "valid keys: batchnorm, channels, dropout, factory, hidden, kwargs, name",
     ),
     ({"optimizer": {"name": "rmsprop"}}, "optimizer.name", "'sgd' or 'adam'"),
     ({"optimizer": {"name": "adam", "nesterov": True}}, "grid[", "nesterov applies to sgd only"),
