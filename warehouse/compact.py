@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.layout import Layout, TableFile, TableFiles, check_experiment
+from warehouse.layout import Layout, TableFile, TableFiles, check_experiment, file_schema
 from warehouse.schemas import KEY_COLUMN, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SCHEMAS
 
 # A part smaller than this is merged again by the next compaction (rows).
@@ -353,6 +353,7 @@ def _write_part(
     schema = SCHEMAS[table].with_metadata(
         {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), "batchlab.generation": str(generation)}
     )
+    stored = file_schema(schema)  # the partition column dictionary-encoded (layout.py)
     merged: list[TableFile] = []
     rows = 0
     buf: list[pa.Table] = []
@@ -364,7 +365,7 @@ def _write_part(
         # dictionaries everywhere, and a smaller file (benchmarks/warehouse.py).
         writer = pq.ParquetWriter(
             out,
-            schema,
+            stored,
             compression="snappy",
             use_dictionary=[f.name for f in schema if pa.types.is_string(f.type)],
         )
@@ -374,7 +375,7 @@ def _write_part(
             nonlocal buffered, rows
             whole = pa.concat_tables(buf)
             n = len(whole) if final else len(whole) // row_group_rows * row_group_rows
-            writer.write_table(whole.slice(0, n), row_group_size=row_group_rows)
+            writer.write_table(whole.slice(0, n).cast(stored), row_group_size=row_group_rows)
             rows += n
             rest = whole.slice(n)
             buf[:] = [rest] if len(rest) else []

@@ -222,15 +222,50 @@ def connect(
 
 # ---- the DuckDB file for outside clients ------------------------------------------------
 
+# The storage format `batchlab.duckdb` is written in: DuckDB 1.1 and every later release
+# read it (DuckDB 2.0 writes its own v2.0.0 format by default, which releases before 2.0
+# refuse: "version number 69, but we can only read versions between 64 and 68").
+STORAGE_VERSION = "v1.1.0"
+ROOT_MACRO = "batchlab_root"
 _PART_LIKE = "%/part-g%-%.parquet"  # compacted files (Layout.PART_RE), as a LIKE pattern
+
+
+def _root_macro_sql(db_name: str) -> str:
+    """`batchlab_root()`: the directory of the `batchlab.duckdb` file the views are read
+    from, with a trailing '/' ('' when it was opened by a relative name from its own
+    directory), evaluated when a query is bound, so every path in the views is relative to
+    the file's own location, never to the working directory and never to the root it was
+    built in. DuckDB exposes the main database's path through its default temp_directory
+    `<file>.tmp`; a session that ATTACHes the file instead names the root with
+    `SET file_search_path = '<root>'`; anything else is an error that says so."""
+    tmp = f"{db_name}.tmp"
+    td, fsp = "current_setting('temp_directory')", "current_setting('file_search_path')"
+    hint = (
+        f"batchlab: cannot tell where this {db_name} lies: open it as the main database "
+        f"(duckdb <root>/{db_name}), or SET file_search_path = '<root>' (the directory "
+        f"holding {db_name} and tables/) before querying it from an ATTACH"
+    )
+    return f"""CREATE OR REPLACE MACRO {ROOT_MACRO}() AS (CASE
+        WHEN {td} = {_sql_str(tmp)} THEN ''
+        WHEN suffix({td}, {_sql_str("/" + tmp)}) THEN left({td}, -{len(tmp)})
+        WHEN {fsp} <> '' AND NOT contains({fsp}, ',') THEN rtrim({fsp}, '/') || '/'
+        ELSE error({_sql_str(hint)})
+    END)"""
+
+
+def _rel(layout: Layout, path: str) -> str:
+    """SQL for `path` (under the root) relative to the file's location."""
+    rel = path[len(layout.base) + 1 :] if path.startswith(layout.base + "/") else path
+    return f"{ROOT_MACRO}() || {_sql_str(rel)}"
 
 
 def _persistent_raw_sql(layout: Layout, table: str, parts: list[str]) -> str:
     """`<table>_raw` for `batchlab.duckdb`: the per-trial files by glob (trials written
     later show up without a rebuild; DuckDB skips the parts by their names), plus the live
     parts listed when the file was built (only a compaction changes them, and it rebuilds
-    the file), minus compacted rows whose key has a per-trial file: `connect`'s rules."""
-    glob = _sql_str(layout.table_glob(table))
+    the file), minus compacted rows whose key has a per-trial file: `connect`'s rules.
+    Every path is relative to the file's location (`batchlab_root()`)."""
+    glob = _rel(layout, layout.table_glob(table))
     selects = [
         _empty_select(SCHEMAS[table]),
         f"""SELECT * EXCLUDE (filename)
@@ -239,8 +274,9 @@ def _persistent_raw_sql(layout: Layout, table: str, parts: list[str]) -> str:
     ]
     if parts:
         key = KEY_COLUMN[table]
+        lst = ", ".join(_rel(layout, p) for p in parts)
         selects.append(
-            f"""SELECT r.* FROM {_read_parquet(parts)} r
+            f"""SELECT r.* FROM read_parquet([{lst}], union_by_name = true) r
             ANTI JOIN (
                 SELECT regexp_extract(file, '/experiment=([^/]+)/[^/]+$', 1) AS experiment,
                        regexp_extract(file, '/([^/]+)\\.parquet$', 1) AS stem
@@ -250,6 +286,17 @@ def _persistent_raw_sql(layout: Layout, table: str, parts: list[str]) -> str:
     return " UNION ALL BY NAME ".join(selects)
 
 
+def _attach_for_writing(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """ATTACH `path` as `out` in STORAGE_VERSION (a DuckDB 1.1 without the option writes
+    its own, same, format)."""
+    try:
+        con.execute(f"ATTACH {_sql_str(path)} AS out (STORAGE_VERSION '{STORAGE_VERSION}')")
+    except (duckdb.BinderException, duckdb.InvalidInputException, duckdb.NotImplementedException):
+        if not duckdb.__version__.startswith("1.1."):
+            raise
+        con.execute(f"ATTACH {_sql_str(path)} AS out")
+
+
 def write_duckdb_file(root: str | Layout | None = None) -> str | None:
     """(Re)create `<root>/batchlab.duckdb` with the same views, for outside DuckDB clients.
 
@@ -257,15 +304,23 @@ def write_duckdb_file(root: str | Layout | None = None) -> str | None:
     the path, or None for remote roots. Built under a temporary name and renamed, so a
     client never opens a half-built file. Unlike `connect`, its views glob the per-trial
     files at query time (new trials show up), and a corrupt file makes a query fail until
-    `batchlab check --quarantine` moves it aside.
+    `batchlab check --quarantine` moves it aside. Written in storage format STORAGE_VERSION;
+    every path in it is relative to the file's own location (`_root_macro_sql`), so a
+    copied or moved root reads its own files (docs/warehouse.md "Outside clients").
     """
     layout = root if isinstance(root, Layout) else Layout.open(root)
     if not layout.is_local:
         return None
     os.makedirs(layout.base, exist_ok=True)
     tmp = layout.temp_path(layout.duckdb_file)  # a crashed build is cleaned by the next run
-    con = duckdb.connect(tmp)
+    db_name = layout.duckdb_file.rsplit("/", 1)[1]
+    con = duckdb.connect(":memory:")
     try:
+        # While building, the views are bound against this root through file_search_path.
+        con.execute(f"SET file_search_path = {_sql_str(layout.base)}")
+        _attach_for_writing(con, tmp)
+        con.execute("USE out")
+        con.execute(_root_macro_sql(db_name))
         for table, schema in SCHEMAS.items():
             # read_parquet over a glob that matches nothing is an error: an empty table gets
             # a typed empty view until the next rebuild (every `batchlab run` / `compact`).
@@ -277,6 +332,8 @@ def write_duckdb_file(root: str | Layout | None = None) -> str | None:
             )
             con.execute(f"CREATE OR REPLACE VIEW {table}_raw AS {sel}")
         _define_committed_views(con)
+        con.execute("USE memory")
+        con.execute("DETACH out")
     finally:
         con.close()
     os.replace(tmp, layout.duckdb_file)

@@ -53,6 +53,36 @@ PART_RE = re.compile(r"^part-g(\d{6,})-[0-9a-f]{32}\.parquet$")
 _SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token"}
 
 
+# Columns that are also hive partition keys of the directories (`experiment=<exp>`): stored
+# dictionary-encoded in the files' Arrow schema, the type pyarrow infers for a hive key
+# (pandas.read_parquet / pyarrow.parquet.read_table use `infer_dictionary=True`), so that
+# the default readers of a table folder (pandas, pyarrow, polars, DuckDB with
+# hive_partitioning) read it without "Field experiment has incompatible types: string vs
+# dictionary". The Parquet physical type is the same BYTE_ARRAY as before: files of older
+# batchlab versions (plain strings) read together with newer ones (docs/warehouse.md).
+PARTITION_COLUMNS = ("experiment",)
+_PARTITION_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` as stored in a table file: the partition columns dictionary-encoded."""
+    return pa.schema(
+        [
+            f.with_type(_PARTITION_TYPE)
+            if f.name in PARTITION_COLUMNS and pa.types.is_string(f.type)
+            else f
+            for f in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
+def for_file(table: pa.Table) -> pa.Table:
+    """`table` cast to `file_schema` (values unchanged)."""
+    target = file_schema(table.schema)
+    return table if target.equals(table.schema) else table.cast(target)
+
+
 def default_root() -> str:
     return os.environ.get("BATCHLAB_STORAGE", DEFAULT_ROOT)
 
@@ -283,8 +313,9 @@ class Layout:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def write_table(self, path: str, table: pa.Table, row_group_size: int | None = None) -> None:
+        """Write `table` as one Parquet file at `path` (atomically), in `file_schema` form."""
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+        pq.write_table(for_file(table), sink, compression="zstd", row_group_size=row_group_size)
         self.put_bytes(path, sink.getvalue().to_pybytes())
 
     def list_files(self, table: str, experiment: str | None = None) -> list[str]:
