@@ -218,6 +218,7 @@ def execute_analysis(
     code_version: str,
     device: str = "auto",
     data_dir: str | None = None,
+    code_dir: str | None = None,
     input_status: dict[str, str] | None = None,
     node_id: str = "",
     ray_version: str = "",
@@ -225,10 +226,14 @@ def execute_analysis(
     """Run one planned analysis (as plain data) and write its rows; never raises for bad inputs."""
     import torch
 
-    from workers.data import load_dataset
+    from workers.data import load_dataset_cached
     from workers.landscape import interpolation_curve, surface
+    from workers.losses import loss_of
     from workers.models import build_model
     from workers.train import provenance, resolve_device
+    from workers.user import use_code_dir
+
+    use_code_dir(code_dir)
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
@@ -257,7 +262,9 @@ def execute_analysis(
         return finish("skipped", f"no final checkpoint for {missing} (measure.checkpoints off?)")
     dev = resolve_device(device)
     try:
-        data = load_dataset(cfgs[0].dataset, dev, data_dir)
+        data = load_dataset_cached(cfgs[0].dataset, dev, data_dir)
+        lossf = loss_of(cfgs[0])  # the trials' loss (the pairing requires it to be shared)
+        fns = {} if lossf.is_default else {"loss_fn": lossf.fn, "acc_fn": lossf.accuracy}
         torch.manual_seed(0)
         model = build_model(cfgs[0].model, data.input_shape, data.num_classes).to(dev)
         st = analysis["settings"]
@@ -276,6 +283,7 @@ def execute_analysis(
                 alpha_min=lo,
                 alpha_max=hi,
                 n_points=st["n_points"],
+                **fns,
             )
             tid_b = ids[1]
         else:
@@ -286,6 +294,7 @@ def execute_analysis(
                 seed=st["direction_seed"],
                 n_points=st["n_points"],
                 span=st["span"],
+                **fns,
             )
             tid_b = None
     except Exception as exc:
@@ -324,7 +333,7 @@ def run_analyses(spec, layout: Layout, *, code_version: str, device: str, out) -
         remote.remote(
             {"analysis_id": a.analysis_id, "kind": a.kind, "name": a.name, "settings": a.settings,
              "trials": [t.model_dump_json() for t in a.trials]},
-            spec.experiment, layout.root, code_version=code_version, device=device, data_dir=spec.data_dir,
+            spec.experiment, layout.root, code_version=code_version, device=device, data_dir=spec.data_dir, code_dir=spec.code_dir,
             input_status={t.trial_id: status.get(t.trial_id, "missing") for t in a.trials},
         )
         for a in todo

@@ -32,7 +32,9 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     from scheduler.tasks import next_attempt, trial_row
     from workers.train import DistContext, run_trial
+    from workers.user import use_code_dir
 
+    use_code_dir(config.get("code_dir"))
     ctx = ray.train.get_context()
     dist = DistContext(rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
     if config.get("num_threads"):
@@ -84,6 +86,7 @@ def execute_data_parallel_trial(
     cpus_per_worker: float = 1.0,
     max_failures: int = 3,
     data_dir: str | None = None,
+    code_dir: str | None = None,
     node_id: str = "",
     ray_version: str = "",
 ) -> dict[str, Any]:
@@ -104,6 +107,7 @@ def execute_data_parallel_trial(
             "code_version": code_version,
             "use_gpu": use_gpu,
             "data_dir": data_dir,
+            "code_dir": code_dir,
             "num_threads": max(1, int(cpus_per_worker)),
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -15,7 +15,6 @@ tests, BATCHLAB_FAULT_PACK_OOM_ABOVE=N makes every pack of more than N members r
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import gc
 import io
 import os
@@ -29,15 +28,15 @@ from warehouse.store import TrialCheckpoints, write_trial
 from workers.config import DatasetConfig, TrialConfig
 
 DONE_STATUSES = ("completed", "diverged")
+TABLES = ("epochs", "steps", "layers", "probes", "metrics")  # a TrialResult's row lists
 
 
-@functools.lru_cache(maxsize=1)
 def _dataset(dataset_json: str, device: str, data_dir: str | None):
     """The data set on the device, loaded once per worker process (Ray reuses workers, so
     consecutive packs of one grid share it). maxsize=1: one data set on the GPU at a time."""
-    from workers.data import load_dataset
+    from workers.data import load_dataset_cached
 
-    return load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
+    return load_dataset_cached(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
 
 
 def committed_status(layout: Layout, experiment: str, trial_id: str) -> str | None:
@@ -77,6 +76,7 @@ def execute_pack(
     ray_version: str = "",
     num_threads: int | None = None,
     data_dir: str | None = None,
+    code_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train the trials `cfg_jsons` as one pack and commit each member's rows.
 
@@ -88,9 +88,11 @@ def execute_pack(
 
     from scheduler.tasks import next_attempt, trial_row
     from workers.pack import run_pack
-    from workers.packnet import PackNet, PackUnsupported
+    from workers.packnet import PackUnsupported, make_pack_net
     from workers.train import resolve_device, run_trial
+    from workers.user import use_code_dir
 
+    use_code_dir(code_dir)
     if num_threads:
         torch.set_num_threads(num_threads)
     cfgs = [TrialConfig.model_validate_json(j) for j in cfg_jsons]
@@ -110,6 +112,20 @@ def execute_pack(
             todo.append(c)
     if not todo:
         return out
+    if todo[0].trainable is not None:  # the user's own loop trains one model: no packing
+        out["unsupported"] = f"trainable {todo[0].trainable!r}: your own loop trains one model"
+        for c in todo:
+            ck = TrialCheckpoints(layout, experiment, c.trial_id) if resume else None
+            attempts = {c.trial_id: next_attempt(TrialCheckpoints(layout, experiment, c.trial_id))}
+            started = dt.datetime.now(dt.timezone.utc)
+            result = run_trial(c, device=str(dev), data_dir=data_dir, checkpoints=ck)
+            row = trial_row(c, result, code_version=code_version, attempt=attempts[c.trial_id],
+                            started_at=started, node_id=node_id, ray_version=ray_version)  # fmt: skip
+            write_trial(layout, experiment, row, {k: getattr(result, k) for k in TABLES})
+            if resume and result.status != "failed" and ck is not None:
+                ck.delete("resume")
+            out["members"].append(_record(c, result, attempts[c.trial_id], None))
+        return out
     data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
     ckpts = {c.trial_id: TrialCheckpoints(layout, experiment, c.trial_id) for c in todo}
     attempts = {c.trial_id: next_attempt(ckpts[c.trial_id]) for c in todo}
@@ -121,7 +137,7 @@ def execute_pack(
             started_at=started, node_id=node_id, ray_version=ray_version,
             pack_id=pack_id if in_pack else None, pack_size=len(cfgs) if in_pack else 1,
         )  # fmt: skip
-        tables = {k: getattr(result, k) for k in ("epochs", "steps", "layers", "probes")}
+        tables = {k: getattr(result, k) for k in TABLES}
         write_trial(layout, experiment, row, tables)
         if resume and result.status != "failed":
             ckpts[cfg.trial_id].delete("resume")  # the committed rows now supersede it
@@ -131,7 +147,12 @@ def execute_pack(
 
     # A model PackNet cannot batch: the members train one after another, as lone trials.
     try:
-        PackNet(_template(todo[0], data))
+        if data.streaming:
+            raise PackUnsupported(
+                f"dataset.loader {todo[0].dataset.loader!r} returns torch Datasets (streamed "
+                "through a DataLoader); packs need the data on the device"
+            )
+        make_pack_net(_template(todo[0], data).to(dev), data.x_train[:8])
     except PackUnsupported as exc:
         out["unsupported"] = str(exc)
         for c in todo:

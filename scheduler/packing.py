@@ -211,7 +211,7 @@ def execute_packs(
         ref = remote.remote(
             execute_pack, [t.model_dump_json() for t in p.trials], spec.experiment, layout.root,
             pack_id=p.pack_id, code_version=code_version, device=device,
-            resume=r.resume_checkpoints, num_threads=max(1, int(cpus)), data_dir=spec.data_dir,
+            resume=r.resume_checkpoints, num_threads=max(1, int(cpus)), data_dir=spec.data_dir, code_dir=spec.code_dir,
         )  # fmt: skip
         pending[ref] = p
 

@@ -234,14 +234,14 @@ def _execute(
             ref = dp_remote.remote(
                 execute_data_parallel_trial, t.model_dump_json(), spec.experiment, layout.root,
                 code_version=version, use_gpu=device == "cuda", cpus_per_worker=r.cpus_per_trial,
-                max_failures=r.max_retries, data_dir=spec.data_dir,
+                max_failures=r.max_retries, data_dir=spec.data_dir, code_dir=spec.code_dir,
             )  # fmt: skip
             pending[ref] = t
             return
         ref = remote.remote(
             execute_trial, t.model_dump_json(), spec.experiment, layout.root,
             code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,
-            data_dir=spec.data_dir,
+            data_dir=spec.data_dir, code_dir=spec.code_dir,
         )  # fmt: skip
         pending[ref] = t
 

@@ -35,6 +35,7 @@ def trial_row(
     import batchlab
 
     s = result.summary
+    user = user_code_info(cfg)
     return {
         "trial_id": cfg.trial_id,
         "config_hash": cfg.config_hash,
@@ -65,8 +66,26 @@ def trial_row(
         "node_id": node_id,
         "started_at": started_at,
         "finished_at": dt.datetime.now(dt.timezone.utc),
+        "loss": cfg.loss,
+        "model_factory": cfg.model.factory,
+        "dataset_loader": cfg.dataset.loader,
+        "trainable": cfg.trainable,
+        "params_json": json.dumps(cfg.params, sort_keys=True) if cfg.params else None,
+        "user_code_hash": user["hash"],
+        "user_code_version": user["version"],
         **{k: s.get(k) for k in _SUMMARY_COLUMNS},
     }
+
+
+def user_code_info(cfg: TrialConfig) -> dict[str, str]:
+    """Provenance of the trial's user code (workers.user.code_info); a path that no longer
+    resolves (the trial failed on it) is recorded as such, never raises."""
+    from workers.user import code_info
+
+    try:
+        return code_info(cfg.user_paths)
+    except Exception as exc:
+        return {"hash": "", "version": f"unresolved: {type(exc).__name__}: {exc}"[:500]}
 
 
 _SUMMARY_COLUMNS = (
@@ -121,10 +140,14 @@ def execute_trial(
     ray_version: str = "",
     num_threads: int | None = None,
     data_dir: str | None = None,
+    code_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train one trial and commit its rows; returns a small status record for the driver."""
     import torch
 
+    from workers.user import use_code_dir
+
+    use_code_dir(code_dir)
     if num_threads:
         torch.set_num_threads(num_threads)
     cfg = TrialConfig.model_validate_json(cfg_json)
@@ -153,6 +176,7 @@ def execute_trial(
         "steps": result.steps,
         "layers": result.layers,
         "probes": result.probes,
+        "metrics": result.metrics,
     }
     write_trial(layout, experiment, row, tables)
     if resume and result.status != "failed":

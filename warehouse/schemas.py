@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: the trials row's step_* summary columns
+SCHEMA_VERSION = 3  # 2: the trials row's step_* summary columns; 3: user code, `metrics`
 # Every file records the schema version it was written with (Parquet key-value metadata),
 # so `warehouse.check` can tell a file from a newer batchlab apart.
 SCHEMA_VERSION_KEY = "batchlab.schema_version"
@@ -119,6 +119,15 @@ TRIALS = pa.schema(
         # (warehouse/summaries.py), NULL in older rows.
         *_step_summary_fields(),
         *_epoch_summary_fields(),
+        # Since schema version 3: the trial's loss and user code (docs/custom.md); NULL in
+        # older rows (which are built-in trials with cross-entropy).
+        pa.field("loss", s),  # cross_entropy | bce | mse | an import path
+        pa.field("model_factory", s),  # import path of the user's model, NULL for built-ins
+        pa.field("dataset_loader", s),  # import path of the user's data set
+        pa.field("trainable", s),  # import path of the user's training loop
+        pa.field("params_json", s),  # the free hyperparameters (trial.params) as JSON
+        pa.field("user_code_hash", s),  # 16 hex digits over the user's sources ("" if none)
+        pa.field("user_code_version", s),  # per path: sha256 prefix and installed version
     ],
     metadata=_META,
 )
@@ -194,6 +203,17 @@ PROBES = pa.schema(
     metadata=_META,
 )
 
+METRICS = pa.schema(
+    [
+        *_KEY,
+        pa.field("epoch", i64, nullable=False),  # the epoch the value belongs to (1-based)
+        pa.field("step", i64),  # optimizer steps done when it was logged
+        pa.field("name", s, nullable=False),  # the keyword given to trial.log_epoch/log_step
+        pa.field("value", f64),
+    ],
+    metadata=_META,
+)
+
 LANDSCAPES = pa.schema(
     [
         pa.field("experiment", s, nullable=False),
@@ -237,11 +257,12 @@ SCHEMAS: dict[str, pa.Schema] = {
     "steps": STEPS,
     "layers": LAYERS,
     "probes": PROBES,
+    "metrics": METRICS,
     "landscapes": LANDSCAPES,
     "analyses": ANALYSES,
 }
 # Tables whose rows belong to one trial: visible only once the trial's `trials` row exists.
-TRIAL_TABLES = ("epochs", "steps", "layers", "probes")
+TRIAL_TABLES = ("epochs", "steps", "layers", "probes", "metrics")
 # The column that names a file's rows: a per-trial file `<key>.parquet` holds only rows with
 # this column equal to `<key>` (trial files: the trial id; analyses: the analysis id). Readers
 # and compaction use it to let a per-trial file take precedence over compacted rows.
@@ -251,6 +272,7 @@ KEY_COLUMN: dict[str, str] = {
     "steps": "trial_id",
     "layers": "trial_id",
     "probes": "trial_id",
+    "metrics": "trial_id",
     "landscapes": "analysis_id",
     "analyses": "analysis_id",
 }

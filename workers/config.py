@@ -304,6 +304,11 @@ class TrialConfig(_Strict):
     def _check(self) -> TrialConfig:
         if self.optimizer.name == "adam" and self.optimizer.nesterov:
             raise ValueError("optimizer.nesterov applies to sgd only")
+        if self.trainable is not None and self.data_parallel_workers > 1:
+            raise ValueError(
+                "data_parallel_workers > 1 runs batchlab's own loop through Ray Train; a "
+                "trainable (your own loop) runs in one worker: set data_parallel_workers: 1"
+            )
         return self
 
     _trainable = field_validator("trainable")(lambda v: check_import_path(v, "trainable"))

@@ -74,9 +74,21 @@ class Loss:
             return _argmax_correct(out, y)
         return None
 
+    def accuracy(self, out: Tensor, y: Tensor) -> Tensor:
+        """Mean accuracy over the batch (float64), NaN when the loss defines none."""
+        c = self.correct(out, y)
+        if c is None:
+            return torch.full((), float("nan"), dtype=torch.float64, device=out.device)
+        return c.to(torch.float64) / out.shape[0]
+
     @property
     def builtin(self) -> bool:
         return self.name in LOSSES
+
+    @property
+    def is_default(self) -> bool:
+        """Plain cross-entropy: every measurement's own default."""
+        return self.name == "cross_entropy" and not self.kwargs
 
 
 def _cross_entropy(out: Tensor, y: Tensor, **kw: Any) -> Tensor:
@@ -117,7 +129,8 @@ def _get(name: str, kwargs_json: bytes) -> Loss:
         from workers.user import resolve
 
         base = resolve(name, "loss")
-    fn = functools.partial(base, **kwargs) if kwargs else base
+    fn = functools.partial(base, **kwargs)
+    fn.__name__ = name  # type: ignore[attr-defined]  # the probes' settings_json name it
     return Loss(name=name, fn=fn, kwargs=kwargs)
 
 

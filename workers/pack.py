@@ -47,9 +47,10 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from workers.config import TrialConfig
-from workers.data import Dataset, load_dataset
+from workers.data import Dataset, load_dataset_cached
+from workers.losses import Loss, loss_of
 from workers.models import build_model
-from workers.packnet import PackNet, PackUnsupported
+from workers.packnet import PackNet, PackUnsupported, VmapNet, make_pack_net
 from workers.train import (
     EVAL_BATCH,
     CheckpointIO,
@@ -108,8 +109,11 @@ class _Stack:
     of layers. BatchNorm buffers stay separate stacked tensors (PackNet updates them).
     """
 
-    def __init__(self, net: PackNet, cfgs: list[TrialConfig], flat: Tensor, buffers: list[Tensor]):
+    def __init__(
+        self, net: PackNet | VmapNet, cfgs: list[TrialConfig], flat: Tensor, buffers: list[Tensor]
+    ):
         self.net, self.cfgs = net, cfgs
+        self.lossf: Loss = loss_of(cfgs[0])  # shared: the loss is part of the shape key
         self.sizes = [math.prod(s) for s in net.param_shapes]
         self.flat = flat
         self.buffers = buffers
@@ -182,9 +186,12 @@ class _Stack:
         """
         P = self.size
         logits = self.net.forward(self.views, self.buffers, x, training=True)
-        k = logits.shape[-1]
-        loss = F.cross_entropy(logits.reshape(-1, k), y.reshape(-1), reduction="none")
-        loss = loss.view(P, -1).mean(1)
+        if self.lossf.is_default:
+            k = logits.shape[-1]
+            loss = F.cross_entropy(logits.reshape(-1, k), y.reshape(-1), reduction="none")
+            loss = loss.view(P, -1).mean(1)
+        else:  # any other loss, member by member (each call is that member's batch mean)
+            loss = torch.stack([self.lossf(logits[p], y[p]) for p in range(P)])
         # d(sum of member losses)/d(member p's params) = d(loss_p)/d(params_p): members are
         # separable, so one backward gives every member its own gradient.
         grads = torch.autograd.grad(loss.sum(), self.views)
@@ -261,12 +268,18 @@ class _Stack:
             xb, yb = x[i : i + chunk], y[i : i + chunk]
             logits = self.net.forward(self.views, self.buffers, self.net.broadcast(xb, P), False)
             logits = logits.float()
-            yy = yb.unsqueeze(0).expand(P, -1)
-            ce = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), yy.reshape(-1), reduction="none"
-            )
-            loss_sum += ce.view(P, -1).sum(1)
-            correct += (logits.argmax(-1) == yy).sum(1)
+            if self.lossf.is_default:
+                yy = yb.unsqueeze(0).expand(P, -1)
+                ce = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), yy.reshape(-1), reduction="none"
+                )
+                loss_sum += ce.view(P, -1).sum(1)
+                correct += (logits.argmax(-1) == yy).sum(1)
+                continue
+            for p in range(P):
+                loss_sum[p] += self.lossf(logits[p], yb) * xb.shape[0]
+                c = self.lossf.correct(logits[p], yb)
+                correct[p] += c if c is not None else math.nan
         return loss_sum / x.shape[0], correct / x.shape[0]
 
     # ------------------------------------------------------------------ per-member views
@@ -356,7 +369,9 @@ def _probe_rows(model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int) -
         return []
     from workers.probes import run_probes
 
-    return run_probes(model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch)
+    return run_probes(
+        model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch, loss_fn=loss_of(cfg).fn
+    )
 
 
 def run_pack(
@@ -415,7 +430,7 @@ def _train_pack(
 ) -> None:
     t_start = time.perf_counter()
     c0 = cfgs[0]
-    data = data if data is not None else load_dataset(c0.dataset, dev, data_dir)
+    data = data if data is not None else load_dataset_cached(c0.dataset, dev, data_dir)
     n, B = data.n_train, c0.batch_size
     spe = steps_per_epoch(n, B)
     ckpts = list(checkpoints) if checkpoints is not None else [None] * len(cfgs)
@@ -426,7 +441,7 @@ def _train_pack(
         torch.manual_seed(cfg.seed)
         lone_models.append(build_model(cfg.model, data.input_shape, data.num_classes))
     template = copy.deepcopy(lone_models[0]).to(dev)
-    net = PackNet(template)
+    net = make_pack_net(template)
     params, buffers = stack_module_state(lone_models)
     P = len(cfgs)
     flat = torch.cat([params[k].detach().reshape(P, -1) for k in net.param_names], dim=1).to(dev)
@@ -812,8 +827,8 @@ def measure_member_bytes(
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        model = build_model(cfg.model, data.input_shape, data.num_classes)
-        net = PackNet(model)
+        model = build_model(cfg.model, data.input_shape, data.num_classes).to(dev)
+        net = make_pack_net(model)
         params, buffers = stack_module_state([copy.deepcopy(model) for _ in range(p)])
         flat = torch.cat([params[k].detach().reshape(p, -1) for k in net.param_names], 1).to(dev)
         stack = _Stack(net, [cfg] * p, flat, [buffers[k].to(dev) for k in net.buffer_names])

@@ -222,3 +222,90 @@ class PackNet:
         for op in self.ops:
             h = op(h, P, params, buffers, training)
         return _pb_from_bc(h, P) if self.out_layout == "bc" else h
+
+
+class VmapNet:
+    """PackNet's interface for any model without buffers: the forward pass of P members is
+    `torch.func.vmap(functional_call(model, member params, x))` over the member dimension.
+
+    The general path for user models (docs/custom.md): correct for every member-separable
+    forward (no buffers updated in place: BatchNorm running statistics make a model
+    unsupported here; dropout draws independent masks per member, randomness="different").
+    Slower per op than PackNet's batched kernels, faster than training members one by one
+    where the per-step overhead dominates. `make_pack_net` checks, on real inputs, that a
+    member's vmapped outputs equal the lone model's before a pack uses it.
+    """
+
+    entry = None
+
+    def __init__(self, model: nn.Module):
+        named = list(model.named_parameters())
+        frozen = [n for n, p in named if not p.requires_grad]
+        if frozen:
+            raise PackUnsupported(f"frozen parameters {frozen}: packs train every parameter")
+        bufs = [n for n, _ in model.named_buffers()]
+        if bufs:
+            raise PackUnsupported(
+                f"{type(model).__name__} holds buffers {bufs[:4]} (e.g. BatchNorm running "
+                "statistics) that torch.func.vmap cannot update per member"
+            )
+        self.model = model
+        self.param_names = [n for n, _ in named]
+        self.param_shapes = [tuple(p.shape) for _, p in named]
+        self.buffer_names: list[str] = []
+
+    def gather(self, x: Tensor, idx: Tensor) -> Tensor:
+        return x[idx]
+
+    def broadcast(self, x: Tensor, P: int) -> Tensor:
+        return x.unsqueeze(0).expand(P, *x.shape)
+
+    def forward(
+        self, params: Sequence[Tensor], buffers: Sequence[Tensor], h: Tensor, training: bool
+    ) -> Tensor:
+        from torch.func import functional_call, vmap
+
+        self.model.train(training)
+        names = self.param_names
+
+        def one(ps: tuple[Tensor, ...], xb: Tensor) -> Tensor:
+            return functional_call(self.model, dict(zip(names, ps, strict=True)), (xb,))
+
+        return vmap(one, randomness="different")(tuple(params), h)
+
+
+def make_pack_net(model: nn.Module, sample: Tensor | None = None) -> PackNet | VmapNet:
+    """The pack executor for `model`: PackNet when every module is one it batches natively,
+    else VmapNet when the model qualifies and (given `sample` inputs) a pack of two copies
+    reproduces the lone model's eval outputs; else PackUnsupported with both reasons."""
+    try:
+        return PackNet(model)
+    except PackUnsupported as native:
+        try:
+            net = VmapNet(model)
+        except PackUnsupported as general:
+            raise PackUnsupported(f"{native}; and not through torch.func: {general}") from None
+        if sample is not None:
+            _check_vmap(net, model, sample)
+        return net
+
+
+def _check_vmap(net: VmapNet, model: nn.Module, sample: Tensor) -> None:
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            want = model(sample)
+            params = [p.detach().unsqueeze(0).expand(2, *p.shape) for p in model.parameters()]
+            got = net.forward(params, [], net.broadcast(sample, 2), training=False)
+    except Exception as exc:
+        raise PackUnsupported(
+            f"{type(model).__name__} does not run under torch.func.vmap ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    finally:
+        model.train(was)
+    if got.shape[1:] != want.shape or not torch.allclose(got[1], want, rtol=1e-4, atol=1e-5):
+        raise PackUnsupported(
+            f"{type(model).__name__}: vmapped outputs differ from the lone model's; trained alone"
+        )

@@ -82,6 +82,8 @@ class TrialResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    # Extra metrics of a user's training loop (long format: epoch, step, name, value).
+    metrics: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -282,6 +284,10 @@ def run_trial(
     rank of a data-parallel trial (see DistContext)."""
     dev = resolve_device(device)
     try:
+        if cfg.trainable is not None:
+            from workers.trial_api import run_user_trial
+
+            return run_user_trial(cfg, dev, data_dir, checkpoints, on_epoch)
         return _train(cfg, dev, data, data_dir, checkpoints, on_epoch, dist)
     except Exception as exc:  # recorded as data, the grid goes on
         if isinstance(exc, torch.cuda.OutOfMemoryError):

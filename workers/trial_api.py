@@ -1,0 +1,462 @@
+"""The running trial, as the user's own training loop sees it (`trainable:` in grid.yaml).
+
+`run_user_trial` calls the user's function inside the worker with a `Trial` (as its only
+argument when it takes one; `from batchlab import trial` reaches the same object). The
+function trains however it likes and reports through a small API:
+
+- `trial.config` (the TrialConfig), `trial.params` (free hyperparameters), `trial.device`,
+  `trial.batch_size`, `trial.lr` (after the scaling rule), `trial.max_epochs`, `trial.seed`;
+- `trial.data` (the configured data set on the device), `trial.loss` (the configured loss),
+  `trial.build_model()` (the configured model, seeded, on the device, and watched);
+- `trial.watch(model)`: batchlab measures this model (distance from init per epoch and per
+  layer, update and gradient norms per logged step, probes at the end, init/final weights);
+- `trial.log_step(loss=..., lr=..., **extra)` after an optimizer step (optional);
+- `trial.log_epoch(epoch, train_loss=..., val_loss=..., val_acc=..., **extra)` at each
+  epoch end: known names land in `epochs`, every other number in the long `metrics` table;
+- `trial.should_stop`: True once early stopping / the target error says stop;
+- `trial.save_checkpoint(state)` / `trial.load_checkpoint()`: the resume state (a dict of
+  tensors and plain data, read back with torch.load(weights_only=True)); a retried trial
+  gets it back and its rows continue from the checkpoint's epoch, without duplicates;
+- `trial.evaluate(model, split)`, `trial.measure(model=None, data=None, epoch=None)`.
+
+A non-finite or exploding loss given to log_epoch / log_step ends the trial as `diverged`
+(the same rule as batchlab's loop: `divergence_loss`). An exception in the user's code ends
+it as `failed` with the user's traceback; a function that returns without logging an epoch
+is `failed` with a message saying so. No Ray here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.config import TrialConfig
+from workers.data import Dataset, load_dataset_cached
+from workers.losses import Loss, loss_of
+
+# Columns of the `epochs` table log_epoch fills from its keyword arguments; the rest of the
+# table (distances, norms, times) batchlab computes itself.
+EPOCH_COLUMNS = (
+    "step", "examples_seen", "lr", "train_loss", "train_loss_eval", "train_acc_eval",
+    "val_loss", "val_acc", "epoch_time_s", "examples_per_s",
+)  # fmt: skip
+STEP_COLUMNS = ("lr", "batch_loss", "update_norm", "grad_norm")
+
+_current: contextvars.ContextVar[Trial | None] = contextvars.ContextVar("batchlab_trial")
+
+
+class Diverged(BaseException):
+    """Raised inside the user's loop when a logged loss is NaN/inf or above divergence_loss
+    (a BaseException: a user's `except Exception` does not swallow it)."""
+
+
+class TrialAPIError(ValueError):
+    """The user's code used the trial API wrongly; the message says how."""
+
+
+def current() -> Trial:
+    """The trial running in this worker (inside a trainable only)."""
+    t = _current.get(None)
+    if t is None:
+        raise RuntimeError(
+            "batchlab.trial is only available inside a trainable run by batchlab "
+            "(trainable: 'package.module:function' in grid.yaml)"
+        )
+    return t
+
+
+def _number(name: str, v: Any, where: str) -> float:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise TrialAPIError(
+                f"{where}: {name} is a tensor of shape {tuple(v.shape)}; expected one number"
+            )
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TrialAPIError(f"{where}: {name}={v!r} is not a number")
+    return float(v)
+
+
+class Trial:
+    """The running trial (see the module docstring). Built by `run_user_trial`."""
+
+    def __init__(
+        self, cfg: TrialConfig, device: torch.device, data_dir: str | None, checkpoints,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ):  # fmt: skip
+        self.config = cfg
+        self._on_epoch = on_epoch
+        self.device = device
+        self._data_dir = data_dir
+        self._ckpt = checkpoints
+        self._data: Dataset | None = None
+        self._model: nn.Module | None = None
+        self._names: list[str] = []
+        self._init: list[torch.Tensor] = []
+        self._prev_epoch: list[torch.Tensor] = []
+        self._prev_step: list[torch.Tensor] | None = None
+        self._user_state: dict[str, Any] | None = None
+        self.st: dict[str, Any] = {
+            "epoch": 0, "step": 0, "best_val": math.inf, "best_epoch": -1, "best_step": -1,
+            "best_acc": 0.0, "since_best": 0, "plateau": 0, "elapsed_s": 0.0,
+            "steps_to_target": -1, "diverged_step": -1, "decay": 1.0, "decays": 0,
+            "epochs": [], "steps": [], "layers": [], "probes": [], "metrics": [],
+            "stop": None, "measured_epochs": [],
+        }  # fmt: skip
+        self._t_epoch = time.perf_counter()
+        self._probe_s = 0.0
+        self.resumed_from_epoch = 0
+        if checkpoints is not None and (saved := checkpoints.load("resume")) is not None:
+            self.st.update(saved["trial"])
+            self._user_state = saved["user"]
+            self._saved_init = saved.get("init")
+            self.resumed_from_epoch = self.st["epoch"]
+        else:
+            self._saved_init = None
+
+    # ------------------------------------------------------------------ what the trial is
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.config.params)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def lr(self) -> float:
+        """The lr after the scaling rule (batchlab's warmup/decay are the loop's business)."""
+        return self.config.scaled_lr
+
+    @property
+    def max_epochs(self) -> int:
+        return self.config.max_epochs
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def data(self) -> Dataset:
+        """The configured data set (`dataset:`), loaded once per worker process."""
+        if self._data is None:
+            self._data = load_dataset_cached(self.config.dataset, self.device, self._data_dir)
+        return self._data
+
+    @property
+    def loss(self) -> Loss:
+        return loss_of(self.config)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.st["stop"] is not None
+
+    @property
+    def start_epoch(self) -> int:
+        """The last epoch already logged (0 for a fresh trial): resume after it."""
+        return self.st["epoch"]
+
+    # ------------------------------------------------------------------ the model
+    def build_model(self) -> nn.Module:
+        """The configured model (`model:`), built after torch.manual_seed(seed), on the
+        device, watched."""
+        from workers.models import build_model
+
+        torch.manual_seed(self.config.seed)
+        d = self.data
+        return self.watch(
+            build_model(self.config.model, d.input_shape, d.num_classes).to(self.device)
+        )
+
+    def watch(self, model: nn.Module) -> nn.Module:
+        """Measure `model` from now on (its current weights are the init, unless a resumed
+        trial restores them from the checkpoint)."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._model = model
+        self._names = [n for n, _ in named]
+        if self._saved_init is not None and len(self._saved_init) == len(named):
+            self._init = [t.to(self.device) for t in self._saved_init]
+        else:
+            self._init = [p.detach().clone() for _, p in named]
+            if self._ckpt is not None and self.config.measure.checkpoints:
+                self._ckpt.save(
+                    "init", {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                )
+        self._prev_epoch = [p.detach().clone() for _, p in named]
+        self._prev_step = None
+        self._t_epoch = time.perf_counter()  # epoch 1 starts now, not at data loading
+        return model
+
+    def _params(self) -> list[torch.Tensor]:
+        assert self._model is not None
+        return [p.detach() for p in self._model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ logging
+    def _check_loss(self, name: str, v: float, step: int) -> None:
+        if not math.isfinite(v) or v > self.config.divergence_loss:
+            self.st["diverged_step"] = step
+            raise Diverged(f"{name} = {v}")
+
+    def log_step(
+        self, loss: Any = None, lr: Any = None, step: int | None = None, **extra: Any
+    ) -> None:
+        """One optimizer step done (call after optimizer.step())."""
+        self.st["step"] = int(step) if step is not None else self.st["step"] + 1
+        s = self.st["step"]
+        row: dict[str, Any] = {"step": s, "epoch": self.st["epoch"] + 1}
+        if loss is not None:
+            row["batch_loss"] = _number("loss", loss, "trial.log_step")
+            self._check_loss("batch loss", row["batch_loss"], s)
+        if lr is not None:
+            row["lr"] = _number("lr", lr, "trial.log_step")
+        m = self.config.measure
+        if self._model is not None and m.update_norms:
+            ps = self._params()
+            grads = [p.grad for p in self._model.parameters() if p.requires_grad]
+            if all(g is not None for g in grads):
+                row["grad_norm"] = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                ).item()
+            if self._prev_step is not None:
+                row["update_norm"] = torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(a - b) for a, b in zip(ps, self._prev_step, strict=True)])).item()  # fmt: skip
+            self._prev_step = [p.clone() for p in ps]
+        if m.store_steps:
+            self.st["steps"].append(row)
+        for k, v in extra.items():
+            self.st["metrics"].append({"epoch": row["epoch"], "step": s, "name": k,
+                                       "value": _number(k, v, "trial.log_step")})  # fmt: skip
+
+    def log_epoch(self, epoch: int, **values: Any) -> None:
+        """Epoch `epoch` (1-based) ended. Known names: EPOCH_COLUMNS; any other number goes
+        to the `metrics` table. Logging an epoch again (after a resume from an older
+        checkpoint) replaces the rows from that epoch on."""
+        from workers.train import record_validation
+
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise TrialAPIError(f"trial.log_epoch: epoch={epoch!r}; expected an int >= 1")
+        now = time.perf_counter()
+        st = self.st
+        if epoch <= st["epoch"]:  # a re-run of epochs after a resume: drop their old rows
+            for k in ("epochs", "layers", "metrics", "probes"):
+                st[k] = [r for r in st[k] if r["epoch"] < epoch]
+            st["steps"] = [r for r in st["steps"] if r["epoch"] < epoch]
+        known = {
+            k: _number(k, v, "trial.log_epoch") for k, v in values.items() if k in EPOCH_COLUMNS
+        }
+        extra = {
+            k: _number(k, v, "trial.log_epoch") for k, v in values.items() if k not in EPOCH_COLUMNS
+        }
+        t_epoch = known.pop("epoch_time_s", None)
+        if t_epoch is None:
+            t_epoch = max(0.0, now - self._t_epoch - self._probe_s)
+        st["elapsed_s"] += t_epoch
+        row: dict[str, Any] = {"epoch": epoch, "step": st["step"], "epoch_time_s": t_epoch,
+                               "elapsed_s": st["elapsed_s"], **known}  # fmt: skip
+        if "step" in known:
+            st["step"] = int(known["step"])
+            row["step"] = st["step"]
+        if "examples_seen" not in row and self._data is not None:
+            row["examples_seen"] = epoch * self._data.n_train
+        if "examples_per_s" not in row and t_epoch > 0 and "examples_seen" in row:
+            prev = st["epochs"][-1].get("examples_seen", 0) if st["epochs"] else 0
+            row["examples_per_s"] = (row["examples_seen"] - (prev or 0)) / t_epoch
+        self._epoch_steps(row, epoch)
+        self._distances(row, epoch)
+        st["epoch"] = epoch
+        st["epochs"].append(row)
+        for name in ("train_loss", "val_loss"):
+            if name in row:
+                self._check_loss(name, row[name], st["step"])
+        for k, v in extra.items():
+            st["metrics"].append({"epoch": epoch, "step": st["step"], "name": k, "value": v})
+        if "val_loss" in row:
+            reason = record_validation(
+                self.config, st, row["val_loss"], row.get("val_acc", math.nan), epoch
+            )
+            if reason is not None and st["stop"] is None:
+                st["stop"] = reason
+        m = self.config.measure
+        due = m.probe_every_epochs and epoch % m.probe_every_epochs == 0
+        if due and epoch < self.max_epochs and self._model is not None and self._data is not None:
+            self.measure(epoch=epoch)
+        self._probe_s = 0.0
+        if self._on_epoch is not None:
+            self._on_epoch(row)
+        self._t_epoch = time.perf_counter()
+
+    def _epoch_steps(self, row: dict[str, Any], epoch: int) -> None:
+        """Per-epoch quantiles of the epoch's logged step norms (as batchlab's loop)."""
+        from workers.train import _quantiles
+
+        steps = [r for r in self.st["steps"] if r["epoch"] == epoch]
+        for col in ("update_norm", "grad_norm"):
+            vals = torch.tensor([r[col] for r in steps if col in r], dtype=torch.float64)
+            row.update({f"{col}_{k}": v for k, v in _quantiles(vals).items()})
+        if "train_loss" not in row:
+            losses = [r["batch_loss"] for r in steps if "batch_loss" in r]
+            if losses:
+                row["train_loss"] = sum(losses) / len(losses)
+        if "lr" not in row:
+            lrs = [r["lr"] for r in steps if "lr" in r]
+            if lrs:
+                row["lr"] = lrs[-1]
+
+    def _distances(self, row: dict[str, Any], epoch: int) -> None:
+        if self._model is None:
+            return
+        cur = self._params()
+        per = [torch.linalg.vector_norm(a - b) for a, b in zip(cur, self._init, strict=True)]
+        row["dist_from_init"] = torch.linalg.vector_norm(torch.stack(per)).item()
+        row["epoch_distance"] = torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(a - b) for a, b in zip(cur, self._prev_epoch, strict=True)])).item()  # fmt: skip
+        self._prev_epoch = [p.clone() for p in cur]
+        if self.config.measure.layers:
+            for nm, d, p0, p in zip(self._names, per, self._init, cur, strict=True):
+                dv = d.item()
+                self.st["layers"].append({
+                    "epoch": epoch, "layer": nm, "numel": p.numel(), "dist_from_init": dv,
+                    "rel_dist_from_init": dv / max(torch.linalg.vector_norm(p0).item(), 1e-12),
+                    "param_norm": torch.linalg.vector_norm(p).item(),
+                })  # fmt: skip
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Keep `state` (your model/optimizer state dicts, epoch, ...) as the resume point,
+        with batchlab's rows so far; call it after log_epoch."""
+        if self._ckpt is None:
+            return
+        if not isinstance(state, dict):
+            raise TrialAPIError(
+                f"trial.save_checkpoint: state is a {type(state).__name__}; expected a dict"
+            )
+        saved = {"user": state, "trial": {k: v for k, v in self.st.items()}}
+        if self._init:
+            saved["init"] = [t.cpu() for t in self._init]
+        self._ckpt.save("resume", saved)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state given to the last save_checkpoint of an earlier attempt, or None."""
+        return self._user_state
+
+    # ------------------------------------------------------------------ measurements
+    def evaluate(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
+        """(mean loss, accuracy) of `model` on the configured data's split ("val"/"train")."""
+        from workers.train import evaluate_split
+
+        loss, acc = evaluate_split(model, self.data, split, self.loss)
+        return loss.item(), acc.item()
+
+    def measure(self, model: nn.Module | None = None, data: Any = None, epoch: int | None = None,
+                loss_fn: Callable | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Run the configured probes (`measure:`) on `model` (default: the watched one) with
+        the trial's loss, on `data` ((x, y) tensors; default: trial.data's training split).
+        Rows land in `probes` at `epoch` (default: the last logged epoch)."""
+        from workers.probes import run_probes
+
+        model = model if model is not None else self._model
+        if model is None:
+            raise TrialAPIError(
+                "trial.measure: no model given and none watched (trial.watch(model))"
+            )
+        x, y = data if data is not None else (self.data.x_train, self.data.y_train)
+        epoch = epoch if epoch is not None else self.st["epoch"]
+        t0 = time.perf_counter()
+        rows = run_probes(model, x, y, self.config.measure, seed=self.seed, epoch=epoch,
+                          loss_fn=loss_fn or self.loss.fn)  # fmt: skip
+        self._probe_s += time.perf_counter() - t0
+        self.st["probes"] = [r for r in self.st["probes"] if r["epoch"] != epoch] + rows
+        self.st["measured_epochs"].append(epoch)
+        return rows
+
+    def _finish(self, completed: bool) -> None:
+        """End of a completed trial: probes at the final weights (when a model is watched and
+        the configured data was used), final weights."""
+        m = self.config.measure
+        if not completed or self._model is None:
+            return
+        wants = m.sharpness is not None or m.hessian is not None or m.noise_scale is not None
+        if wants and self._data is not None and self.st["epoch"] not in self.st["measured_epochs"]:
+            self.measure()
+        if self._ckpt is not None and m.checkpoints:
+            self._ckpt.save(
+                "final", {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+            )
+
+
+def _call(fn: Callable[..., Any], trial: Trial) -> Any:
+    import inspect
+
+    try:
+        takes = any(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+            for p in inspect.signature(fn).parameters.values()
+        )
+    except (TypeError, ValueError):
+        takes = True
+    return fn(trial) if takes else fn()
+
+
+def run_user_trial(
+    cfg: TrialConfig, dev: torch.device, data_dir: str | None, checkpoints,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+):  # fmt: skip
+    """Run `cfg.trainable` and turn what it logged into a TrialResult (see the module
+    docstring). Exceptions of the user's code propagate (run_trial records them)."""
+    from workers.train import TrialResult, provenance
+    from workers.user import resolve
+
+    t_start = time.perf_counter()
+    fn = resolve(cfg.trainable, "trainable")
+    trial = Trial(cfg, dev, data_dir, checkpoints, on_epoch)
+    token = _current.set(trial)
+    status, stop_reason = "completed", "max_epochs"
+    torch.manual_seed(cfg.seed)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        _call(fn, trial)
+    except Diverged:
+        status, stop_reason = "diverged", "diverged"
+    finally:
+        _current.reset(token)
+    st = trial.st
+    if not st["epochs"] and status == "completed":
+        raise TrialAPIError(
+            f"trainable: {cfg.trainable!r} returned without logging an epoch; call "
+            "trial.log_epoch(epoch, train_loss=..., val_loss=...) at every epoch end"
+        )
+    if status == "completed":
+        stop_reason = st["stop"] or ("max_epochs" if st["epoch"] >= cfg.max_epochs else "returned")
+        trial._finish(True)
+    last = st["epochs"][-1] if st["epochs"] else {}
+    data = trial._data
+    summary = {
+        **provenance(dev),
+        "n_train": data.n_train if data is not None else None,
+        "n_val": data.n_val if data is not None else None,
+        "steps_per_epoch": st["step"] // max(1, st["epoch"]) if st["step"] else None,
+        "epochs_run": st["epoch"], "steps_run": st["step"],
+        "best_val_loss": st["best_val"] if math.isfinite(st["best_val"]) else math.nan,
+        "best_val_acc": st["best_acc"]
+        if any(math.isfinite(r.get("val_acc", math.nan)) for r in st["epochs"]) else math.nan,
+        "best_epoch": st["best_epoch"], "best_step": st["best_step"],
+        "steps_to_target": st["steps_to_target"], "diverged_step": st["diverged_step"],
+        "final_train_loss": last.get("train_loss_eval", last.get("train_loss", math.nan)),
+        "final_val_loss": last.get("val_loss", math.nan),
+        "final_dist_from_init": last.get("dist_from_init", math.nan),
+        "train_time_s": st["elapsed_s"], "wall_time_s": time.perf_counter() - t_start,
+        "peak_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else math.nan,
+        "resumed_from_epoch": trial.resumed_from_epoch, "scaled_lr": cfg.scaled_lr,
+    }  # fmt: skip
+    return TrialResult(
+        trial_id=cfg.trial_id, config_hash=cfg.config_hash, status=status,
+        stop_reason=stop_reason, summary=summary, epochs=st["epochs"], steps=st["steps"],
+        layers=st["layers"], probes=st["probes"], metrics=st["metrics"],
+    )  # fmt: skip
