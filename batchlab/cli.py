@@ -124,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from scheduler.preflight import preflight
     from scheduler.spec import load_spec
 
     spec = load_spec(args.grid)
+    preflight(spec, args.storage)  # user code and data-set sizes, before anything is queued
     return _run(
         spec,
         args.storage,

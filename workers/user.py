@@ -121,7 +121,11 @@ def resolve(path: str, key: str) -> Callable[..., Any]:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = sorted(n for n in dir(module) if not n.startswith("_"))[:20]
+            names = sorted(
+                n for n, v in vars(module).items()
+                if not n.startswith("_") and callable(v)
+                and getattr(v, "__module__", None) == module.__name__
+            )[:20]  # fmt: skip
             raise UserCodeError(
                 f"{key}: {path!r}: {mod!r} has no attribute {attr!r}; it defines: "
                 + (", ".join(names) or "nothing public")
