@@ -116,9 +116,10 @@ class Trial:
             self.st.update(saved["trial"])
             self._user_state = saved["user"]
             self._saved_init = saved.get("init")
+            self._saved_prev = saved.get("prev")
             self.resumed_from_epoch = self.st["epoch"]
         else:
-            self._saved_init = None
+            self._saved_init = self._saved_prev = None
 
     # ------------------------------------------------------------------ what the trial is
     @property
@@ -190,6 +191,11 @@ class Trial:
                 )
         self._prev_epoch = [p.detach().clone() for _, p in named]
         self._prev_step = None
+        if self._saved_prev is not None and len(self._saved_prev) == len(named):
+            # A resumed trial: the weights at the checkpoint are the previous epoch's (and
+            # the previous step's), whatever the model holds before the user loads them.
+            self._prev_epoch = [t.to(self.device) for t in self._saved_prev]
+            self._prev_step = [t.clone() for t in self._prev_epoch]
         self._t_epoch = time.perf_counter()  # epoch 1 starts now, not at data loading
         return model
 
@@ -339,6 +345,7 @@ class Trial:
         saved = {"user": state, "trial": {k: v for k, v in self.st.items()}}
         if self._init:
             saved["init"] = [t.cpu() for t in self._init]
+            saved["prev"] = [t.cpu() for t in self._params()]
         self._ckpt.save("resume", saved)
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -24,11 +24,12 @@ def main():
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["epoch"]
-    g = torch.Generator().manual_seed(trial.seed)
     n = data.x_train.shape[0]
     for epoch in range(start + 1, trial.max_epochs + 1):
         model.train()
         total = 0.0
+        # The epoch's order from (seed, epoch): a resumed trial sees the same batches.
+        g = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g).to(data.x_train.device)
         for i in range(0, n, trial.batch_size):
             idx = perm[i : i + trial.batch_size]
