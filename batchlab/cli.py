@@ -1,13 +1,17 @@
 """The `batchlab` command line.
 
-    batchlab run GRID.yaml [--storage ROOT] [--address ADDR] [--dry-run] [--compact-threshold N]
+    batchlab run GRID.yaml [--storage ROOT] [--address ADDR] [--dry-run] [--allow-failed]
     batchlab demo                      the built-in quick grid (MNIST-1D, CPU, minutes)
     batchlab sql "SELECT ..."          ad-hoc SQL over the warehouse (or the query on stdin)
     batchlab compact [--experiment E]  merge per-trial files into few large Parquet files
     batchlab check [--quarantine]      corrupt files and integrity problems
+    batchlab report [--experiment E]   the Findings page as Markdown
     batchlab app [--storage ROOT]      the Streamlit explorer (binds 127.0.0.1)
 
-Heavy imports (torch, Ray, Streamlit) happen inside the commands that need them.
+Exit codes (docs/cli.md): 0 done; 1 `check` found problems (or an unexpected error, with
+its traceback); 2 bad arguments, grid spec or input; 3 no warehouse at the root, or an
+unknown experiment; 4 trials failed (`run`, `demo`; `--allow-failed` keeps 0); 130
+interrupted. Heavy imports (torch, Ray, Streamlit) happen inside the commands that need them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,40 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
         default=None,
         help="storage root: a directory or s3://bucket/prefix (default $BATCHLAB_STORAGE or ./batchlab-runs)",
     )
+
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # `batchlab check` found problems (also Python's code for a traceback)
+EXIT_USAGE = 2  # bad arguments, grid spec, input or SQL (argparse's own code too)
+EXIT_NO_WAREHOUSE = 3  # no warehouse at the root, or an experiment it does not hold
+EXIT_TRIALS_FAILED = 4  # `run` / `demo`: at least one trial failed
+EXIT_INTERRUPTED = 130  # Ctrl-C, or a run cancelled by it (128 + SIGINT, like a shell)
+
+
+class NoWarehouse(Exception):
+    """The root holds no warehouse, or not the experiments asked for (exit 3)."""
+
+
+def require_warehouse(storage: str | None, experiments: list[str] | tuple[str, ...] = ()):
+    """The root's Layout when it holds committed trials of every experiment asked for; else
+    NoWarehouse naming the root and the experiments it does hold."""
+    from warehouse.layout import Layout
+
+    layout = Layout.open(storage)
+    have = layout.list_experiments()
+    if not have:
+        raise NoWarehouse(
+            f"no warehouse at {layout.root} (no tables/trials/experiment=*/ there): run "
+            f"`batchlab run GRID.yaml --storage {layout.root}` or `batchlab import ...` first, "
+            "or pass --storage ROOT (default $BATCHLAB_STORAGE or ./batchlab-runs)"
+        )
+    unknown = [e for e in experiments if e not in have]
+    if unknown:
+        raise NoWarehouse(
+            f"experiment {', '.join(map(repr, unknown))} not in the warehouse at "
+            f"{layout.root}; experiments there: {', '.join(have)}"
+        )
+    return layout
 
 
 # `batchlab run` compacts an experiment at the end once it has this many per-trial files:
@@ -54,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and plan only; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help=f"exit 0 even when trials failed (default: exit {EXIT_TRIALS_FAILED})",
+    )
+    p.add_argument(
         "--compact-threshold",
         type=int,
         default=DEFAULT_COMPACT_THRESHOLD,
@@ -71,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the built-in quick grid on CPU and summarize it")
     _storage_arg(p)
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--allow-failed", action="store_true", help="exit 0 even when trials failed")
 
     p = sub.add_parser("sql", help="run SQL over the warehouse (argument or stdin)")
     p.add_argument("query", nargs="?", help="SQL text; read from stdin when omitted or '-'")
@@ -89,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quarantine", action="store_true", help="move corrupt files to <root>/quarantine/"
     )
     p.add_argument("--deep", action="store_true", help="also read every file in full")
+    p.add_argument(  # warehouse/check.py: repair (issue 19)
+        "--repair", action="store_true",
+        help="read every file in full, quarantine damaged ones and mark the trials that lost "
+        "rows for a re-run by the next `batchlab run`",
+    )  # fmt: skip
 
     p = sub.add_parser("report", help="write the Findings page as a Markdown report")
     _storage_arg(p)
@@ -113,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except NoWarehouse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_WAREHOUSE
     except Exception as exc:
         from scheduler.spec import SpecError
 
         if isinstance(exc, (SpecError, ValueError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         raise
 
 
@@ -138,6 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         not args.no_progress,
         args.storage_shared,
         args.compact_threshold,
+        args.allow_failed,
     )
 
 
@@ -150,6 +203,7 @@ def _run(
     progress: bool,
     storage_shared: bool | None = None,
     compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
+    allow_failed: bool = False,
 ) -> int:
     from scheduler.runner import plan, run_grid
     from warehouse.layout import Layout
@@ -184,7 +238,24 @@ def _run(
     if compact_threshold > 0 and not report.cancelled:
         _compact_if_many(layout, spec.experiment, compact_threshold)
     print(f"results: {layout.root}  (DuckDB file: {layout.duckdb_file})")
-    return 1 if report.cancelled else 0
+    return _run_exit_code(report, allow_failed)
+
+
+def _run_exit_code(report, allow_failed: bool) -> int:
+    """A run's exit code from its RunReport: interrupted, else trials failed (unless
+    allowed), else 0. Diverged trials are results, not failures."""
+    if report.cancelled:
+        print("run interrupted: not every trial ran (run it again to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = report.counts.get("failed", 0)
+    if failed and not allow_failed:
+        print(
+            f"{failed} trial(s) failed (exit {EXIT_TRIALS_FAILED}; --allow-failed exits 0); "
+            "`batchlab run` again retries them",
+            file=sys.stderr,
+        )
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
 
 
 def _compact_if_many(layout, experiment: str, threshold: int) -> None:
@@ -214,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     grid = EXAMPLES / "quick.yaml"
     spec = load_spec(grid)
     print(f"batchlab demo: {grid.name}, {spec.n_trials} trials of an MLP on MNIST-1D (CPU)")
-    rc = _run(spec, args.storage, None, args.num_cpus, False, True)
+    rc = _run(spec, args.storage, None, args.num_cpus, False, True, allow_failed=args.allow_failed)
     if rc:
         return rc
     layout = Layout.open(args.storage)
@@ -250,9 +321,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
         query = sys.stdin.read()
     if not query.strip():
         print("error: no SQL given (pass it as an argument or on stdin)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     # Read-only and locked down (warehouse/sql.py): SELECTs over the views, nothing else.
+    # A refused statement is exit 2 whether or not the root holds data; then an empty root
+    # is exit 3 rather than "0 rows".
     df = run_readonly(args.storage, query, timeout_s=args.timeout_s, max_rows=1_000_000)
+    require_warehouse(args.storage)
     if df.attrs.get("truncated"):
         print(f"note: only the first {len(df)} rows were fetched", file=sys.stderr)
     if args.format == "csv":
@@ -273,7 +347,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from warehouse.compact import compact
 
-    report = compact(args.storage, experiment=args.experiment)
+    layout = require_warehouse(args.storage, [args.experiment] if args.experiment else [])
+    report = compact(layout, experiment=args.experiment)
     print(report.summary())
     return 0
 
@@ -281,14 +356,19 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from warehouse.check import check_warehouse, quarantine_corrupt
 
-    if args.quarantine:
+    require_warehouse(args.storage)
+    if args.repair:  # warehouse/check.py (issue 19)
+        from warehouse.check import repair
+
+        print(repair(args.storage).summary())
+    elif args.quarantine:
         for c in quarantine_corrupt(args.storage, deep=args.deep):
             print(f"quarantined {c.path} -> {c.moved_to}: {c.reason}")
     problems = check_warehouse(args.storage, deep=args.deep)
     for p in problems:
         print(p)
     print(f"{len(problems)} problems" if problems else "no problems found")
-    return 1 if problems else 0
+    return EXIT_PROBLEMS if problems else EXIT_OK
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -302,6 +382,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         )
     elif args.storage:
         env["BATCHLAB_STORAGE"] = args.storage
+    if not args.demo:
+        try:  # a server: it starts on an empty root (a run into it shows up on reload)
+            require_warehouse(env.get("BATCHLAB_STORAGE"))
+        except NoWarehouse as exc:
+            print(f"note: {exc}", file=sys.stderr)
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(entry),
         "--server.address", args.host, "--server.port", str(args.port),
@@ -317,7 +402,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from warehouse.queries import Filters
     from warehouse.report import render_report
 
-    text = render_report(args.storage, Filters(experiment=tuple(args.experiment)))
+    layout = require_warehouse(args.storage, args.experiment)
+    text = render_report(layout, Filters(experiment=tuple(args.experiment)))
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")

@@ -204,8 +204,8 @@ def test_sql_cli_refuses_writes_and_outside_access(statement, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and REFUSED_SQL[statement] in err, err
     assert not out.exists() and not (tmp_path / "runs").exists()
-    # The same surface answers a read.
-    assert cli.main(["sql", "SELECT count(*) AS n FROM trials", "--storage", str(tmp_path)]) == 0
+    # A read of a root without a warehouse says so (exit 3, docs/cli.md), not 0 rows.
+    assert cli.main(["sql", "SELECT count(*) AS n FROM trials", "--storage", str(tmp_path)]) == 3
 
 
 @pytest.mark.parametrize(
