@@ -1,5 +1,7 @@
-"""Findings verdicts: fixture data built to support, to contradict, or to be too thin for
-every judged claim gives the right verdict; the statistics' rules on small cases."""
+"""Findings verdicts on the fixture warehouse (tests/fixtures/synthetic_warehouse.py): data
+built to support, to contradict, or to be too thin for every judged claim gives the verdict
+the statistics can reach with its two seeds; the comparison rules (convergence), the
+conditions, and equivalent trials shared between lr rules."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from warehouse import findings as fi
 from warehouse import queries as q
 from warehouse.db import connect
+from warehouse.findings.data import Data, mark_converged, share_equivalent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -31,10 +35,47 @@ def _load_fixture_module():
 sw = _load_fixture_module()
 IDS = [f.id for f in fi.FINDINGS]
 
+# Where two seeds cannot decide, or the fixture's claims pull against each other, the
+# honest verdict is not the experiment's name (each with the reason):
+SUPPORT_EXCEPTIONS = {
+    # The fixed-lr loss dips at bs 64 (F-27's interior minimum): rho = +0.78 over 8 trials,
+    # not significant after Holm over the finding's groups.
+    "F-2": fi.UNDECIDED,
+    # The paired ratio's rise over 2 seeds has 1 degree of freedom.
+    "F-8": fi.UNDECIDED,
+    # One surface per batch size and seed: 4 points, the smallest attainable p is 1/3.
+    "F-12": fi.UNDECIDED,
+}
+CONTRADICT_EXCEPTIONS = {
+    "F-12": fi.UNDECIDED,
+    # The mlp setting's tuned loss falls with batch size (that is F-2 contradicted): a
+    # small remaining gap, supported; the cnn setting's rises by 17%: contradicted.
+    "F-18": fi.MIXED,
+}
+
+
+def _expected(case: str, fid: str) -> str:
+    s = SUPPORT_EXCEPTIONS.get(fid, fi.SUPPORTED)
+    c = CONTRADICT_EXCEPTIONS.get(fid, fi.CONTRADICTED)
+    if case == "support":
+        return s
+    if case == "contradict":
+        return c
+    if case == "mixed":  # both experiments: decided groups of both kinds are mixed
+        decided = {s, c} - {fi.UNDECIDED}
+        if fi.MIXED in decided or decided == {fi.SUPPORTED, fi.CONTRADICTED}:
+            return fi.MIXED
+        return decided.pop() if decided else fi.UNDECIDED
+    return fi.UNDECIDED  # sparse, empty
+
 
 @pytest.fixture(scope="module")
-def verdicts(tmp_path_factory) -> dict[str, dict[str, fi.Verdict]]:
-    root = sw.build(tmp_path_factory.mktemp("findings-warehouse") / "runs")
+def root(tmp_path_factory) -> str:
+    return sw.build(tmp_path_factory.mktemp("findings-warehouse") / "runs")
+
+
+@pytest.fixture(scope="module")
+def verdicts(root, tmp_path_factory) -> dict[str, dict[str, fi.Verdict]]:
     con = connect(root)
     out = {}
     for name, exps in {
@@ -53,32 +94,23 @@ def verdicts(tmp_path_factory) -> dict[str, dict[str, fi.Verdict]]:
 
 def _detail(v: fi.Verdict) -> str:
     return "\n".join(
-        f"  {r.verdict}: {r.group}: {r.statistic} {r.spread} {r.note}" for r in v.groups
+        f"  {r.verdict}: {r.group}: {r.statistic} | {r.spread} | {r.note}" for r in v.groups
     )
 
 
 @pytest.mark.parametrize("fid", IDS)
-@pytest.mark.parametrize(
-    "case, expected",
-    [
-        ("support", fi.SUPPORTED),
-        ("contradict", fi.CONTRADICTED),
-        ("sparse", fi.NOT_ENOUGH),
-        ("empty", fi.NOT_ENOUGH),
-        # One conclusive counter-example contradicts a general rule.
-        ("mixed", fi.CONTRADICTED),
-    ],
-)
-def test_verdict(verdicts, case, expected, fid):
+@pytest.mark.parametrize("case", ["support", "contradict", "sparse", "empty", "mixed"])
+def test_verdict(verdicts, case, fid):
     v = verdicts[case][fid]
-    assert v.verdict == expected, f"{fid} on {case}: {v.verdict}\n{v.statistic}\n{_detail(v)}"
+    want = _expected(case, fid)
+    assert v.verdict == want, f"{fid} on {case}: {v.verdict}, want {want}\n{_detail(v)}"
 
 
 def test_every_verdict_is_explained(verdicts):
     for case, vs in verdicts.items():
         assert list(vs) == IDS
         for v in vs.values():
-            assert v.claim and v.test and v.statistic, (case, v.id)
+            assert v.claim and v.test and v.statistic and v.needs, (case, v.id)
             assert v.page in {
                 "curves",
                 "generalization",
@@ -88,76 +120,135 @@ def test_every_verdict_is_explained(verdicts):
                 "landscapes",
                 "lr_batch",
             }
-            if v.verdict != fi.NOT_ENOUGH:
-                assert v.spread, (case, v.id)
-    assert "rho = +0.8" in verdicts["support"]["F-2"].statistic
-    table = fi.findings_table
-    assert callable(table)
+            c = v.counts
+            assert sum(c.values()) == len(v.groups), (case, v.id)
+            row = v.as_row()
+            if v.verdict in (fi.SUPPORTED, fi.CONTRADICTED, fi.MIXED):
+                # The deciding group's effect, interval and adjusted p are shown.
+                assert v.spread and "p = " in v.spread, (case, v.id)
+                assert row["ci_low"] <= row["effect"] <= row["ci_high"], (case, v.id, row)
+                assert row["p_holm"] < fi.ALPHA, (case, v.id, row)
+                assert v.conditions, (case, v.id)
+    assert "rho = +0.9" in verdicts["support"]["F-1"].statistic
     assert set(fi.NOT_JUDGED).isdisjoint(IDS)
     assert sorted(set(IDS) | set(fi.NOT_JUDGED), key=lambda s: int(s[2:])) == [
         f"F-{i}" for i in range(1, 32)
     ]
 
 
+def test_undecided_says_why(verdicts):
+    for fid in SUPPORT_EXCEPTIONS:
+        notes = " ".join(r.note for r in verdicts["support"][fid].groups)
+        assert "not significant" in notes or "needs" in notes, (fid, notes)
+
+
+def test_unconverged_trials_are_left_out_with_the_reason(verdicts):
+    # The sparse trials stopped at max_epochs with train accuracy < 99%.
+    for fid in ("F-2", "F-7", "F-11"):
+        (r,) = verdicts["sparse"][fid].groups[:1]
+        assert "left out, not at convergence" in r.note and "max_epochs" in r.note, r.note
+    # Budget-free findings still judge them (and are undecided for another reason).
+    assert "convergence" not in verdicts["sparse"]["F-3"].groups[0].note
+
+
+def test_conditions_name_the_settings(verdicts):
+    v = verdicts["mixed"]["F-1"]
+    assert v.counts == {fi.SUPPORTED: 3, fi.CONTRADICTED: 3, fi.UNDECIDED: 2}
+    assert v.conditions.startswith("supported in 3: support / ")
+    assert "contradicted in 3: contradict / " in v.conditions
+    assert v.verdict == fi.MIXED and "3 supported, 3 contradicted" in v.statistic
+
+
+def test_holm_over_the_findings_groups(verdicts):
+    for v in verdicts["support"].values():
+        tests = [p.test for r in v.groups for p in r.parts if p.test is not None]
+        for t in tests:
+            if math.isfinite(t.p):
+                assert t.p_holm >= t.p - 1e-12
+        if len(tests) > 1 and all(math.isfinite(t.p) for t in tests):
+            assert max(t.p_holm for t in tests) >= min(1.0, max(t.p for t in tests)) - 1e-12
+
+
 def test_group_table(verdicts):
     df = fi.group_table(list(verdicts["support"].values()))
-    assert list(df.columns) == ["id", "group", "verdict", "statistic", "spread", "note"]
-    f2 = df[df["id"] == "F-2"]
-    assert set(f2["verdict"]) == {fi.SUPPORTED, fi.NOT_ENOUGH}  # the 4-worker group has 2 sizes
+    assert list(df.columns) == fi.GROUP_COLUMNS
+    f2 = df[df["id"] == "F-3"]
+    assert set(f2["verdict"]) == {fi.SUPPORTED, fi.UNDECIDED}  # the 4-worker group: 2 sizes
+    ok = df[df["verdict"] == fi.SUPPORTED]
+    assert (ok["ci_low"] <= ok["effect"]).all() and (ok["effect"] <= ok["ci_high"]).all()
+    assert (ok["n_seeds"] >= fi.MIN_SEEDS).all() and ok["method"].str.len().gt(0).all()
 
 
-# ---- the rules on small cases ---------------------------------------------------------
-B = [32, 64, 128, 256]
+# ---- equivalent trials -------------------------------------------------------------------
+def test_equivalent_trials_serve_every_lr_rule(root):
+    con = connect(root)
+    t = Data(con, q.Filters(experiment=("support",))).trials
+    at_base = t[(t["model"] == "mlp") & (t["lr"] == 0.01) & (t["workers"] == 1)]
+    at_base = at_base[at_base["batch_size"] == 32]
+    # The fixture ran bs 32 under both rules (one training twice): each seed counts once,
+    # in both groups, from the same trial.
+    for rule in ("none", "linear"):
+        rows = at_base[at_base["lr_scaling"] == rule]
+        assert sorted(rows["seed"]) == [0, 1], rule
+    assert set(at_base["trial_id"]) == {"sup-A-b32-s0", "sup-A-b32-s1"}
+    assert at_base.loc[at_base["lr_scaling"] == "linear", "shared"].all()
+    # A linear-only selection still sees the shared bs 32 trials; larger batch sizes are
+    # not shared (their linear lr differs).
+    lin = Data(con, q.Filters(experiment=("support",), lr_scaling=("linear",))).trials
+    assert set(lin["lr_scaling"]) == {"linear"}
+    assert {"sup-A-b32-s0", "sup-L-b64-s0"} <= set(lin["trial_id"])
+    assert not lin[lin["batch_size"] > 32]["shared"].any()
 
 
-def test_trend_supported_and_contradicted():
-    up = fi.trend_test("g", B, [1.0, 2.0, 3.0, 4.0], [0.1] * 4, [3] * 4, +1)
-    assert up.verdict == fi.SUPPORTED and "rho = +1" in up.statistic
-    down = fi.trend_test("g", B, [1.0, 2.0, 3.0, 4.0], [0.1] * 4, [3] * 4, -1)
-    assert down.verdict == fi.CONTRADICTED
+def _row(**kw) -> dict:
+    base = {c: None for c in q.GROUP}
+    base.update(experiment="e", dataset="d", model="m", batchnorm=False, optimizer="sgd")
+    base.update(lr=0.1, workers=1, base_batch_size=32, seed=0, trial_id="t")
+    base.update(kw)
+    return base
 
 
-def test_trend_within_spread_is_not_enough():
-    r = fi.trend_test("g", B, [1.0, 1.1, 1.2, 1.3], [0.5] * 4, [3] * 4, +1)
-    assert r.verdict == fi.NOT_ENOUGH and "spread" in r.note
+def test_share_equivalent_counts_a_base_batch_trial_for_every_rule():
+    df = pd.DataFrame(
+        [
+            _row(lr_scaling="none", batch_size=32, scaled_lr=0.1, trial_id="n32"),
+            _row(lr_scaling="none", batch_size=64, scaled_lr=0.1, trial_id="n64"),
+            _row(lr_scaling="linear", batch_size=64, scaled_lr=0.2, trial_id="l64"),
+            _row(lr_scaling="sqrt", batch_size=64, scaled_lr=0.1414, trial_id="s64"),
+        ]
+    )
+    out = share_equivalent(df)
+    b32 = out[out["batch_size"] == 32]
+    assert sorted(b32["lr_scaling"]) == ["linear", "none", "sqrt"]
+    assert set(b32["trial_id"]) == {"n32"} and b32["shared"].sum() == 2
+    assert (
+        len(out[out["batch_size"] == 64]) == 3 and not out[out["batch_size"] == 64]["shared"].any()
+    )
+    # Run twice (none and linear at the base batch size, same seed): one training, kept once.
+    dup = pd.concat(
+        [
+            df,
+            pd.DataFrame([_row(lr_scaling="linear", batch_size=32, scaled_lr=0.1, trial_id="l32")]),
+        ]
+    )
+    b32 = share_equivalent(dup).query("batch_size == 32")
+    assert len(b32) == 3 and set(b32["trial_id"]) == {"n32"}
+    assert list(share_equivalent(df, ("sqrt",))["lr_scaling"].unique()) == ["sqrt"]
 
 
-def test_trend_needs_batch_sizes_and_seeds():
-    assert fi.trend_test("g", B[:2], [1, 2], [0.1, 0.1], [3, 3], +1).verdict == fi.NOT_ENOUGH
-    one_seed = fi.trend_test("g", B, [1, 2, 3, 4], [math.nan] * 4, [1] * 4, +1)
-    assert one_seed.verdict == fi.NOT_ENOUGH and one_seed.spread == "no spread"
-    nan_points = fi.trend_test("g", B, [1, math.nan, math.nan, 4], [0.1] * 4, [3] * 4, +1)
-    assert nan_points.verdict == fi.NOT_ENOUGH
-
-
-def test_trend_non_monotone_is_not_enough():
-    # Ends differ beyond the spread, but the order in between is reversed: rho = -0.2.
-    r = fi.trend_test("g", B, [1.0, 3.0, 2.5, 1.2], [0.01] * 4, [3] * 4, +1)
-    assert r.verdict == fi.NOT_ENOUGH
-
-
-def test_spearman_ties_and_constants():
-    assert fi.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1)
-    assert fi.spearman([1, 2, 3], [0, 0, 1]) == pytest.approx(math.sqrt(3) / 2)
-    assert math.isnan(fi.spearman([1, 2, 3], [1, 1, 1]))
-
-
-def test_combine_and_all_of():
-    s = fi.GroupResult("a", fi.SUPPORTED, "x")
-    c = fi.GroupResult("b", fi.CONTRADICTED, "y")
-    n = fi.GroupResult("c", fi.NOT_ENOUGH, "z")
-    assert fi.combine([s, n]) == (fi.SUPPORTED, s)
-    assert fi.combine([n, s, c]) == (fi.CONTRADICTED, c)
-    assert fi.combine([n]) == (fi.NOT_ENOUGH, n)
-    assert fi.combine([]) == (fi.NOT_ENOUGH, None)
-    assert fi.all_of("g", [s, s]).verdict == fi.SUPPORTED
-    assert fi.all_of("g", [s, n]).verdict == fi.NOT_ENOUGH
-    assert fi.all_of("g", [s, c]).verdict == fi.CONTRADICTED
+def test_convergence_flag():
+    df = pd.DataFrame(
+        {
+            "stop_reason": ["early_stopping", "max_epochs", "max_epochs", "target_reached", None],
+            "final_train_acc": [0.5, 0.995, 0.9, float("nan"), float("nan")],
+        }
+    )
+    assert mark_converged(df)["converged"].tolist() == [True, True, False, True, False]
 
 
 def test_no_torch_or_ray():
     code = (
-        "import sys, warehouse.findings, warehouse.queries;"
+        "import sys, warehouse.findings, warehouse.queries, warehouse.stats;"
         "bad = [m for m in ('torch', 'ray', 'streamlit') if m in sys.modules];"
         "assert not bad, bad"
     )
