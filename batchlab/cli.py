@@ -119,9 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sql", help="run SQL over the warehouse (argument or stdin)")
     p.add_argument("query", nargs="?", help="SQL text; read from stdin when omitted or '-'")
     _storage_arg(p)
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument(
+        "--output", default=None, help="write the result to this file (needed for parquet)"
+    )
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
     p.add_argument("--timeout-s", type=float, default=60.0, help="stop the query after this long")
+
+    p = sub.add_parser("export", help="every table to one file each, plus a README")
+    _storage_arg(p)
+    p.add_argument("--format", choices=["parquet", "csv", "jsonl"], required=True)
+    p.add_argument("--output", required=True, metavar="DIR", help="directory to write into")
+    p.add_argument(
+        "--experiment", action="append", default=[], help="only these experiments (repeatable)"
+    )
 
     p = sub.add_parser("compact", help="merge per-trial files into few large Parquet files")
     _storage_arg(p)
@@ -328,8 +339,18 @@ def cmd_sql(args: argparse.Namespace) -> int:
     df = run_readonly(args.storage, query, timeout_s=args.timeout_s, max_rows=1_000_000)
     require_warehouse(args.storage)
     if df.attrs.get("truncated"):
+        if args.output:  # a file must hold the whole result
+            raise ValueError(
+                f"the result has more than {len(df)} rows; add a LIMIT, or use "
+                "`batchlab export` for whole tables; nothing written"
+            )
         print(f"note: only the first {len(df)} rows were fetched", file=sys.stderr)
-    if args.format == "csv":
+    if args.format == "parquet" and not args.output:
+        raise ValueError("--format parquet needs --output FILE (Parquet is not for a terminal)")
+    if args.output:
+        _write_result(df, args.format, args.output)
+        print(f"wrote {len(df)} rows to {args.output}", file=sys.stderr)
+    elif args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
         df.to_json(sys.stdout, orient="records", date_format="iso")
@@ -342,6 +363,27 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if len(df) > args.max_rows:
             print(f"... {len(df)} rows ({args.max_rows} shown; --max-rows to see more)")
     return 0
+
+
+def _write_result(df, fmt: str, output: str) -> None:
+    from warehouse.export import write_dataframe_parquet
+
+    if fmt == "parquet":
+        write_dataframe_parquet(df, output)
+    elif fmt == "csv":
+        df.to_csv(output, index=False)
+    elif fmt == "json":
+        df.to_json(output, orient="records", date_format="iso")
+    else:
+        Path(output).write_text(df.to_string(index=False) + "\n")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from warehouse.export import export
+
+    layout = require_warehouse(args.storage, args.experiment)
+    print(export(layout, args.format, args.output, args.experiment).summary())
+    return EXIT_OK
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
@@ -417,6 +459,7 @@ _COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
     "sql": cmd_sql,
+    "export": cmd_export,
     "compact": cmd_compact,
     "check": cmd_check,
     "app": cmd_app,
