@@ -197,6 +197,6 @@ def preflight(spec: GridSpec, root: str | None = None, out: TextIO = sys.stdout)
         from warehouse.layout import Layout
         from warehouse.store import read_trial_rows
 
-        stored = read_trial_rows(Layout.open(root), spec.experiment)
+        stored = read_trial_rows(Layout.open(root), spec.experiment, ("user_code_hash",))
         for note in code_changes(spec, trials, stored):
             print(f"note: {note}", file=out)

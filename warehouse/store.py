@@ -73,10 +73,13 @@ def write_rows(
     layout.write_table(layout.table_file(table, experiment, key), to_table(table, rows))
 
 
-def read_trial_rows(layout: Layout, experiment: str) -> list[dict[str, Any]]:
+def read_trial_rows(
+    layout: Layout, experiment: str, extra_columns: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """The committed `trials` rows of one experiment, straight from the files (no DuckDB),
-    for the scheduler's skip logic. Unreadable files are ignored here (and quarantined by
-    the warehouse checks)."""
+    for the scheduler's skip logic: trial_id, status, config_hash, and `extra_columns` (NULL
+    where a file predates them). Unreadable files are ignored here (and quarantined by the
+    warehouse checks)."""
     files = layout.table_files("trials", experiment)
     shadowed = {k for _, k in files.shadowed}
     out = []
@@ -85,10 +88,16 @@ def read_trial_rows(layout: Layout, experiment: str) -> list[dict[str, Any]]:
         if data is None:
             continue
         try:
-            t = pq.read_table(io.BytesIO(data), columns=["trial_id", "status", "config_hash"])
+            pf = pq.ParquetFile(io.BytesIO(data))
+            have = set(pf.schema_arrow.names)
+            cols = ["trial_id", "status", "config_hash", *(c for c in extra_columns if c in have)]
+            t = pf.read(columns=cols)
         except Exception:
             continue
         rows = t.to_pylist()
+        for r in rows:
+            for c in extra_columns:
+                r.setdefault(c, None)
         # A per-trial file takes precedence over compacted rows of the same trial.
         out.extend(r for r in rows if f.key or r["trial_id"] not in shadowed)
     return out
