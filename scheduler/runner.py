@@ -36,12 +36,19 @@ class Plan:
     to_run: list[TrialConfig]
     skipped: list[TrialConfig]
     previous_failed: int = 0
+    invalidated: int = 0  # trials whose rows were lost (warehouse.check): re-run now
 
     def describe(self) -> str:
+        notes = [f"{self.previous_failed} of them failed before"] if self.previous_failed else []
+        if self.invalidated:
+            notes.append(
+                f"{self.invalidated} of them lost rows to damaged or missing files "
+                "(`batchlab check`) and run again"
+            )
         return (
             f"experiment {self.spec.experiment!r}: {len(self.to_run) + len(self.skipped)} trials in the grid, "
             f"{len(self.skipped)} already in storage (skipped), {len(self.to_run)} to run"
-            + (f" ({self.previous_failed} of them failed before)" if self.previous_failed else "")
+            + (f" ({'; '.join(notes)})" if notes else "")
         )
 
 
@@ -60,17 +67,22 @@ class RunReport:
 
 
 def plan(spec: GridSpec, layout: Layout) -> Plan:
-    """Split the grid's trials into those already stored and those to run."""
+    """Split the grid's trials into those already stored and those to run. A trial that
+    `batchlab check` invalidated (its rows were lost) has no committed row: it runs again."""
+    from warehouse.check import incomplete_trials
+
     stored = {r["trial_id"]: r["status"] for r in read_trial_rows(layout, spec.experiment)}
-    to_run, skipped, failed = [], [], 0
+    lost = {i.trial_id for i in incomplete_trials(layout) if i.experiment == spec.experiment}
+    to_run, skipped, failed, invalidated = [], [], 0, 0
     for t in spec.trials():
         status = stored.get(t.trial_id)
         if status in DONE_STATUSES:
             skipped.append(t)
         else:
             failed += status == "failed"
+            invalidated += t.trial_id in lost
             to_run.append(t)
-    return Plan(spec, to_run, skipped, failed)
+    return Plan(spec, to_run, skipped, failed, invalidated)
 
 
 def code_version() -> str:

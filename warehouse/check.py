@@ -1,25 +1,54 @@
-"""Warehouse checks: corrupt files (found, reported, moved aside) and integrity of the rows.
+"""Warehouse checks: corrupt files (found, reported, moved aside), integrity of the rows, and
+self-healing: a trial whose rows were lost is invalidated so the next run re-runs it.
 
 - `find_corrupt_files(root)`: every Parquet file under `tables/` that is not readable, with
   the reason (cheap: magic bytes and footer length; `deep=True` also parses the footer and
   reads every page);
 - `quarantine_corrupt(root)`: moves those files to `<root>/quarantine/<same path>` with a
-  `.reason.txt` beside each; readers (`warehouse.db.connect`) already skip them;
+  `.reason.txt` beside each, and **invalidates the trials they held rows of**
+  (`invalidate_trials`); readers (`warehouse.db.connect`) already skip the cheap-check ones;
+- `repair(root)` (`batchlab check --repair`): a deep search, the quarantine above, and the
+  invalidation of committed trials whose epochs rows are missing (a table file deleted);
 - `check_warehouse(root)`: everything above plus the row rules: every per-trial table row
   belongs to a committed trial, no duplicate rows per natural key, known schema versions,
-  no stale compacted parts. `batchlab check` prints it.
+  no stale compacted parts, no committed trial without its epochs rows, and how many
+  invalidated trials still wait for a re-run. `batchlab check` prints it. It never raises: a
+  file DuckDB cannot read (damaged in its middle, magic bytes intact: the cheap check passes)
+  makes it read every file in full to find it, then check the rest without it.
+
+Invalidating a trial (`invalidate_trials`): a record `<root>/quarantine/invalidated/
+experiment=<e>/<trial_id>.json` (why, which files) is written, then the trial's `trials` row
+is replaced by an empty `trials` file (a tombstone: it shadows the trial's row in a compacted
+part too) in one atomic rename. The trial is then not committed: readers drop its other rows
+(the views semi-join on `trials`), `scheduler.runner.plan` puts it back into the run, and
+its re-run replaces every file of it. Until then `check_warehouse` reports it as incomplete
+(`incomplete_trials`).
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 
-from warehouse.db import connect
-from warehouse.layout import Layout, TableFile
-from warehouse.schemas import KEY_COLUMN, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SCHEMAS, TRIAL_TABLES
+from warehouse.db import define_views, snapshot
+from warehouse.layout import Layout, TableFile, TableFiles, check_experiment
+from warehouse.schemas import (
+    KEY_COLUMN,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    SCHEMAS,
+    TRIAL_TABLES,
+    to_table,
+)
+from warehouse.store import read_trial_rows
+
+# Statuses of a committed trial the scheduler will not run again (scheduler.runner).
+DONE_STATUSES = ("completed", "diverged")
 
 # The columns that identify one row of each table (a duplicate is a bug or a double write).
 NATURAL_KEYS: dict[str, tuple[str, ...]] = {
@@ -30,6 +59,7 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     # keskar_sharpness gives one row per eps: the settings tell them apart
     "probes": ("experiment", "trial_id", "epoch", "probe", "settings_json"),
     "analyses": ("experiment", "analysis_id"),
+    "metrics": ("experiment", "trial_id", "epoch", "step", "name"),  # user metrics
 }
 
 
@@ -37,7 +67,9 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
 class Problem:
     """One finding of `check_warehouse`."""
 
-    kind: str  # corrupt_file | orphan_rows | duplicate_rows | schema_version | key_mismatch | stale_part
+    # corrupt_file | orphan_rows | duplicate_rows | schema_version | key_mismatch | stale_part
+    # | missing_rows | incomplete_trials | unreadable | no_storage
+    kind: str
     where: str  # a file path, or "<table>/experiment=<exp>"
     detail: str  # what is wrong and what to do
 
@@ -52,6 +84,46 @@ class CorruptFile:
     moved_to: str | None = None  # set by quarantine_corrupt
 
 
+@dataclass(frozen=True)
+class Invalidated:
+    """A trial whose rows were lost: it waits for a re-run (see the module docstring)."""
+
+    experiment: str
+    trial_id: str
+    reason: str
+
+
+@dataclass
+class RepairReport:
+    """What `repair` / `quarantine_corrupt` did."""
+
+    quarantined: list[CorruptFile] = field(default_factory=list)
+    invalidated: list[Invalidated] = field(default_factory=list)
+    incomplete: list[Invalidated] = field(default_factory=list)  # all waiting for a re-run
+
+    def summary(self) -> str:
+        lines = [f"quarantined {c.path} -> {c.moved_to}: {c.reason}" for c in self.quarantined]
+        lines += [f"invalidated trial {i.trial_id} ({i.experiment}): {i.reason}"
+                  for i in self.invalidated]  # fmt: skip
+        exps = sorted({i.experiment for i in self.incomplete})
+        lines.append(
+            f"{len(self.incomplete)} trials incomplete: re-run their grids "
+            f"(experiments: {', '.join(exps)}) with `batchlab run GRID.yaml` to restore them"
+            if self.incomplete
+            else "no trial is incomplete"
+        )
+        return "\n".join(lines)
+
+
+def _layout(root: str | Layout | None) -> Layout:
+    return root if isinstance(root, Layout) else Layout.open(root)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _all_files(layout: Layout) -> list[TableFile]:
     out = []
     for t in SCHEMAS:
@@ -63,19 +135,28 @@ def _all_files(layout: Layout) -> list[TableFile]:
 def _deep_problem(layout: Layout, f: TableFile) -> str | None:
     try:
         pq.read_table(f.path, filesystem=layout.fs)
+    except FileNotFoundError:
+        return None  # gone since the listing (a compaction, a re-run)
     except Exception as exc:  # any decoding error is the finding itself
-        return f"unreadable: {type(exc).__name__}: {exc}"
+        return f"unreadable: {_one_line(exc)}"
     return None
+
+
+def _cheap_problem(layout: Layout, f: TableFile) -> str | None:
+    try:
+        return layout.parquet_problem(f.path, f.size)
+    except Exception as exc:  # permissions, I/O errors: the finding itself
+        return f"unreadable: {_one_line(exc)}"
 
 
 def find_corrupt_files(
     root: str | Layout | None = None, *, deep: bool = False
 ) -> list[CorruptFile]:
     """Parquet files under `tables/` that cannot be read, with the reason."""
-    layout = root if isinstance(root, Layout) else Layout.open(root)
+    layout = _layout(root)
     out = []
     for f in _all_files(layout):
-        why = layout.parquet_problem(f.path, f.size)
+        why = _cheap_problem(layout, f)
         if why is None and deep:
             why = _deep_problem(layout, f)
         if why:
@@ -83,32 +164,304 @@ def find_corrupt_files(
     return out
 
 
+def _connect_without(layout: Layout, bad: dict[str, str]) -> duckdb.DuckDBPyConnection:
+    """The warehouse views over every file except `bad` ({path: reason})."""
+    snap = snapshot(layout, validate=False)
+    for t, tf in snap.files.items():
+        snap.files[t] = TableFiles(
+            t,
+            [f for f in tf.per_trial if f.path not in bad],
+            [f for f in tf.parts if f.path not in bad],
+            tf.stale_parts,
+        )
+    snap.corrupt = sorted(bad.items())
+    con = duckdb.connect(":memory:")
+    try:
+        define_views(con, layout, snap)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _scan(layout: Layout, deep: bool, rows, *args) -> tuple[list[CorruptFile], object, str | None]:
+    """Find the corrupt files and run `rows(con, *args)` over the views without them.
+
+    A file that passes the cheap check but that DuckDB cannot read (damaged in its middle)
+    makes the first attempt fail: then every file is read in full to find it, and the rows
+    are checked again without it. Returns (corrupt files, rows' result or None, the error
+    when even that failed)."""
+    corrupt = find_corrupt_files(layout, deep=deep)
+    for attempt in range(2):
+        try:
+            con = _connect_without(layout, {c.path: c.reason for c in corrupt})
+            try:
+                return corrupt, rows(con, *args), None
+            finally:
+                con.close()
+        except Exception as exc:
+            error = _one_line(exc)
+            if attempt == 0:
+                known = {c.path for c in corrupt}
+                corrupt += [c for c in find_corrupt_files(layout, deep=True) if c.path not in known]
+    return corrupt, None, error
+
+
+# ---- invalidation: trials whose rows were lost -----------------------------------------
+
+
+def _record_path(layout: Layout, experiment: str, trial_id: str) -> str:
+    return layout.path(
+        "quarantine",
+        "invalidated",
+        f"experiment={check_experiment(experiment)}",
+        f"{trial_id}.json",
+    )
+
+
+def _records(layout: Layout) -> list[Invalidated]:
+    import pyarrow.fs as pafs
+
+    sel = pafs.FileSelector(
+        layout.path("quarantine", "invalidated"), recursive=True, allow_not_found=True
+    )
+    out = []
+    for info in layout.fs.get_file_info(sel):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
+            continue
+        if info.base_name.startswith("."):
+            continue
+        try:
+            rec = json.loads(layout.get_bytes(info.path) or b"{}")
+            out.append(Invalidated(rec["experiment"], rec["trial_id"], rec["reason"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged record: the trial is re-run or committed either way
+    return out
+
+
+def _committed(layout: Layout, experiment: str) -> dict[str, str]:
+    return {r["trial_id"]: r["status"] for r in read_trial_rows(layout, experiment)}
+
+
+def incomplete_trials(root: str | Layout | None = None) -> list[Invalidated]:
+    """Invalidated trials that no run has committed again yet (sorted)."""
+    layout = _layout(root)
+    recs = _records(layout)
+    committed = {e: _committed(layout, e) for e in {r.experiment for r in recs}}
+    return sorted(
+        (r for r in recs if r.trial_id not in committed[r.experiment]),
+        key=lambda r: (r.experiment, r.trial_id),
+    )
+
+
+def invalidate_trials(
+    root: str | Layout | None, trials: dict[tuple[str, str], str], files: dict | None = None
+) -> list[Invalidated]:
+    """Mark each (experiment, trial_id) -> reason as needing a re-run: write its record, then
+    replace its `trials` row by a tombstone (one atomic rename; see the module docstring).
+    Idempotent. Returns what it invalidated."""
+    layout = _layout(root)
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    out = []
+    committed: dict[str, dict[str, str]] = {}
+    for (exp, tid), reason in sorted(trials.items()):
+        if exp not in committed:
+            committed[exp] = _committed(layout, exp)
+        rec = {"experiment": exp, "trial_id": tid, "reason": reason, "invalidated_at": now,
+               "previous_status": committed[exp].get(tid),
+               "files": (files or {}).get((exp, tid), [])}  # fmt: skip
+        layout.put_bytes(_record_path(layout, exp, tid), json.dumps(rec, indent=2).encode())
+        if tid in committed[exp]:
+            layout.write_table(layout.table_file("trials", exp, tid), to_table("trials", []))
+        out.append(Invalidated(exp, tid, reason))
+    return out
+
+
+def _orphans(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for t in TRIAL_TABLES:
+        out |= set(
+            con.execute(
+                f"SELECT DISTINCT experiment, trial_id FROM {t}_raw "
+                "ANTI JOIN trials_raw USING (experiment, trial_id)"
+            ).fetchall()
+        )
+    return out
+
+
+def _expected_counts() -> dict[str, str]:
+    """Per table, the SQL expression over a trials row giving how many rows of that table
+    the trial wrote (from its summary columns; NULL when the row does not say)."""
+    names = SCHEMAS["trials"].names
+    out = {}
+    if "epochs_n" in names:
+        out["epochs"] = "coalesce(t.epochs_n, t.epochs_run)"
+    else:
+        out["epochs"] = "t.epochs_run"
+    step_n = [n for n in names if n.startswith("step_") and n.endswith("_n")
+              and not n.endswith("_hist_n")]  # fmt: skip
+    if step_n:
+        out["steps"] = f"greatest({', '.join(f't.{n}' for n in step_n)})"
+    return out
+
+
+def _missing_epochs(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
+    """Committed (done) trials with fewer epochs (steps) rows than their trials row says
+    they wrote: a table file deleted or lost. Returns (experiment, trial_id, what)."""
+    out = []
+    for table, expected in _expected_counts().items():
+        for exp, tid, want, have in con.execute(
+            f"""
+            SELECT t.experiment, t.trial_id, {expected} AS want, count(r.trial_id) AS have
+            FROM trials_raw t LEFT JOIN {table}_raw r
+              ON r.experiment = t.experiment AND r.trial_id = t.trial_id
+            WHERE t.status IN {DONE_STATUSES} AND {expected} > 0
+            GROUP BY ALL HAVING count(r.trial_id) < want ORDER BY ALL
+            """
+        ).fetchall():
+            out.append((exp, tid, f"{have} of its {want} {table} rows are stored"))
+    return out
+
+
+def _trials_of(layout: Layout, c: CorruptFile, table: str) -> list[str]:
+    """The trial ids a quarantined file held rows of: its name, or (a compacted part) its
+    trial_id column when that is still readable."""
+    name = c.path.rsplit("/", 1)[1].removesuffix(".parquet")
+    if not name.startswith("part-g"):
+        return [name]
+    if table not in ("trials", *TRIAL_TABLES):
+        return []
+    try:
+        col = pq.read_table(c.moved_to, columns=["trial_id"], filesystem=layout.fs)
+        return sorted(set(col.column("trial_id").to_pylist()) - {None})
+    except Exception:
+        return []  # unreadable: its trials show up as orphans or missing epochs below
+
+
+def _heal(layout: Layout, corrupt: list[CorruptFile], missing: bool) -> RepairReport:
+    """Quarantine `corrupt`, invalidate the trials they held rows of (and, with `missing`,
+    committed trials without epochs rows), plus trials left orphaned by the quarantine."""
+    report = RepairReport()
+    lost_rows: dict[str, set[str]] = {}  # experiment -> trial ids ("*": unknown)
+    unknown_parts: set[tuple[str, str]] = set()  # (experiment, table) of unreadable parts
+    todo: dict[tuple[str, str], str] = {}
+    files: dict[tuple[str, str], list[str]] = {}
+    committed: dict[str, dict[str, str]] = {}
+    for c in corrupt:
+        try:
+            moved = layout.quarantine(c.path, c.reason)
+        except FileNotFoundError:
+            continue  # replaced or removed meanwhile (a re-run, a compaction)
+        c = CorruptFile(c.path, c.reason, moved)
+        report.quarantined.append(c)
+        rel = c.path[len(layout.base) + 1 :].split("/")  # tables/<table>/experiment=<e>/<f>
+        if len(rel) != 4 or not rel[2].startswith("experiment="):
+            continue
+        table, exp = rel[1], rel[2].split("=", 1)[1]
+        if table == "trials":  # lost trials rows: those trials' other rows are orphans now
+            lost_rows.setdefault(exp, set()).update(_trials_of(layout, c, table) or {"*"})
+            continue
+        if exp not in committed:
+            committed[exp] = _committed(layout, exp)
+        ids = _trials_of(layout, c, table)
+        if not ids and table in TRIAL_TABLES:  # an unreadable part: whose rows it held is
+            unknown_parts.add((exp, table))  # unknown; found below by their absence
+        for tid in ids:
+            if tid in committed[exp]:  # an uncommitted trial lost nothing anyone could see
+                todo.setdefault((exp, tid), f"its {table} file was damaged ({c.reason})")
+                files.setdefault((exp, tid), []).append(moved)
+
+    def after(con):
+        without = {
+            (exp, table): {
+                tid for (tid,) in con.execute(
+                    f"SELECT trial_id FROM trials_raw t WHERE experiment = $e AND status IN "
+                    f"{DONE_STATUSES} AND NOT EXISTS (SELECT 1 FROM {table}_raw r WHERE "
+                    "r.experiment = t.experiment AND r.trial_id = t.trial_id)", {"e": exp},
+                ).fetchall()
+            }
+            for exp, table in unknown_parts
+        }  # fmt: skip
+        return _orphans(con), _missing_epochs(con), without
+
+    _, found, _ = _scan(layout, False, after)
+    if found:
+        orphans, lost, without = found
+        # Conservative: every committed trial left without rows of that table is re-run
+        # (one that never wrote such rows is re-run needlessly; none is lost).
+        for (exp, table), tids in sorted(without.items()):
+            for tid in sorted(tids):
+                todo.setdefault((exp, tid), f"its {table} rows were in a damaged compacted file")
+        for exp, tid in sorted(orphans):
+            if tid in lost_rows.get(exp, ()) or "*" in lost_rows.get(exp, ()):
+                todo.setdefault((exp, tid), "its trials row was in a damaged file")
+        if missing:
+            for exp, tid, what in lost:
+                todo.setdefault((exp, tid), f"its rows are missing ({what})")
+    report.invalidated = invalidate_trials(layout, todo, files)
+    report.incomplete = incomplete_trials(layout)
+    return report
+
+
 def quarantine_corrupt(
     root: str | Layout | None = None, *, deep: bool = False
 ) -> list[CorruptFile]:
-    """Move every corrupt file to `<root>/quarantine/...`; returns them with their new path."""
-    layout = root if isinstance(root, Layout) else Layout.open(root)
-    return [
-        CorruptFile(c.path, c.reason, layout.quarantine(c.path, c.reason))
-        for c in find_corrupt_files(layout, deep=deep)
-    ]
+    """Move every corrupt file to `<root>/quarantine/...` and invalidate the trials it held
+    rows of (they are re-run by the next `batchlab run`); returns the files with their new
+    path. Never raises on a damaged file."""
+    layout = _layout(root)
+    corrupt, _, _ = _scan(layout, deep, lambda con: None)
+    return _heal(layout, corrupt, missing=False).quarantined
+
+
+def repair(root: str | Layout | None = None) -> RepairReport:
+    """`batchlab check --repair`: read every file in full, quarantine the damaged ones,
+    invalidate every trial that lost rows (damaged or missing files) so that the next
+    `batchlab run` re-runs exactly those trials."""
+    layout = _layout(root)
+    _storage_problem(layout, raise_=True)
+    return _heal(layout, find_corrupt_files(layout, deep=True), missing=True)
+
+
+def _storage_problem(layout: Layout, *, raise_: bool = False) -> Problem | None:
+    if not layout.is_local:
+        return None
+    base = Path(layout.base)
+    what = None
+    if not base.exists():
+        what = "does not exist (nothing to check; is --storage right?)"
+    elif not base.is_dir():
+        what = "is a file, not a storage directory"
+    if what is None:
+        return None
+    if raise_:
+        raise ValueError(f"storage root {layout.root!r} {what}")
+    return Problem("no_storage", layout.root, f"the storage root {what}")
 
 
 def check_warehouse(root: str | Layout | None = None, *, deep: bool = False) -> list[Problem]:
-    """Every problem found under `root` (empty when the warehouse is sound).
+    """Every problem found under `root` (empty when the warehouse is sound); never raises
+    on damaged files (see the module docstring).
 
     `deep` also reads every file in full and checks that each per-trial file holds only
     rows of the key its name gives and records a schema version this code knows."""
-    layout = root if isinstance(root, Layout) else Layout.open(root)
+    layout = _layout(root)
+    missing_root = _storage_problem(layout)
+    if missing_root:
+        return [missing_root]
+    incomplete = incomplete_trials(layout)
+    waiting = {(i.experiment, i.trial_id) for i in incomplete}
+    corrupt, rows, error = _scan(layout, deep, _row_problems, waiting)
     problems = [
         Problem(
             "corrupt_file",
             c.path,
-            f"{c.reason}; skipped by readers; `batchlab check --quarantine` moves it aside",
+            f"{c.reason}; `batchlab check --repair` moves it aside and marks its trials for "
+            "a re-run",
         )
-        for c in find_corrupt_files(layout, deep=deep)
+        for c in corrupt
     ]
-    bad = {p.where for p in problems}
+    bad = {c.path for c in corrupt}
     for t in SCHEMAS:
         for f in layout.table_files(t).stale_parts:
             problems.append(
@@ -119,27 +472,62 @@ def check_warehouse(root: str | Layout | None = None, *, deep: bool = False) -> 
                     "compaction left it: `batchlab compact` deletes it",
                 )
             )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # corrupt files: reported above
-        con = connect(layout)
+    if error:
+        problems.append(
+            Problem(
+                "unreadable",
+                layout.path("tables"),
+                f"the row checks could not run: {error}; `batchlab check --repair` reads "
+                "every file in full and moves damaged ones aside",
+            )
+        )
+    problems += rows or []
+    by_exp: dict[str, list[Invalidated]] = {}
+    for i in incomplete:
+        by_exp.setdefault(i.experiment, []).append(i)
+    for exp, items in sorted(by_exp.items()):
+        problems.append(
+            Problem(
+                "incomplete_trials",
+                f"trials/experiment={exp}",
+                f"{len(items)} trials have no results: their rows were lost and invalidated "
+                f"(e.g. {items[0].trial_id}: {items[0].reason}); the next `batchlab run` of "
+                "the grid re-runs exactly these trials",
+            )
+        )
+    if deep:
+        problems += _deep_file_checks(layout, bad)
+    return problems
+
+
+def _row_problems(con: duckdb.DuckDBPyConnection, waiting: set[tuple[str, str]]) -> list[Problem]:
+    problems = []
     for t in TRIAL_TABLES:
-        for exp, n_rows, n_trials, example in con.execute(
+        orphans = con.execute(
             f"""
-            SELECT experiment, count(*), count(DISTINCT trial_id), min(trial_id)
-            FROM {t}_raw r ANTI JOIN trials_raw c USING (experiment, trial_id)
-            GROUP BY experiment ORDER BY experiment
+            SELECT experiment, trial_id, count(*) FROM {t}_raw r
+            ANTI JOIN trials_raw c USING (experiment, trial_id)
+            GROUP BY ALL ORDER BY ALL
             """
-        ).fetchall():
+        ).fetchall()
+        per_exp: dict[str, list[tuple[str, int]]] = {}
+        for exp, tid, n in orphans:
+            if (exp, tid) not in waiting:  # reported as incomplete trials instead
+                per_exp.setdefault(exp, []).append((tid, n))
+        for exp, items in per_exp.items():
             problems.append(
                 Problem(
                     "orphan_rows",
                     f"{t}/experiment={exp}",
-                    f"{n_rows} rows of {n_trials} trials without a committed trials row "
-                    f"(e.g. {example}): a trial being written right now, or a write that "
-                    "crashed before its commit; readers ignore them; re-run the grid",
+                    f"{sum(n for _, n in items)} rows of {len(items)} trials without a "
+                    f"committed trials row (e.g. {items[0][0]}): a trial being written right "
+                    "now, or a write that crashed before its commit; readers ignore them; "
+                    "re-run the grid",
                 )
             )
     for t, cols in NATURAL_KEYS.items():
+        if t not in SCHEMAS:
+            continue
         keys = ", ".join(cols)
         for exp, n, example in con.execute(
             f"""
@@ -172,8 +560,19 @@ def check_warehouse(root: str | Layout | None = None, *, deep: bool = False) -> 
                 f"{SCHEMA_VERSION}: upgrade batchlab to read them correctly",
             )
         )
-    if deep:
-        problems += _deep_file_checks(layout, bad)
+    lost: dict[str, list[tuple[str, str]]] = {}
+    for exp, tid, what in _missing_epochs(con):
+        lost.setdefault(exp, []).append((tid, what))
+    for exp, items in lost.items():
+        problems.append(
+            Problem(
+                "missing_rows",
+                f"trials/experiment={exp}",
+                f"{len(items)} committed trials have fewer rows than they wrote (e.g. "
+                f"{items[0][0]}: {items[0][1]}): a table file was deleted or lost; "
+                "`batchlab check --repair` invalidates them so the next run re-runs them",
+            )
+        )
     return problems
 
 
@@ -185,7 +584,10 @@ def _deep_file_checks(layout: Layout, bad: set[str]) -> list[Problem]:
         for f in [*tf.per_trial, *tf.parts]:
             if f.path in bad:
                 continue
-            meta = pq.read_metadata(f.path, filesystem=layout.fs)
+            try:
+                meta = pq.read_metadata(f.path, filesystem=layout.fs)
+            except Exception:  # damaged or gone since: found (or not) by the file checks
+                continue
             version = (meta.metadata or {}).get(SCHEMA_VERSION_KEY.encode())
             if version is not None and not 1 <= int(version) <= SCHEMA_VERSION:
                 out.append(
@@ -197,7 +599,10 @@ def _deep_file_checks(layout: Layout, bad: set[str]) -> list[Problem]:
                     )
                 )
             if f.key:
-                col = pq.read_table(f.path, columns=[key], filesystem=layout.fs).column(key)
+                try:
+                    col = pq.read_table(f.path, columns=[key], filesystem=layout.fs).column(key)
+                except Exception:
+                    continue
                 others = sorted(set(col.to_pylist()) - {f.key})
                 if others:
                     out.append(

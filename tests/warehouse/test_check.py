@@ -70,10 +70,10 @@ def test_quarantine_moves_corrupt_files_aside(small_warehouse, fake):
         warnings.simplefilter("error")  # no corrupt file left: no warning
         con = connect(layout)
     assert con.execute("SELECT count(*) FROM corrupt_files").fetchone()[0] == 0
-    # The trial whose epochs were truncated is committed without them: an integrity finding
-    # nobody can fix but a re-run; the one whose trials row was lost has orphan rows.
-    kinds = {p.kind for p in check_warehouse(layout)}
-    assert kinds == {"orphan_rows"}
+    # Both trials that lost rows (truncated epochs; truncated trials row) are invalidated: not
+    # committed until a re-run, reported as incomplete (issue 19; tests/reliability/test_repair.py).
+    (p,) = check_warehouse(layout)
+    assert p.kind == "incomplete_trials" and p.detail.startswith("2 trials have no results")
 
 
 def test_deep_check_reads_every_page(tmp_path, fake):
