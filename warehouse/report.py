@@ -2,7 +2,7 @@
 
 The report is a pure function of the warehouse's rows (no generation timestamp, stable
 ordering), so a committed report can be regenerated from its committed warehouse and
-compared byte for byte (tests/warehouse/test_report.py).
+compared byte for byte (tests/warehouse/test_demo_results.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import duckdb
 
 from warehouse import findings as fnd
 from warehouse import queries as q
+from warehouse import stats
 from warehouse.db import connect
+from warehouse.findings.data import TRAIN_ACC_CONVERGED
 from warehouse.layout import Layout
 
 
@@ -72,15 +74,31 @@ def render_report(
         "",
         "## Verdicts",
         "",
-        f"{counts.get(fnd.SUPPORTED, 0)} supported, {counts.get(fnd.CONTRADICTED, 0)} contradicted, "
-        f"{counts.get(fnd.NOT_ENOUGH, 0)} not enough data ({len(verdicts)} findings judged).",
+        ", ".join(f"{counts.get(v, 0)} {v}" for v in fnd.VERDICTS)
+        + f" ({len(verdicts)} findings judged).",
         "",
-        "| id | claim | statistic | seeds' spread | verdict | figure |",
-        "|---|---|---|---|---|---|",
+        f"Per group of trials (one setting, its batch sizes): an effect with its "
+        f"{stats.CONFIDENCE:.0%} interval over seeds and a two-sided p-value (trends: "
+        "permutation test of Spearman's rho over every trial, delta = mean at the largest "
+        "batch size minus at the smallest with a bootstrap interval; comparisons: Welch's t), "
+        f"Holm-adjusted over the finding's tests; supported / contradicted when the adjusted p "
+        f"< {stats.ALPHA} with the claimed / the opposite sign, else undecided; groups with "
+        f"fewer than {stats.MIN_SEEDS} seeds per batch size are undecided. A finding judges "
+        "only the trials that meet the comparison it needs (at convergence: stopped by early "
+        f"stopping or a target, or training accuracy >= {TRAIN_ACC_CONVERGED:.0%}). Its "
+        "verdict: supported or contradicted when its decided groups agree, mixed when they "
+        "do not, undecided when none is decided.",
+        "",
+        "| id | claim | compared | statistic (shown group) | effect [95% CI], p | groups: "
+        "supported / contradicted / undecided | conditions | verdict | figure |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
+        c = v.counts
+        n = f"{c[fnd.SUPPORTED]} / {c[fnd.CONTRADICTED]} / {c[fnd.UNDECIDED]}"
         lines.append(
-            f"| {v.id} | {_md(v.claim)} | {_md(v.statistic)} | {_md(v.spread)} | **{v.verdict}** | "
+            f"| {v.id} | {_md(v.claim)} | {_md(v.needs)} | {_md(v.statistic)} | "
+            f"{_md(v.spread) or 'n/a'} | {n} | {_md(v.conditions) or '-'} | **{v.verdict}** | "
             f"app page `{_md(v.page)}` |"
         )
     lines += ["", "## What did not reproduce, and why", ""]
@@ -88,17 +106,28 @@ def render_report(
     if not missed:
         lines.append("Every judged finding is supported by this data.")
     for v in missed:
-        why = (
-            "the data contradicts the claim"
-            if v.verdict == fnd.CONTRADICTED
-            else "the data cannot decide"
-        )
+        why = {
+            fnd.CONTRADICTED: "the data contradicts the claim",
+            fnd.MIXED: f"it depends on the setting ({_md(v.conditions)})",
+        }.get(v.verdict, "the data cannot decide: " + _md(_reasons(v)))
         test = _md(v.test).rstrip(".")
         lines.append(
             f"- **{v.id}** ({v.verdict}): {why}. Test: {test}. Statistic: {_md(v.statistic)}."
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _reasons(v: fnd.Verdict) -> str:
+    """Why a finding's groups are undecided: each distinct reason with its group count."""
+    if not v.groups:
+        return "no data for this test in the selection"
+    reasons = Counter()
+    for g in v.groups:
+        if g.verdict == fnd.UNDECIDED:
+            for part in (g.note or "no test").split("; "):
+                reasons[part.split(":")[0] if part.startswith("left out") else part] += 1
+    return "; ".join(f"{r} ({n} group{'s' if n > 1 else ''})" for r, n in reasons.most_common())
 
 
 def write_report(root: str | Layout, output: str, f: q.Filters | None = None) -> str:

@@ -39,7 +39,13 @@ def test_demo_opens_in_the_app(tmp_path, monkeypatch):
     monkeypatch.setenv("BATCHLAB_STORAGE", _copy(tmp_path))
     at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value  # the Findings page (the default) leads with the verdicts
+    # The Findings page (the default) leads with the verdicts (a table or a dataframe).
+    shown = [t.value for t in (*at.table, *at.dataframe)]
+    table = next(t for t in shown if "verdict" in t.columns)
+    table = table.reset_index() if "id" not in table.columns else table
     report = (DEMO / "REPORT.md").read_text()
+    assert len(table) == report.count("\n| F-")
     for row in table.itertuples():
-        assert f"| {row.id} |" in report and f"**{row.verdict}**" in report
+        assert f"| {row.id} |" in report, row.id
+        line = next(x for x in report.splitlines() if x.startswith(f"| {row.id} |"))
+        assert f"**{row.verdict}**" in line, (row.id, row.verdict)

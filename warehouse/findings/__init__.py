@@ -157,7 +157,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, f: q.Filters) -> list[Verdict]:
         statistic, spread = "no data for this test in the selection", ""
         if shown is not None:
             statistic = f"{shown.statistic} [{shown.group}]"
-            statistic += f" ({shown.note})" if shown.note else ""
+            statistic += f" ({shown.note})" if shown.note and shown.note != shown.statistic else ""
             c = counts(results)
             if len(results) > 1:
                 statistic += "; groups: " + ", ".join(f"{n} {v}" for v, n in c.items() if n)

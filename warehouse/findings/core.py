@@ -86,8 +86,8 @@ def group(name: str, key: tuple, parts: list[Part], cols: Iterable[str] = q.GROU
 
 
 def left_out(name: str, why: str, key: tuple = (), cols: Iterable[str] = q.GROUP) -> GroupResult:
-    """A group the finding cannot judge, and why."""
-    return GroupResult(name, UNDECIDED, why, note=why, key=key, cols=tuple(cols))
+    """A group the finding cannot judge, and why (the note)."""
+    return GroupResult(name, UNDECIDED, "not judged", note=why, key=key, cols=tuple(cols))
 
 
 def _all_of(verdicts: list[str]) -> str:
@@ -119,6 +119,13 @@ def judge(results: list[GroupResult]) -> list[GroupResult]:
             verdict = UNDECIDED
             notes.append("precondition not met: " + "; ".join(p.what for p in pre))
         statistic = "; ".join(p.what for p in new if p.what)
+        more = [p for p in new if not p.what and p.test is not None]  # sub-tests (layers)
+        if more:
+            c = {v: sum(p.verdict == v for p in more) for v in (SUPPORTED, CONTRADICTED)}
+            statistic += (
+                f"; {len(more)} more tests: {c[SUPPORTED]} supported, "
+                f"{c[CONTRADICTED]} contradicted"
+            )
         spread = "; ".join(_interval(p) for p in new if p.test is not None)
         if verdict == UNDECIDED and not notes:
             notes = [_why_undecided(new)]

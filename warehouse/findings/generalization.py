@@ -232,7 +232,11 @@ def f27(d: Data) -> list[GroupResult]:
         g = levels_ok(g)
         mean = g.groupby("batch_size")[LOSS].mean()
         if len(mean) < 3:
-            out.append(left_out(name, _join(f"{len(mean)} batch size(s): needs >= 3", note), key))
+            out.append(
+                left_out(
+                    name, _join(f"{len(mean)} batch size(s): needs >= 3 batch sizes", note), key
+                )
+            )
             continue
         sizes = list(mean.index)
         best = mean.idxmin()

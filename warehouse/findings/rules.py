@@ -29,7 +29,7 @@ def meeting(g: pd.DataFrame, needs: str) -> tuple[pd.DataFrame, str]:
         acc_txt = f", train acc {fmt(acc.mean())}" if acc.notna().any() else ""
         n = int((g["batch_size"] == bs).sum())
         by.append(f"bs {int(bs)}: {len(o)} of {n} ({reasons}{acc_txt})")
-    return g[g["converged"]], "left out, not at convergence: " + "; ".join(by)
+    return g[g["converged"]], "left out, not at convergence: " + ", ".join(by)
 
 
 def levels_ok(g: pd.DataFrame, x: str = "batch_size") -> pd.DataFrame:
@@ -55,7 +55,8 @@ def trend_part(
     n_lv = g[x].nunique()
     xs = "bs" if x == "batch_size" else x
     if n_lv < min_levels:
-        return Part(f"{name}{n_lv} {x} level(s)", note=f"{name}needs >= {min_levels} {x} values")
+        what = "batch sizes" if x == "batch_size" else f"{x} values"
+        return Part(f"{name}{n_lv} {what}", note=f"{name}needs >= {min_levels} {what}")
     t = stats.trend(g[x].to_numpy(float), g[col].to_numpy(float))
     lo, hi = g[x].min(), g[x].max()
     m_lo, m_hi = g.loc[g[x] == lo, col].mean(), g.loc[g[x] == hi, col].mean()
