@@ -86,13 +86,43 @@ _GROUP = ", ".join(GROUP)
 
 
 def _sel(f: Filters) -> tuple[str, dict[str, Any]]:
-    """CTE `sel`: the filtered trials with the key columns normalized (no NULL keys)."""
-    cond, params = f.where("t")
+    """CTE `sel`: the filtered trials with the key columns normalized (no NULL keys).
+
+    Equivalent trials are shared between lr rules: at `batch_size == base_batch_size` every
+    rule gives the grid lr (`scaled_lr == lr`, checked), so such a trial is the same training
+    under `none`, `linear` and `sqrt`; it appears once under every lr rule its setting (the
+    other `GROUP` columns) was run with, and the same training run twice (same setting,
+    batch size and seed) appears once (fixed lr first, then the lowest trial_id). The
+    lr-rule filter applies after this."""
+    rules = f.lr_scaling
+    cond, params = dataclasses.replace(f, lr_scaling=()).where("t")
+    cfg = ", ".join(c for c in GROUP if c != "lr_scaling")
+    keep = "WHERE lr_scaling IN (SELECT unnest($lr_scaling))" if rules else ""
+    if rules:
+        params["lr_scaling"] = list(rules)
     return (
         f"""sel AS (
-            SELECT t.* EXCLUDE (batchnorm), coalesce(t.batchnorm, false) AS batchnorm,
-                   coalesce(t.data_parallel_workers, 1) AS workers
-            FROM trials t WHERE {cond}
+            WITH t0 AS (
+                SELECT t.* EXCLUDE (batchnorm), coalesce(t.batchnorm, false) AS batchnorm,
+                       coalesce(t.data_parallel_workers, 1) AS workers,
+                       t.batch_size = t.base_batch_size
+                           AND abs(t.scaled_lr - t.lr) <= 1e-9 * abs(t.lr) AS equivalent_
+                FROM trials t WHERE {cond}
+            ),
+            rules_ AS (SELECT DISTINCT {cfg}, lr_scaling AS rule_ FROM t0),
+            one_ AS (
+                SELECT * FROM t0 WHERE equivalent_
+                QUALIFY row_number() OVER (
+                    PARTITION BY {cfg}, batch_size, seed
+                    ORDER BY lr_scaling <> 'none', lr_scaling, trial_id) = 1
+            ),
+            all_ AS (
+                SELECT * FROM t0 WHERE NOT coalesce(equivalent_, false)
+                UNION ALL BY NAME
+                SELECT one_.* REPLACE (rules_.rule_ AS lr_scaling)
+                FROM one_ JOIN rules_ USING ({cfg})
+            )
+            SELECT * EXCLUDE (equivalent_) FROM all_ {keep}
         )""",
         params,
     )

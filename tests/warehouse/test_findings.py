@@ -198,6 +198,31 @@ def test_equivalent_trials_serve_every_lr_rule(root):
     assert set(lin["lr_scaling"]) == {"linear"}
     assert {"sup-A-b32-s0", "sup-L-b64-s0"} <= set(lin["trial_id"])
     assert not lin[lin["batch_size"] > 32]["shared"].any()
+    # Per-trial tables read a shared trial's rows once per lr rule, not once per copy.
+    probes = Data(con, q.Filters(experiment=("support",))).probes
+    hess = probes[(probes["probe"] == "hessian_top_eig") & (probes["batch_size"] == 32)]
+    assert sorted(hess["lr_scaling"]) == ["linear", "linear", "none", "none"]
+
+
+def test_named_queries_share_equivalent_trials(root):
+    """The pages see it too: the named queries count a bs-32 trial under both lr rules, once
+    per seed, even when only the fixed-lr run exists."""
+    con = connect(root)
+    ids = Data(con, q.Filters(experiment=("support",))).trials["trial_id"].unique()
+    without_l32 = tuple(sorted(t for t in ids if not t.startswith("sup-L-b32")))
+    for f in (
+        q.Filters(experiment=("support",)),
+        q.Filters(experiment=("support",), trial_id=without_l32),
+        q.Filters(experiment=("support",), lr_scaling=("linear",), trial_id=without_l32),
+    ):
+        g = q.generalization_by_batch_size(con, f)
+        row = g[(g["model"] == "mlp") & (g["lr_scaling"] == "linear") & (g["workers"] == 1)]
+        row = row[row["batch_size"] == 32]
+        assert len(row) == 1 and int(row["n_seeds"].iloc[0]) == 2, (f, row)
+        assert row["min_val_loss_mean"].iloc[0] == pytest.approx(0.36)
+    # The 4-worker setting ran fixed lr only: nothing to share with.
+    g = q.generalization_by_batch_size(con, q.Filters(experiment=("support",)))
+    assert set(g.loc[g["workers"] == 4, "lr_scaling"]) == {"none"}
 
 
 def _row(**kw) -> dict:

@@ -11,7 +11,8 @@ is the same training whatever its `lr_scaling`. Such a trial
 serves every lr rule its setting was run with: it is counted in the `none`, `linear` and
 `sqrt` groups alike (`shared` is True in the copies), and two such trials of the same
 setting and seed (the same training run twice) count once. The sidebar's lr-rule filter is
-applied after this, so a `linear` selection still sees the shared trial.
+applied after this, so a `linear` selection still sees the shared trial. The named queries
+apply the same rule in SQL (`queries._sel`), so the pages and the verdicts count alike.
 
 **Convergence.** `converged` is True when the trial stopped by its own criterion
 (`stop_reason` in `CONVERGED_STOPS`) or ended with training accuracy >= `TRAIN_ACC_CONVERGED`
@@ -49,6 +50,7 @@ def _fetch(con: duckdb.DuckDBPyConnection, f: q.Filters) -> pd.DataFrame:
     return con.execute(
         f"""
         WITH {sel},
+        ids AS (SELECT DISTINCT experiment, trial_id FROM sel),  -- a shared trial once
         last AS (
             SELECT s.experiment, s.trial_id,
                    arg_max(e.train_acc_eval, e.epoch) AS final_train_acc,
@@ -57,7 +59,7 @@ def _fetch(con: duckdb.DuckDBPyConnection, f: q.Filters) -> pd.DataFrame:
                        AS epoch_update_norm_median,
                    list(CASE WHEN isfinite(e.train_loss_eval) THEN e.train_loss_eval
                              ELSE e.train_loss END ORDER BY e.epoch) AS train_loss_by_epoch
-            FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
+            FROM ids s JOIN epochs_raw e USING (experiment, trial_id)
             GROUP BY ALL
         )
         SELECT {cols}, s.trial_id, s.seed, s.status, s.stop_reason, s.epochs_run, s.max_epochs,
@@ -172,7 +174,11 @@ class Data:
 
         def make() -> pd.DataFrame:
             sel, params = q._sel(_unfiltered(self.f))
-            rows = self.con.execute(f"WITH {sel} {sql}", {**params, **(extra or {})}).fetchdf()
+            # `sel` holds a shared trial once per lr rule: its rows are read once (`ids`).
+            ids = "ids AS (SELECT DISTINCT experiment, trial_id FROM sel)"
+            rows = self.con.execute(
+                f"WITH {sel}, {ids} {sql}", {**params, **(extra or {})}
+            ).fetchdf()
             return self.trials[list(ID_COLUMNS)].merge(rows, on=["experiment", "trial_id"])
 
         return self._get(name, make)
@@ -185,7 +191,7 @@ class Data:
             "probes",
             f"""SELECT s.experiment, s.trial_id, p.probe, {q._PROBE_EPS} AS eps,
                        p.epoch AS probe_epoch, p.value
-                FROM sel s JOIN probes_raw p USING (experiment, trial_id)
+                FROM ids s JOIN probes_raw p USING (experiment, trial_id)
                 WHERE p.probe IN ('keskar_sharpness', 'hessian_top_eig')
                   AND coalesce(p.status, 'ok') = 'ok' AND isfinite(p.value)
                 QUALIFY p.epoch = max(p.epoch) OVER (
@@ -199,7 +205,7 @@ class Data:
             "layers",
             """SELECT l.experiment, l.trial_id, l.layer,
                       arg_max_null(l.dist_from_init, l.epoch) AS layer_dist
-               FROM layers_raw l SEMI JOIN sel USING (experiment, trial_id)
+               FROM layers_raw l SEMI JOIN ids USING (experiment, trial_id)
                GROUP BY ALL""",
         )
 
@@ -209,7 +215,7 @@ class Data:
         return self._per_trial(
             "epoch_distances",
             """SELECT e.experiment, e.trial_id, e.epoch, e.epoch_distance
-               FROM epochs_raw e SEMI JOIN sel USING (experiment, trial_id)
+               FROM epochs_raw e SEMI JOIN ids USING (experiment, trial_id)
                WHERE isfinite(e.epoch_distance)""",
         )
 
