@@ -6,6 +6,8 @@
     batchlab compact [--experiment E]  merge per-trial files into few large Parquet files
     batchlab check [--quarantine]      corrupt files and integrity problems
     batchlab report [--experiment E]   the Findings page as Markdown
+    batchlab export --format F --output DIR   every table as Parquet, CSV or JSONL
+    batchlab import ray-tune|tensorboard|csv PATH   a study run elsewhere
     batchlab app [--storage ROOT]      the Streamlit explorer (binds 127.0.0.1)
 
 Exit codes (docs/cli.md): 0 done; 1 `check` found problems (or an unexpected error, with
@@ -132,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="directory to write into")
     p.add_argument(
         "--experiment", action="append", default=[], help="only these experiments (repeatable)"
+    )
+
+    p = sub.add_parser("import", help="a study run elsewhere into the warehouse")
+    p.add_argument("source", choices=["ray-tune", "tensorboard", "csv"])
+    p.add_argument("path", help="Ray Tune experiment folder, TensorBoard log folder or CSV file")
+    _storage_arg(p)
+    p.add_argument(
+        "--experiment", default=None, help="experiment name (default: the folder or file name)"
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=NAME",
+        help="where a field is in the source, e.g. batch_size=bs, lr=learning_rate, "
+        "val_loss=loss/val, run=run_id (repeatable; docs/cli.md)",
     )
 
     p = sub.add_parser("compact", help="merge per-trial files into few large Parquet files")
@@ -386,6 +404,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from warehouse.importers import (
+        experiment_name,
+        import_trials,
+        parse_mapping,
+        ray_tune,
+        table,
+        tensorboard,
+    )
+    from warehouse.layout import Layout
+
+    mapping = parse_mapping(args.map)
+    module = {"ray-tune": ray_tune, "tensorboard": tensorboard, "csv": table}[args.source]
+    trials = module.read(args.path, mapping) if module is table else module.read(args.path)
+    experiment = args.experiment or experiment_name(module.default_experiment(args.path))
+    layout = Layout.open(args.storage)
+    report = import_trials(layout, args.source, str(args.path), experiment, trials, mapping)
+    print(report.summary())
+    print(f"results: {layout.root}  (DuckDB file: {layout.duckdb_file})")
+    return EXIT_OK
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     from warehouse.compact import compact
 
@@ -460,6 +500,7 @@ _COMMANDS = {
     "demo": cmd_demo,
     "sql": cmd_sql,
     "export": cmd_export,
+    "import": cmd_import,
     "compact": cmd_compact,
     "check": cmd_check,
     "app": cmd_app,

@@ -1,0 +1,339 @@
+"""Studies run elsewhere, into the warehouse: `batchlab import ray-tune|tensorboard|csv`.
+
+Each importer (`ray_tune.py`, `tensorboard.py`, `table.py`) reads its source into
+`SourceTrial`s: a stable key inside the source, the hyperparameters found, and per-epoch
+metrics. `import_trials` turns them into `trials` and `epochs` rows (plus every other
+numeric metric in `metrics`, where the schema has that table) and writes each trial through
+`warehouse.store.write_trial`, so an imported trial has the commit semantics of a trained
+one. Rules (docs/cli.md "Importing studies run elsewhere"):
+
+- identity: `trial_id` = 16 hex digits of sha256(source, key); `config_hash` = sha256 of the
+  trial's imported content. Re-importing an unchanged source writes nothing; a source trial
+  that changed (e.g. more epochs) replaces its rows.
+- provenance: `code_version` = `import:<source>`; `config_json` holds the source, its path,
+  the key, the params and the mapping used.
+- batch size and lr come from the params (common names, or `--map batch_size=NAME`); a trial
+  without them is an error naming the trial and the params it has.
+- what the source cannot know is NULL, never invented: distances from the initial weights,
+  per-layer rows, probes (sharpness, Hessian, noise scale), steps, update/gradient norms,
+  device and memory. Times are the source's wall-clock times per epoch (evaluation
+  included), so `train_time_s` of an imported trial is an upper bound of batchlab's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from warehouse.layout import EXPERIMENT_RE, Layout, check_experiment
+from warehouse.schemas import SCHEMAS
+from warehouse.store import read_trial_rows, write_trial
+
+SOURCES = ("ray-tune", "tensorboard", "csv")
+
+# batchlab field -> the names a source commonly uses for it (first found wins); `--map
+# FIELD=NAME` puts NAME first. Trial fields come from the params, epoch fields from metrics.
+TRIAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "batch_size": ("batch_size", "batchsize", "bs", "train_batch_size", "per_device_train_batch_size"),
+    "lr": ("lr", "learning_rate", "base_lr", "lr0"),
+    "seed": ("seed", "random_seed"),
+    "dataset": ("dataset", "data"),
+    "model": ("model", "arch", "architecture"),
+    "optimizer": ("optimizer", "optim"),
+    "momentum": ("momentum",),
+}  # fmt: skip
+EPOCH_FIELDS: dict[str, tuple[str, ...]] = {
+    "epoch": ("epoch", "epochs"),
+    "step": ("step", "global_step", "steps", "_step"),
+    "train_loss": ("train_loss", "loss", "loss/train", "train/loss", "training_loss", "Loss/train"),
+    "val_loss": ("val_loss", "validation_loss", "valid_loss", "eval_loss", "test_loss",
+                 "loss/val", "val/loss", "loss/validation", "Loss/val", "Loss/test"),
+    "val_acc": ("val_acc", "val_accuracy", "valid_acc", "eval_accuracy", "test_acc",
+                "accuracy/val", "val/acc", "acc/val", "Accuracy/val", "Accuracy/test"),
+    "train_acc_eval": ("train_acc", "train_accuracy", "accuracy/train", "train/acc", "acc/train"),
+    "lr": ("lr", "learning_rate", "lr/train"),
+    "epoch_time_s": ("epoch_time_s", "time_this_iter_s"),
+    "elapsed_s": ("elapsed_s", "time_total_s"),
+}  # fmt: skip
+# `import csv`: the column naming the run of each row (else: one run per distinct params).
+RUN_FIELD = ("run", "run_id", "run_name", "Name", "name", "trial_id", "trial")
+MAPPABLE = (*TRIAL_FIELDS, *EPOCH_FIELDS, "run")
+
+
+class ImportError_(ValueError):
+    """A source that cannot be imported as asked (the message says why and what to pass)."""
+
+
+@dataclass
+class SourceTrial:
+    key: str  # stable identity inside the source (a relative path, a run id)
+    params: dict[str, Any]
+    epochs: list[dict[str, Any]]  # per epoch: metric name -> value (source names)
+    info: dict[str, Any] = field(default_factory=dict)  # host, started_at, finished_at, error
+
+
+@dataclass
+class ImportReport:
+    source: str
+    experiment: str
+    imported: list[str] = field(default_factory=list)  # trial ids written
+    unchanged: list[str] = field(default_factory=list)  # already in the warehouse, same content
+
+    def summary(self) -> str:
+        return (
+            f"imported {len(self.imported)} trials from {self.source} into experiment "
+            f"{self.experiment!r} ({len(self.unchanged)} already there, unchanged)"
+        )
+
+
+def parse_mapping(items: Iterable[str]) -> dict[str, str]:
+    """`["batch_size=bs", "val_loss=loss/val"]` -> {field: source name}; refuses unknown fields."""
+    out = {}
+    for item in items:
+        fld, sep, name = item.partition("=")
+        fld, name = fld.strip(), name.strip()
+        if not sep or not fld or not name:
+            raise ImportError_(f"--map: {item!r} is not FIELD=NAME (e.g. batch_size=bs)")
+        if fld not in MAPPABLE:
+            raise ImportError_(f"--map: unknown field {fld!r}; fields: {', '.join(MAPPABLE)}")
+        out[fld] = name
+    return out
+
+
+def experiment_name(text: str) -> str:
+    """A valid experiment name from a folder or file name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-._")[:128] or "imported"
+    return name if EXPERIMENT_RE.match(name) else f"x{name}"[:128]
+
+
+def _num(v: Any) -> float | None:
+    """`v` as a float (NaN and inf kept: they are data), None when not a number."""
+    if isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+def _pick(values: Mapping[str, Any], fld: str, names: tuple[str, ...], mapping: Mapping[str, str]):
+    cands = (mapping[fld], *names) if fld in mapping else names
+    for n in cands:
+        if n in values and values[n] is not None and values[n] != "":
+            return values[n], n
+    return None, None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params (Ray Tune's `train_loop_config`, ...) with both the leaf and the
+    dotted names: {"a": {"b": 1}} -> {"a.b": 1, "b": 1} (a top-level name wins)."""
+    out: dict[str, Any] = {}
+    leaves: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            sub = _flatten(v, f"{name}.")
+            out.update(sub)
+            for sk, sv in sub.items():
+                leaves.setdefault(sk.rsplit(".", 1)[-1], sv)
+        else:
+            out[name] = v
+    return {**leaves, **out}
+
+
+def _as_int(v: Any, what: str, where: str) -> int:
+    f = _num(v)
+    if f is None or not math.isfinite(f) or f != int(f) or f <= 0:
+        raise ImportError_(f"{where}: {what} {v!r} is not a positive whole number")
+    return int(f)
+
+
+def _epoch_rows(st: SourceTrial, mapping: Mapping[str, str]) -> tuple[list[dict], list[dict]]:
+    """(epochs rows, metrics rows) of one source trial, epochs numbered from 1."""
+    rows, extra = [], []
+    used_names: set[str] = set()
+    for i, raw in enumerate(st.epochs):
+        row: dict[str, Any] = {}
+        for fld, names in EPOCH_FIELDS.items():
+            v, n = _pick(raw, fld, names, mapping)
+            if n is not None:
+                used_names.add(n)
+                row[fld] = _num(v)
+        ep = row.pop("epoch", None)
+        row["epoch"] = int(ep) if ep is not None and math.isfinite(ep) else i + 1
+        if row.get("step") is not None:
+            row["step"] = int(row["step"]) if math.isfinite(row["step"]) else None
+        rows.append(row)
+    if rows and min(r["epoch"] for r in rows) == 0:  # 0-based epochs -> batchlab's 1-based
+        for r in rows:
+            r["epoch"] += 1
+    # One row per epoch: a source that logged an epoch twice keeps its last value.
+    by_epoch = {r["epoch"]: r for r in rows}
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    for r in rows:
+        if r.get("elapsed_s") is None and r.get("epoch_time_s") is not None:
+            prev = [x for x in rows if x["epoch"] < r["epoch"]]
+            known = [x.get("epoch_time_s") for x in [*prev, r]]
+            if all(k is not None for k in known):
+                r["elapsed_s"] = sum(known)
+    if "metrics" in SCHEMAS:
+        names = SCHEMAS["metrics"].names
+        for i, raw in enumerate(st.epochs):
+            epoch = rows[min(i, len(rows) - 1)]["epoch"] if rows else i + 1
+            for n, v in raw.items():
+                f = _num(v)
+                if n in used_names or f is None:
+                    continue
+                extra.append(
+                    {k: x for k, x in {"epoch": epoch, "name": n, "value": f}.items() if k in names}
+                )
+        seen = {}
+        for m in extra:  # one value per (epoch, name): the last
+            seen[(m["epoch"], m["name"])] = m
+        extra = list(seen.values())
+    return rows, extra
+
+
+def _trial_row(
+    source: str,
+    st: SourceTrial,
+    epochs: list[dict],
+    mapping: Mapping[str, str],
+    where: str,
+    origin: str,
+) -> dict[str, Any]:
+    params = _flatten(st.params)
+    got = {f: _pick(params, f, names, mapping)[0] for f, names in TRIAL_FIELDS.items()}
+    for need in ("batch_size", "lr"):
+        if got[need] is None:
+            raise ImportError_(
+                f"{where}: no {need} in its params {sorted(params) or '(none)'}; "
+                f"pass --map {need}=<param name>"
+            )
+    lr = _num(got["lr"])
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        raise ImportError_(f"{where}: lr {got['lr']!r} is not a positive number")
+    vl = [(r["epoch"], r.get("val_loss")) for r in epochs]
+    finite_vl = [(e, v) for e, v in vl if v is not None and math.isfinite(v)]
+    best_epoch, best = min(finite_vl, key=lambda x: (x[1], x[0])) if finite_vl else (-1, None)
+    losses = [r.get(k) for r in epochs for k in ("train_loss", "val_loss")]
+    diverged = any(v is not None and not math.isfinite(v) for v in losses)
+    error = st.info.get("error")
+    status = "failed" if error else ("diverged" if diverged else "completed")
+    accs = [
+        r["val_acc"] for r in epochs if r.get("val_acc") is not None and math.isfinite(r["val_acc"])
+    ]
+    times = [r.get("epoch_time_s") for r in epochs]
+    last = epochs[-1] if epochs else {}
+    steps = [r["step"] for r in epochs if r.get("step") is not None]
+    config = {"source": source, "path": origin, "key": st.key, "params": st.params,
+              "mapping": dict(mapping)}  # fmt: skip
+    return {
+        "status": status,
+        "stop_reason": "error" if error else ("diverged" if diverged else None),
+        "error": error,
+        "dataset": None if got["dataset"] is None else str(got["dataset"]),
+        "model": None if got["model"] is None else str(got["model"]),
+        "optimizer": None if got["optimizer"] is None else str(got["optimizer"]),
+        "momentum": _num(got["momentum"]),
+        "batch_size": _as_int(got["batch_size"], "batch_size", where),
+        "lr": lr,
+        "scaled_lr": lr,
+        "lr_scaling": "none",
+        "seed": None if got["seed"] is None else int(_num(got["seed"]) or 0),
+        "epochs_run": len(epochs),
+        "steps_run": max(steps) if steps else None,
+        "best_val_loss": best,
+        "best_val_acc": max(accs) if accs else None,
+        "best_epoch": best_epoch,
+        "steps_to_target": -1,
+        "diverged_step": -1,
+        "final_train_loss": last.get("train_loss"),
+        "final_val_loss": last.get("val_loss"),
+        "train_time_s": sum(times) if times and all(t is not None for t in times) else None,
+        "wall_time_s": _num(st.info.get("wall_time_s")),
+        "attempt": 1,
+        "data_parallel_workers": 1,
+        "config_json": json.dumps(config, sort_keys=True, default=str),
+        "host": st.info.get("host"),
+        "device": None,
+        "started_at": st.info.get("started_at"),
+        "finished_at": st.info.get("finished_at"),
+    }
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(parts, sort_keys=True, default=str, allow_nan=True).encode()
+    ).hexdigest()
+
+
+def import_trials(
+    layout: Layout | str,
+    source: str,
+    origin: str,
+    experiment: str,
+    trials: list[SourceTrial],
+    mapping: Mapping[str, str] | None = None,
+) -> ImportReport:
+    """Write `trials` (read from `origin` by the `source` importer) into `experiment`;
+    skips trials already imported with the same content. Every trial is checked before the
+    first is written: a source with a bad trial writes nothing."""
+    layout = layout if isinstance(layout, Layout) else Layout.open(layout)
+    check_experiment(experiment)
+    mapping = dict(mapping or {})
+    if not trials:
+        raise ImportError_(f"{origin}: no {source} trials found there")
+    prepared = []
+    seeds: dict[tuple, int] = {}
+    for st in sorted(trials, key=lambda t: t.key):
+        where = f"{source} trial {st.key!r}"
+        epochs, extra = _epoch_rows(st, mapping)
+        row = _trial_row(source, st, epochs, mapping, where, origin)
+        if row["seed"] is None:  # replicates of one configuration: numbered, in key order
+            cfg = (row["batch_size"], row["lr"], row["dataset"], row["model"], row["optimizer"])
+            row["seed"] = seeds[cfg] = seeds.get(cfg, -1) + 1
+        tid = _hash(source, st.key)[:16]
+        row |= {
+            "trial_id": tid,
+            # the content, not where it was read from: the same study re-imported from
+            # another folder level or path is unchanged
+            "config_hash": _hash(
+                {k: v for k, v in row.items() if k != "config_json"},
+                st.params,
+                mapping,
+                epochs,
+                extra,
+            ),
+            "code_version": f"import:{source}",
+        }
+        prepared.append((row, epochs, extra))
+    have = {r["trial_id"]: r["config_hash"] for r in read_trial_rows(layout, experiment)}
+    report = ImportReport(source, experiment)
+    for row, epochs, extra in prepared:
+        if have.get(row["trial_id"]) == row["config_hash"]:
+            report.unchanged.append(row["trial_id"])
+            continue
+        tables: dict[str, list[dict]] = {"epochs": epochs}
+        if extra:
+            tables["metrics"] = extra
+        write_trial(layout, experiment, row, tables)
+        report.imported.append(row["trial_id"])
+    if report.imported:
+        from warehouse.db import write_duckdb_file
+
+        write_duckdb_file(layout)
+    return report
+
+
+def timestamp(seconds: float | None) -> dt.datetime | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
