@@ -104,11 +104,14 @@ def _ratio_part(g: pd.DataFrame) -> Part:
 )
 def f9(d: Data) -> list[GroupResult]:
     rows = d.rule("none")
-    out = trends(rows, "update_norm_median", -1, ANY_BUDGET)
-    if not rows.empty and rows["update_norm_from_epochs"].any():
-        out = [
-            replace(r, note="; ".join(x for x in (r.note, "per-epoch medians") if x)) for r in out
-        ]
+    out = []
+    for r in trends(rows, "update_norm_median", -1, ANY_BUDGET):
+        g = rows
+        for c, v in zip(q.GROUP, r.key, strict=True):
+            g = g[g[c] == v]
+        if g["update_norm_from_epochs"].any():
+            r = replace(r, note="; ".join(x for x in (r.note, "per-epoch medians") if x))
+        out.append(r)
     return out
 
 

@@ -52,11 +52,20 @@ def trend_part(
     g = finite(g, col)
     if g.empty:
         return Part(f"{name}no finite {col}", note=f"{name}no data")
-    n_lv = g[x].nunique()
     xs = "bs" if x == "batch_size" else x
+    seeds = g.groupby(x)[x].transform("size")
+    thin = sorted(g.loc[seeds < stats.MIN_SEEDS, x].unique())
+    g = g[seeds >= stats.MIN_SEEDS]
+    thin_note = (
+        f"{name}{xs} {', '.join(f'{v:g}' for v in thin)} left out: < {stats.MIN_SEEDS} seeds"
+        if thin
+        else ""
+    )
+    n_lv = g[x].nunique()
     if n_lv < min_levels:
         what = "batch sizes" if x == "batch_size" else f"{x} values"
-        return Part(f"{name}{n_lv} {what}", note=f"{name}needs >= {min_levels} {what}")
+        note = "; ".join(n for n in (f"{name}needs >= {min_levels} {what}", thin_note) if n)
+        return Part(f"{name}{n_lv} {what}", note=note)
     t = stats.trend(g[x].to_numpy(float), g[col].to_numpy(float))
     lo, hi = g[x].min(), g[x].max()
     m_lo, m_hi = g.loc[g[x] == lo, col].mean(), g.loc[g[x] == hi, col].mean()
@@ -64,7 +73,7 @@ def trend_part(
         f"{name}rho = {fmt(t.stat, True)}; {xs} {lo:g} -> {hi:g}: {fmt(m_lo)} -> {fmt(m_hi)}"
         f"{unit} (delta {fmt(t.effect, True)})"
     )
-    return Part(what, t, direction)
+    return Part(what, t, direction, note=thin_note)
 
 
 def trends(
