@@ -136,7 +136,7 @@ def _with(cfg: TrialConfig, values: dict[str, Any]) -> TrialConfig:
         for p in parents:
             target = target[p]
         target[leaf] = value
-    return TrialConfig.model_validate(d)
+    return TrialConfig.model_validate(d).canonical()
 
 
 @dataclass(frozen=True)

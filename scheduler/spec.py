@@ -311,9 +311,11 @@ class GridSpec(_Strict):
                 raise SpecError(_problems(exc, prefix=f"grid[{where}]")) from None
 
     def trials(self) -> list[TrialConfig]:
-        """The unique trials (two axis combinations resolving to one config run once)."""
+        """The unique trials: two axis combinations resolving to one config, or to configs
+        that train identically (`TrialConfig.canonical`), run once."""
         seen: dict[str, TrialConfig] = {}
         for t in self.iter_trials():
+            t = t.canonical()  # equivalent settings (e.g. linear scaling at base batch) once
             seen.setdefault(t.trial_id, t)
         return list(seen.values())
 

@@ -335,6 +335,21 @@ class TrialConfig(_Strict):
         }
         return {k: v for k, v in out.items() if v}
 
+    def canonical(self) -> TrialConfig:
+        """The trial this config trains as, written one way: at batch_size ==
+        base_batch_size every lr_scaling rule gives the unscaled lr (-> "none"), and a
+        warmup from lr to a scaled lr equal to lr is no warmup (-> 0). Configs that train
+        identically thus share one trial id, and the grid runs it once."""
+        upd: dict[str, Any] = {}
+        same_lr = self.lr_scaling == "none" or self.batch_size == self.base_batch_size
+        if self.lr_scaling != "none" and self.batch_size == self.base_batch_size:
+            upd["lr_scaling"] = "none"
+        if self.warmup_epochs > 0 and same_lr:
+            upd["warmup_epochs"] = 0.0
+        if not upd:
+            return self
+        return TrialConfig.model_validate({**self.model_dump(mode="json"), **upd})
+
     @property
     def scaled_lr(self) -> float:
         """The lr after the scaling rule (the peak lr, reached after warmup)."""

@@ -114,6 +114,7 @@ def test_expansion_is_the_cartesian_product():
     spec = parse_spec(
         {
             **BASE,
+            "base_batch_size": 16,  # no batch size of the grid at base: no equivalent trials
             "grid": {
                 "batch_size": [32, 64, 128],
                 "lr": [0.01, 0.1],
@@ -128,7 +129,7 @@ def test_expansion_is_the_cartesian_product():
     combos = {(t.batch_size, t.lr, t.lr_scaling, t.seed) for t in trials}
     assert (128, 0.1, "linear", 1) in combos
     t = next(t for t in trials if t.batch_size == 128 and t.lr_scaling == "linear" and t.lr == 0.01)
-    assert t.scaled_lr == pytest.approx(0.04)
+    assert t.scaled_lr == pytest.approx(0.08)
 
 
 def test_trial_id_is_stable_and_independent_of_grid_position():
@@ -190,3 +191,27 @@ def test_example_grids_are_valid():
     assert files
     for f in files:
         assert load_spec(f).n_trials >= 1
+
+
+def test_equivalent_settings_run_once():
+    spec = parse_spec(
+        {
+            **BASE,
+            "base_batch_size": 32,
+            "grid": {
+                "batch_size": [32, 64],
+                "lr_scaling": ["none", "linear", "sqrt"],
+                "warmup_epochs": [0, 2],
+            },
+        }
+    )
+    trials = spec.trials()
+    # bs 32: every rule gives lr (and warmup from lr to lr is none): 1 trial; bs 64: none
+    # (warmup no-op) + linear x 2 warmups + sqrt x 2 warmups = 5.
+    assert spec.n_trials == 12 and len(trials) == 6
+    at_base = [t for t in trials if t.batch_size == 32]
+    assert [(t.lr_scaling, t.warmup_epochs) for t in at_base] == [("none", 0.0)]
+    assert sorted((t.lr_scaling, t.warmup_epochs) for t in trials if t.batch_size == 64) == [
+        ("linear", 0.0), ("linear", 2.0), ("none", 0.0), ("sqrt", 0.0), ("sqrt", 2.0),
+    ]  # fmt: skip
+    assert len({t.trial_id for t in trials}) == 6
