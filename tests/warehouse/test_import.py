@@ -270,3 +270,47 @@ def test_import_csv_with_a_mapping(tmp_path, capsys) -> None:
     assert main(mapped) == 0
     assert "imported 0 trials" in capsys.readouterr().out
     assert os.path.exists(Layout.open(root).duckdb_file)
+
+
+PAGES_ON_IMPORTS = ("curves.py", "generalization.py", "timing.py", "lr_batch.py")
+
+
+@pytest.mark.parametrize("source", ["ray-tune", "tensorboard"])
+def test_imported_study_is_judged_on_the_findings_page(
+    source, ray_tune_dir, tmp_path, monkeypatch
+) -> None:
+    """The acceptance check: a real Ray Tune grid and a real TensorBoard log, imported, are
+    judged on the Findings page (Streamlit AppTest), with the verdicts of
+    warehouse.findings.evaluate, and the curves/generalization/time/lr x batch pages render."""
+    from streamlit.testing.v1 import AppTest
+
+    if source == "ray-tune":
+        src = ray_tune_dir
+    else:
+        from torch.utils.tensorboard import SummaryWriter
+
+        src = tmp_path / "tb"
+        for b in BATCH_SIZES:
+            for s in SEEDS:
+                w = SummaryWriter(str(src / f"bs={b},lr=0.5,seed={s}"))
+                for epoch, (tl, vl, va, _) in enumerate(_softmax_regression(b, 0.5, s)):
+                    w.add_scalar("loss/train", tl, epoch)
+                    w.add_scalar("loss/val", vl, epoch)
+                    w.add_scalar("accuracy/val", va, epoch)
+                w.close()
+    root = tmp_path / "runs"
+    assert main(["import", source, str(src), "--storage", str(root)]) == 0
+    app = Path(__file__).resolve().parents[2] / "app" / "main.py"
+    monkeypatch.setenv("BATCHLAB_STORAGE", str(root))
+    at = AppTest.from_file(str(app), default_timeout=180)
+    at.switch_page("views/findings.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    expected = {v.id: v.verdict for v in fnd.evaluate(connect(str(root)), q.Filters())}
+    df = at.table[0].value  # the full-text table, indexed by finding id
+    assert dict(zip(df.index, df["verdict"], strict=True)) == expected
+    for page in PAGES_ON_IMPORTS:
+        at.switch_page(f"views/{page}")
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert not any("No trials" in i.value for i in at.info), page
