@@ -2,7 +2,9 @@
 
 Conventions: batch size on a log2 axis, colour = batch size (viridis) where batch size is
 not the x axis, colour = `series` (the varying settings: lr rule, lr, model...) where it
-is; every band or error bar is +-1 std over seeds; axis titles carry the unit.
+is; every band or error bar is +-1 std over seeds; axis titles carry the unit; curve
+charts zoom and pan (scroll, drag; double-click resets) and show values on hover.
+Shared pieces (legends, bands on log axes, contrast) are in app/chart_kit.py.
 """
 
 from __future__ import annotations
@@ -13,51 +15,69 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from app.chart_kit import (
+    BS_COLOR,
+    DASH_LEGEND,
+    EPOCH_AXIS,
+    SERIES_LEGEND,
+    interactive,
+    smooth,
+    viridis_text_colors,
+    with_band,
+)
+from app.chart_kit import series as _series
+
 X_AXES = {
     "epoch": ("epoch", "epoch"),
     "iterations": ("step", "iterations (optimizer steps)"),
     "examples seen": ("examples_seen", "examples seen"),
     "wall time": ("elapsed_s", "training time (s)"),
 }
-BS_COLOR = alt.Color("batch_size:O", title="batch size", scale=alt.Scale(scheme="viridis"))
-# Settings' names are long; the legend shows them whole up to this width (pixels).
-SERIES_LEGEND = alt.Legend(labelLimit=260)
 BS_X = alt.X(
     "batch_size:Q", title="batch size (examples, log2)", scale=alt.Scale(type="log", base=2)
 )
+_POINT = alt.OverlayMarkDef(size=18, filled=True)  # hover targets on every line
 
 
-def _with_band(df: pd.DataFrame, y: str) -> pd.DataFrame:
-    std = df[f"{y}_std"].fillna(0.0) if f"{y}_std" in df else 0.0
-    return df.assign(lo=df[f"{y}_mean"] - std, hi=df[f"{y}_mean"] + std)
-
-
-def _series(df: pd.DataFrame) -> pd.DataFrame:
-    return df if "series" in df else df.assign(series="all")
+def x_encoding(x: str) -> alt.X:
+    xcol, xtitle = X_AXES[x]
+    return alt.X(f"{xcol}:Q", title=xtitle, axis=EPOCH_AXIS if xcol == "epoch" else alt.Axis())
 
 
 def curve_chart(
-    df: pd.DataFrame, y: str, x: str = "epoch", y_title: str | None = None
+    df: pd.DataFrame,
+    y: str,
+    x: str = "epoch",
+    y_title: str | None = None,
+    *,
+    log_y: bool = False,
+    smoothing: float = 0.0,
 ) -> alt.LayerChart:
-    """Mean curve per batch size (and setting) with a +-1 std band over seeds."""
-    xcol, xtitle = X_AXES[x]
-    data = _series(_with_band(df, y))
-    base = alt.Chart(data).encode(x=alt.X(f"{xcol}:Q", title=xtitle), color=BS_COLOR)
-    line = base.mark_line().encode(
-        y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=alt.Scale(zero=False)),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+    """Mean curve per batch size (and setting) with a +-1 std band over seeds; optional
+    log y axis (band edges <= 0 clipped) and exponential smoothing of line and band."""
+    xcol = X_AXES[x][0]
+    data = _series(with_band(df, y, log=log_y))
+    if smoothing:
+        by = [c for c in ("series", "experiment", "batch_size", "lr", "lr_scaling") if c in data]
+        data = smooth(data, [f"{y}_mean", "lo", "hi"], by, xcol, smoothing)
+    yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    base = alt.Chart(data).encode(x=x_encoding(x), color=BS_COLOR)
+    tip = ["batch_size", "series", "epoch", xcol, f"{y}_mean", f"{y}_std", "n_seeds"]
+    line = base.mark_line(point=_POINT).encode(
+        y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=yscale),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
         detail="series:N",
-        tooltip=["batch_size", "series", "epoch", f"{y}_mean", f"{y}_std", "n_seeds"],
+        tooltip=list(dict.fromkeys(tip)),
     )
     band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q", detail="series:N")
-    return (band + line).properties(height=320)
+    return interactive((band + line).properties(height=320))
 
 
 def batch_chart(
     df: pd.DataFrame, y: str, y_title: str, *, log_y: bool = False, zero: bool = False
 ) -> alt.LayerChart:
     """A statistic's seed mean vs batch size, one line per setting, +-1 std error bars."""
-    data = _series(_with_band(df, y))
+    data = _series(with_band(df, y, log=log_y))
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=zero)
     color = alt.Color("series:N", title="setting", legend=SERIES_LEGEND)
     base = alt.Chart(data).encode(x=BS_X, color=color)
@@ -66,21 +86,27 @@ def batch_chart(
         tooltip=["series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds"],
     )
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
-    return (bars + line).properties(height=300)
+    return interactive((bars + line).properties(height=300))
 
 
 def layer_chart(df: pd.DataFrame, y: str = "dist_from_init", y_title: str = "") -> alt.LayerChart:
-    """Per-layer distance from init vs batch size: colour = layer, dash = setting."""
-    data = _series(_with_band(df, y))
-    base = alt.Chart(data).encode(x=BS_X, color=alt.Color("layer:N", title="layer"))
+    """Per-layer distance from init vs batch size (log y): colour = layer, dash = setting.
+    Error bars reaching <= 0 are clipped (a log axis cannot draw them)."""
+    data = _series(with_band(df, y, log=True))
+    base = alt.Chart(data).encode(
+        x=BS_X, color=alt.Color("layer:N", title="layer", legend=SERIES_LEGEND)
+    )
     line = base.mark_line(point=True).encode(
         y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=alt.Scale(type="log")),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
         detail="series:N",
-        tooltip=["layer", "numel", "series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds"],
-    )
+        tooltip=[
+            "layer", "numel", "series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds",
+            "band_clipped",
+        ],
+    )  # fmt: skip
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="series:N")
-    return (bars + line).properties(height=320)
+    return interactive((bars + line).properties(height=320))
 
 
 def ratio_chart(df: pd.DataFrame) -> alt.LayerChart:
@@ -91,7 +117,7 @@ def ratio_chart(df: pd.DataFrame) -> alt.LayerChart:
         pair=df["small_batch_size"].astype(str) + " / " + df["large_batch_size"].astype(str),
     )
     base = alt.Chart(data).encode(
-        x=alt.X("epoch:Q", title="epoch"),
+        x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
         color=alt.Color("series:N", title="setting", legend=SERIES_LEGEND),
     )
     line = base.mark_line(point=True).encode(
@@ -99,7 +125,7 @@ def ratio_chart(df: pd.DataFrame) -> alt.LayerChart:
         tooltip=["series", "pair", "epoch", "ratio", "ratio_seed_std", "n_pairs"],
     )
     band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q")
-    return (band + line).properties(height=300)
+    return interactive((band + line).properties(height=300))
 
 
 def update_norm_chart(hist: pd.DataFrame, quantiles: pd.DataFrame) -> alt.LayerChart:
@@ -131,27 +157,29 @@ def update_norm_chart(hist: pd.DataFrame, quantiles: pd.DataFrame) -> alt.LayerC
             tooltip=["batch_size", "series", "update_norm_median_mean", "n_steps", "n_seeds"],
         )
     )
-    return (lines + med).properties(height=320)
+    return interactive((lines + med).properties(height=320))
 
 
 def workers_chart(df: pd.DataFrame) -> alt.Chart:
     """F-6: time per epoch vs batch size, one line per data-parallel worker count."""
-    data = _series(_with_band(df, "epoch_time_s"))
+    data = _series(with_band(df, "epoch_time_s"))
     base = alt.Chart(data).encode(
-        x=BS_X, color=alt.Color("workers:O", title="workers (GPUs)"), detail="series:N"
+        x=BS_X,
+        color=alt.Color("workers:O", title="workers (GPUs)", legend=SERIES_LEGEND),
+        detail="series:N",
     )
     line = base.mark_line(point=True).encode(
         y=alt.Y("epoch_time_s_mean:Q", title="time per epoch (s)"),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
         tooltip=["series", "workers", "batch_size", "epoch_time_s_mean", "speedup", "n_seeds"],
     )
-    return (base.mark_rule().encode(y="lo:Q", y2="hi:Q") + line).properties(height=300)
+    return interactive((base.mark_rule().encode(y="lo:Q", y2="hi:Q") + line).properties(height=300))
 
 
 def critical_batch_chart(steps: pd.DataFrame, fit: pd.DataFrame) -> alt.LayerChart:
     """Measured steps to target vs batch size (each batch size's best lr), the fitted
     S = S_min + E_min / B, and rules at B_crit and the measured noise scale B_simple."""
-    pts = _series(_with_band(steps, "steps_to_target"))
+    pts = _series(with_band(steps, "steps_to_target", log=True))
     x = alt.X(
         "batch_size:Q", title="batch size (examples, log2)", scale=alt.Scale(type="log", base=2)
     )
@@ -192,30 +220,35 @@ def critical_batch_chart(steps: pd.DataFrame, fit: pd.DataFrame) -> alt.LayerCha
             .encode(
                 x=alt.X("value:Q"),
                 color=color,
-                strokeDash=alt.StrokeDash("what:N", title="batch size estimate"),
+                strokeDash=alt.StrokeDash(
+                    "what:N", title="batch size estimate", legend=DASH_LEGEND
+                ),
                 tooltip=["series", "what", "value"],
             )
         )
-    return alt.layer(*layers).properties(height=320)
+    return interactive(alt.layer(*layers).properties(height=320))
 
 
-def interpolation_chart(df: pd.DataFrame) -> alt.LayerChart:
+def interpolation_chart(df: pd.DataFrame, labels: dict[str, str] | None = None) -> alt.LayerChart:
     """F-10: loss along theta(a) = a theta_large + (1 - a) theta_small, train and
-    validation, one line per interpolation; rules at a = 0 and a = 1."""
+    validation, one line per interpolation (named by `labels`: 'bs 32 vs bs 256, seed 0');
+    rules at a = 0 and a = 1."""
+    labels = labels or {}
     data = df.assign(
-        run=df["analysis_id"].astype(str),
+        run=df["analysis_id"].map(lambda a: labels.get(a, str(a))),
         ends=df["batch_size_a"].astype("Int64").astype(str)
         + " -> "
         + df["batch_size_b"].astype("Int64").astype(str),
     )
     line = (
         alt.Chart(data)
-        .mark_line(point=True)
+        .mark_line(point=_POINT)
         .encode(
-            x=alt.X("alpha:Q", title="alpha (0 = small-batch minimizer, 1 = large-batch)"),
+            x=alt.X("alpha:Q", title="alpha (0 = small-batch minimizer, 1 = large-batch; ratio)"),
             y=alt.Y("loss:Q", title="cross-entropy loss (nats, log)", scale=alt.Scale(type="log")),
-            color=alt.Color("split:N", title="split"),
-            detail="run:N",
+            color=alt.Color("run:N", title="interpolation", legend=SERIES_LEGEND),
+            strokeDash=alt.StrokeDash("split:N", title="split", legend=DASH_LEGEND),
+            detail="split:N",
             tooltip=["run", "ends", "split", "alpha", "loss", "acc"],
         )
     )
@@ -224,51 +257,92 @@ def interpolation_chart(df: pd.DataFrame) -> alt.LayerChart:
         .mark_rule(color="gray", strokeDash=[2, 2])
         .encode(x="alpha:Q")
     )
-    return (rules + line).properties(height=340)
+    return interactive((rules + line).properties(height=340))
 
 
-def surface_chart(df: pd.DataFrame, levels: int = 10) -> alt.Chart:
-    """F-12: filled contours of a 2-D loss surface (log10 loss quantized into `levels`
-    bands, one colour scale for all panels), one panel per surface, side by side."""
+SURFACE_MODES = {
+    "relative": "loss rise above the centre, each panel its own scale",
+    "shared": "log10 loss, one scale for all panels",
+}
+
+
+def surface_data(df: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Surface rows with `panel` (a human name), `rise` (loss minus the loss at the panel's
+    centre, alpha = beta = 0, or its point nearest the centre) and `log_loss`."""
+    labels = labels or {}
     data = df.assign(
+        panel=df["analysis_id"].map(lambda a: labels.get(a, str(a))),
         log_loss=np.log10(df["loss"].clip(lower=1e-12)),
-        panel="bs "
-        + df["batch_size_a"].astype("Int64").astype(str)
-        + " ("
-        + df["analysis_id"].astype(str)
-        + ")",
+        _r=df["alpha"].astype(float) ** 2 + df["beta"].astype(float) ** 2,
     )
-    return (
+    centre = data.loc[data.groupby("analysis_id")["_r"].idxmin(), ["analysis_id", "loss"]]
+    centre = centre.set_index("analysis_id")["loss"]
+    return data.assign(
+        centre_loss=data["analysis_id"].map(centre),
+        rise=data["loss"] - data["analysis_id"].map(centre),
+    ).drop(columns="_r")
+
+
+def surface_chart(
+    df: pd.DataFrame, labels: dict[str, str] | None = None, mode: str = "relative"
+) -> alt.FacetChart:
+    """F-12: a 2-D loss surface per panel, side by side. `relative` (default): colour = loss
+    rise above the panel's centre on a colour scale of its own (a flat large-batch surface
+    and a sharp small-batch one both show their shape); `shared`: log10 loss on one scale
+    (compare the panels' levels)."""
+    data = surface_data(df, labels)
+    if mode == "relative":
+        color = alt.Color(
+            "rise:Q",
+            title="loss - loss at centre (nats)",
+            scale=alt.Scale(scheme="viridis"),
+            legend=alt.Legend(orient="bottom", gradientLength=180, titleLimit=0),
+        )
+    else:
+        color = alt.Color(
+            "log_loss:Q",
+            title="log10 loss (nats)",
+            scale=alt.Scale(scheme="viridis"),
+            legend=alt.Legend(titleLimit=0),
+        )
+    chart = (
         alt.Chart(data)
         .mark_rect()
         .encode(
             x=alt.X(
                 "alpha:O",
                 title="alpha (filter-normalized direction 1)",
-                axis=alt.Axis(format=".2f"),
+                axis=alt.Axis(format=".2f", labelOverlap=True),
             ),
             y=alt.Y(
-                "beta:O", title="beta (direction 2)", sort="descending", axis=alt.Axis(format=".2f")
+                "beta:O",
+                title="beta (direction 2)",
+                sort="descending",
+                axis=alt.Axis(format=".2f", labelOverlap=True),
             ),
-            color=alt.Color(
-                "log_loss:Q",
-                title="log10 loss (nats)",
-                scale=alt.Scale(scheme="viridis"),
-                bin=alt.Bin(maxbins=levels),
-            ),
-            tooltip=["panel", "alpha", "beta", "loss", "acc"],
+            color=color,
+            tooltip=["panel", "alpha", "beta", "loss", "rise", "acc"],
         )
-        .properties(width=220, height=220)
-        .facet(column=alt.Column("panel:N", title=None))
+        .properties(width=240, height=240)
+        .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelLimit=0)))
     )
+    if mode == "relative":
+        chart = chart.resolve_scale(color="independent").resolve_legend(color="independent")
+    return chart
 
 
 def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
     """F-13, F-17, F-23: minimum validation loss for every lr x batch size (lower is
-    better, darker); a ring marks each batch size's best lr."""
-    data = _series(df).assign(label=df["min_val_loss_mean"].map(lambda v: f"{v:.3g}"))
+    better, darker); a ring marks each batch size's best lr. Each cell's number is black
+    or white, whichever contrasts more with the cell (WCAG AA, >= 4.5:1)."""
+    v = df["min_val_loss_mean"]
+    data = _series(df).assign(
+        label=v.map(lambda x: f"{x:.3g}"),
+        text_color=viridis_text_colors(v, reverse=True),
+    )
     x = alt.X("batch_size:O", title="batch size (examples)")
     y = alt.Y("lr:O", title="lr (grid value, before scaling)", sort="descending")
+    domain = [float(v.min()), float(v.max())] if v.notna().any() else alt.Undefined
     rect = (
         alt.Chart(data)
         .mark_rect()
@@ -278,7 +352,7 @@ def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
             color=alt.Color(
                 "min_val_loss_mean:Q",
                 title="min val loss (nats)",
-                scale=alt.Scale(scheme="viridis", reverse=True, zero=False),
+                scale=alt.Scale(scheme="viridis", reverse=True, zero=False, domain=domain),
             ),
             tooltip=[
                 "series",
@@ -291,7 +365,18 @@ def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
             ],
         )
     )
-    text = alt.Chart(data).mark_text(fontSize=11, color="white").encode(x=x, y=y, text="label:N")
+    text = (
+        alt.Chart(data)
+        .mark_text(fontSize=12)
+        .encode(
+            x=x,
+            y=y,
+            text="label:N",
+            color=alt.condition(
+                "datum.text_color == 'white'", alt.value("white"), alt.value("black")
+            ),
+        )
+    )
     best = (
         alt.Chart(data[data["is_best_lr"]])
         .mark_point(shape="circle", size=900, strokeWidth=2, color="red")
@@ -303,14 +388,14 @@ def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
 def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
     """F-17: minimum validation loss vs lr, one line per batch size, +-1 std bars; the
     batch size's best lr is drawn as a large diamond."""
-    data = _series(_with_band(df, "min_val_loss"))
+    data = _series(with_band(df, "min_val_loss"))
     x = alt.X("lr:Q", title="lr (grid value, before scaling, log)", scale=alt.Scale(type="log"))
     base = alt.Chart(data).encode(x=x, color=BS_COLOR)
     line = base.mark_line(point=True).encode(
         y=alt.Y(
             "min_val_loss_mean:Q", title="min validation loss (nats)", scale=alt.Scale(zero=False)
         ),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=SERIES_LEGEND),
+        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
         detail="series:N",
         tooltip=["series", "batch_size", "lr", "min_val_loss_mean", "min_val_loss_std", "n_seeds"],
     )
@@ -325,4 +410,4 @@ def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
             tooltip=["series", "batch_size", "lr", "min_val_loss_mean"],
         )
     )
-    return alt.layer(bars, line, best).properties(height=320)
+    return interactive(alt.layer(bars, line, best).properties(height=320))

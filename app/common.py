@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 import streamlit as st
 
+from app.filters import Selection
+from app.filters import sidebar as filter_sidebar
+from app.labels import series_label  # noqa: F401 (re-exported: the pages' import)
 from warehouse import findings as fnd
 from warehouse import queries as q
 from warehouse.db import connect
@@ -86,9 +90,30 @@ def _connection(root: str, version: str) -> duckdb.DuckDBPyConnection:
     return connect(root, threads=2, memory_limit="2GB")
 
 
-def _con() -> duckdb.DuckDBPyConnection:
+_VERSION_KEY = "_batchlab_version"
+
+
+def refresh_version() -> str:
+    """Take the data version once per script run (app/main.py calls it first): every query
+    of one run answers from the same snapshot, and the stat calls happen once."""
     root = storage_root()
-    return _connection(root, data_version(root)).cursor()
+    v = data_version(root)
+    st.session_state[_VERSION_KEY] = (root, v, time.monotonic())
+    return v
+
+
+def version() -> str:
+    """This run's data version (`refresh_version`), or a fresh one for a page run alone."""
+    root = storage_root()
+    got = st.session_state.get(_VERSION_KEY)
+    if got and got[0] == root and time.monotonic() - got[2] < 5.0:
+        return got[1]
+    return refresh_version()
+
+
+def con() -> duckdb.DuckDBPyConnection:
+    """A cursor on this version's cached connection (for the app's own small queries)."""
+    return _connection(storage_root(), version()).cursor()
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -103,14 +128,13 @@ def _cached(
 
 def query(name: str, filters: q.Filters | None = None, **kwargs: Any) -> pd.DataFrame:
     """Run the named query `warehouse.queries.<name>` through the cache."""
-    root = storage_root()
-    version = data_version(root)
+    root, v = storage_root(), version()
     try:
-        return _cached(name, root, version, filters, tuple(sorted(kwargs.items())))
+        return _cached(name, root, v, filters, tuple(sorted(kwargs.items())))
     except duckdb.IOException:
         # A file listed by the cached connection was compacted away meanwhile: reconnect.
         _connection.clear()
-        return _cached(name, root, version, filters, tuple(sorted(kwargs.items())))
+        return _cached(name, root, v, filters, tuple(sorted(kwargs.items())))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -120,13 +144,11 @@ def _cached_findings(root: str, version: str, filters: q.Filters) -> list[fnd.Ve
 
 def findings(filters: q.Filters) -> list[fnd.Verdict]:
     """Every judged finding's verdict on the selected trials (cached)."""
-    root = storage_root()
-    return _cached_findings(root, data_version(root), filters)
+    return _cached_findings(storage_root(), version(), filters)
 
 
 def options(experiment: tuple[str, ...] = ()) -> dict[str, list]:
-    root = storage_root()
-    return _cached_options(root, data_version(root), experiment)
+    return _cached_options(storage_root(), version(), experiment)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -148,53 +170,16 @@ def require_data() -> None:
         st.stop()
 
 
-def _multiselect(label: str, values: list, default: list, key: str) -> list:
-    """A sidebar multiselect whose selection survives page switches. Streamlit drops the
-    state of widgets a page does not render, so the value lives under a second key: a
-    callback stores it there on every change, and it is loaded back before the widget is
-    created (the pattern of Streamlit's "widget behavior" docs)."""
-    keep = f"_keep_{key}"
-    if keep not in st.session_state:
-        st.session_state[keep] = list(default)
-    st.session_state[key] = [v for v in st.session_state[keep] if v in values]
-
-    def store() -> None:
-        st.session_state[keep] = st.session_state[key]
-
-    return st.sidebar.multiselect(label, values, key=key, on_change=store)
-
-
-def sidebar_filters(include_status: bool = False) -> q.Filters:
-    """The filters every page shares, in the sidebar. `app/main.py` renders them before the
-    page on every run; a page run on its own renders them itself."""
-    opts = options()
-    st.sidebar.header("Filters")
-    exp = _multiselect("Experiment", opts["experiment"], opts["experiment"][:1], "f_experiment")
-    scoped = options(tuple(exp)) if exp else opts
-    # The other selections reset when the experiments change (their options change).
-    scope = hashlib.sha1(repr(sorted(exp)).encode()).hexdigest()[:8]
-
-    def pick(label: str, col: str) -> tuple:
-        values = scoped[col]
-        if len(values) <= 1:
-            return tuple(values)
-        return tuple(_multiselect(label, values, values, f"f_{col}_{scope}"))
-
-    f = q.Filters(
-        experiment=tuple(exp),
-        dataset=pick("Dataset", "dataset"),
-        model=pick("Model", "model"),
-        optimizer=pick("Optimizer", "optimizer"),
-        lr_scaling=pick("lr rule", "lr_scaling"),
-        seed=pick("Seeds", "seed"),
-        status=pick("Status", "status") if include_status else ("completed",),
-    )
+def sidebar_filters(include_status: bool = False) -> Selection:
+    """The filters every page shares, in the sidebar (app/filters.py). `app/main.py`
+    renders them before the page on every run; a page run on its own renders them itself."""
+    sel = filter_sidebar(options(), options, include_status)
     st.sidebar.caption(f"storage: `{storage_root()}`")
-    return f
+    return sel
 
 
-def set_filters(f: q.Filters) -> None:
-    st.session_state[_FILTERS_KEY] = f
+def set_filters(sel: Selection) -> None:
+    st.session_state[_FILTERS_KEY] = sel
 
 
 def clear_filters() -> None:
@@ -202,11 +187,19 @@ def clear_filters() -> None:
 
 
 def filters(include_status: bool = False) -> q.Filters:
-    """This run's filters: the ones `app/main.py` rendered, else rendered here."""
-    f = st.session_state.get(_FILTERS_KEY)
-    if f is None:
-        f = sidebar_filters(include_status)
-    return f
+    """This run's filters: the ones `app/main.py` rendered, else rendered here. A filter the
+    user cleared selects nothing: the page says so and stops (never 'all' silently)."""
+    sel = st.session_state.get(_FILTERS_KEY)
+    if sel is None:
+        sel = sidebar_filters(include_status)
+    if sel.empty:
+        st.warning(
+            "Nothing selected under " + ", ".join(f"**{e}**" for e in sel.empty) + " in the "
+            "sidebar, so there is nothing to show. Pick at least one value, or press "
+            "*Reset filters* to select everything."
+        )
+        st.stop()
+    return sel.filters
 
 
 def page_link(url_path: str, label: str | None = None) -> None:
@@ -220,38 +213,3 @@ def page_link(url_path: str, label: str | None = None) -> None:
 def no_data(what: str, how: str = "") -> None:
     """Explain an empty chart instead of drawing it."""
     st.info(f"No {what} for the selected trials." + (f" {how}" if how else ""))
-
-
-def series_label(df: pd.DataFrame, exclude: tuple[str, ...] = ("batch_size",)) -> pd.Series:
-    """A short name per row for the configuration columns that vary in `df` (other than
-    batch size): 'none, lr 0.01' - lines of different settings stay apart in a chart."""
-    cols = [c for c in q.GROUP if c in df.columns and c not in exclude]
-    if df.empty:
-        return pd.Series([], dtype=str, index=df.index)
-    # Name a column only if it tells settings apart that the columns before it do not
-    # (e.g. batchnorm is left out when each model has one batchnorm value).
-    varying: list[str] = []
-    seen = 1
-    for c in cols:
-        n = df.groupby([*varying, c], dropna=False).ngroups
-        if n > seen:
-            varying.append(c)
-            seen = n
-    if not varying:
-        return pd.Series(["all"] * len(df), index=df.index)
-
-    def one(r: pd.Series) -> str:
-        out = []
-        for c in varying:
-            v = r[c]
-            if c == "lr":
-                out.append(f"lr {v:g}")
-            elif c == "batchnorm":
-                out.append("BN" if bool(v) else "no BN")
-            elif c == "workers":
-                out.append(f"{int(v)} worker" + ("s" if int(v) != 1 else ""))
-            else:
-                out.append(str(v))
-        return ", ".join(out)
-
-    return df.apply(one, axis=1).astype(str)

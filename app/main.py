@@ -16,9 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st
 
-from app.common import PAGES, clear_filters, has_data, set_filters, sidebar_filters
+from app.common import (
+    PAGES,
+    clear_filters,
+    has_data,
+    refresh_version,
+    set_filters,
+    sidebar_filters,
+)
 
 HERE = Path(__file__).resolve().parent
+STATUS_PAGES = ("overview", "runs", "parallel")  # pages that show failed / diverged trials too
 
 st.set_page_config(page_title="batchlab", layout="wide")
 nav = st.navigation(
@@ -33,8 +41,9 @@ nav = st.navigation(
         for p in PAGES
     ]
 )
+refresh_version()
 if has_data():
-    set_filters(sidebar_filters(include_status=nav.url_path == "overview"))
+    set_filters(sidebar_filters(include_status=nav.url_path in STATUS_PAGES))
 else:
     clear_filters()
 nav.run()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts import batch_chart
-from app.common import filters, query, require_data, series_label
+from app.common import filters, query, require_data
+from app.show import heading, per_experiment, show_chart
 
 st.title("Generalization gap by batch size")
 st.caption(
@@ -21,23 +22,31 @@ df = query("generalization_by_batch_size", f)
 if df.empty:
     st.info("No completed trials match the filters.")
     st.stop()
-df = df.assign(series=series_label(df))
-left, right = st.columns(2)
-with left:
-    st.subheader("Minimum validation loss")
-    st.altair_chart(batch_chart(df, "min_val_loss", "min validation loss (nats)"), width="stretch")
-with right:
-    st.subheader("Best validation accuracy")
-    st.altair_chart(
-        batch_chart(df, "best_val_acc", "best validation accuracy (fraction)"), width="stretch"
-    )
-st.subheader("Train-validation gap at the best epoch")
-if df["gap_loss_mean"].notna().any():
-    st.caption("validation loss minus training loss (full training set, eval mode)")
-    st.altair_chart(
-        batch_chart(df, "gap_loss", "val loss - train loss (nats)", zero=True), width="stretch"
-    )
-else:
-    st.info("The gap needs the training-set evaluation (measure.train_eval: true in grid.yaml).")
+for exp, d in per_experiment({"df": df}):
+    heading(exp)
+    part, tag = d["df"], exp or "all"
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Minimum validation loss")
+        show_chart(f"minval-{tag}", batch_chart, part, "min_val_loss", "min validation loss (nats)")
+    with right:
+        st.subheader("Best validation accuracy")
+        show_chart(
+            f"bestacc-{tag}",
+            batch_chart,
+            part,
+            "best_val_acc",
+            "best validation accuracy (fraction)",
+        )
+    st.subheader("Train-validation gap at the best epoch")
+    if part["gap_loss_mean"].notna().any():
+        st.caption("validation loss minus training loss (full training set, eval mode)")
+        show_chart(
+            f"gap-{tag}", batch_chart, part, "gap_loss", "val loss - train loss (nats)", zero=True
+        )
+    else:
+        st.info(
+            "The gap needs the training-set evaluation (measure.train_eval: true in grid.yaml)."
+        )
 with st.expander("Table"):
-    st.dataframe(df.drop(columns="series"), hide_index=True, width="stretch")
+    st.dataframe(df, hide_index=True, width="stretch")

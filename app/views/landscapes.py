@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts import interpolation_chart, surface_chart
+from app.charts import SURFACE_MODES, interpolation_chart, surface_chart
 from app.common import filters, no_data, query, require_data
+from app.labels import analysis_labels
+from app.show import show_chart
 
 st.title("Loss landscapes")
 st.caption(
@@ -21,19 +23,32 @@ one = query("landscape_1d", f)
 if one.empty:
     no_data("interpolations", "Run an interpolation analysis (docs/landscapes.md).")
 else:
-    runs = sorted(one["analysis_id"].unique())
-    pick = st.multiselect("interpolations", runs, default=runs[:4], key="land_1d")
-    st.altair_chart(interpolation_chart(one[one["analysis_id"].isin(pick)]), width="stretch")
+    names = analysis_labels(one)
+    runs = sorted(names, key=lambda a: names[a])
+    pick = st.multiselect(
+        "interpolations", runs, default=runs, format_func=names.get, key="land_1d"
+    )
+    if pick:
+        sub = one[one["analysis_id"].isin(pick)]
+        show_chart("interpolation", interpolation_chart, sub, names)
+    else:
+        st.info("Pick at least one interpolation.")
 st.subheader("2-D surfaces")
 two = query("landscape_2d", f)
 if two.empty:
     no_data("surfaces", "Run a surface analysis (docs/landscapes.md).")
 else:
-    split = st.radio("split", sorted(two["split"].unique()), horizontal=True, key="land_split")
+    c1, c2 = st.columns(2)
+    split = c1.radio("split", sorted(two["split"].unique()), horizontal=True, key="land_split")
+    mode = c2.radio("colour", list(SURFACE_MODES), format_func=SURFACE_MODES.get, key="land_mode")
     two = two[two["split"] == split]
-    runs = sorted(two["analysis_id"].unique())
-    pick = st.multiselect("surfaces", runs, default=runs[:4], key="land_2d")
+    names = analysis_labels(two)
+    runs = sorted(
+        names, key=lambda a: (two.loc[two["analysis_id"] == a, "batch_size_a"].iloc[0], names[a])
+    )
+    pick = st.multiselect("surfaces", runs, default=runs[:6], format_func=names.get, key="land_2d")
     if pick:
-        st.altair_chart(surface_chart(two[two["analysis_id"].isin(pick)]))
+        sub = two[two["analysis_id"].isin(pick)]
+        show_chart(f"surface-{split}", surface_chart, sub, names, mode)
     else:
         st.info("Pick at least one surface.")

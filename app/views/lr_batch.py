@@ -7,6 +7,7 @@ import streamlit as st
 
 from app.charts import lr_curve_chart, lr_heatmap
 from app.common import filters, query, require_data, series_label
+from app.show import show_chart
 
 st.title("Learning rate x batch size")
 st.caption(
@@ -29,10 +30,10 @@ one = df[df["series"] == pick]
 left, right = st.columns(2)
 with left:
     st.subheader("Heatmap (ring: each batch size's best lr)")
-    st.altair_chart(lr_heatmap(one), width="stretch")
+    show_chart("lr-heatmap", lr_heatmap, one)
 with right:
     st.subheader("Validation loss vs lr")
-    st.altair_chart(lr_curve_chart(one), width="stretch")
+    show_chart("lr-curves", lr_curve_chart, one)
 best = query("best_lr_by_batch_size", f)
 st.subheader("Best lr per batch size")
 st.dataframe(best, hide_index=True, width="stretch")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts import batch_chart, critical_batch_chart
-from app.common import filters, no_data, query, require_data, series_label
+from app.common import filters, no_data, query, require_data
+from app.show import heading, per_experiment, show_chart
 
 st.title("Sharpness and the critical batch size")
 st.caption(
@@ -34,21 +35,26 @@ with left:
                 key="sharp_eps",
             )
             ks = ks[ks["eps"] == e]
-        ks = ks.assign(series=series_label(ks))
-        st.altair_chart(
-            batch_chart(ks, "value", "Keskar sharpness phi (%, log)", log_y=True), width="stretch"
-        )
+        for exp, d in per_experiment({"ks": ks}):
+            heading(exp)
+            show_chart(
+                f"keskar-{exp or 'all'}",
+                batch_chart,
+                d["ks"],
+                "value",
+                "Keskar sharpness phi (%, log)",
+                log_y=True,
+            )
 with right:
     st.subheader("Hessian top eigenvalue")
     he = sh[sh["probe"] == "hessian_top_eig"] if not sh.empty else sh
     if he.empty:
         no_data("Hessian probes", "Enable measure.hessian in grid.yaml.")
     else:
-        he = he.assign(series=series_label(he))
-        st.altair_chart(
-            batch_chart(he, "value", "top eigenvalue of the loss Hessian (log)", log_y=True),
-            width="stretch",
-        )
+        for exp, d in per_experiment({"he": he}):
+            heading(exp)
+            show_chart(f"hessian-{exp or 'all'}", batch_chart, d["he"], "value", "top eigenvalue of the loss Hessian (1/parameter^2, log)",
+                    log_y=True)  # fmt: skip
 
 st.subheader("Noise scale and critical batch size")
 st.caption(
@@ -65,16 +71,21 @@ if best.empty:
         "Set target_val_error in grid.yaml to measure steps to target.",
     )
 else:
-    best = best.assign(series=series_label(best, exclude=("batch_size", "lr")))
-    fit = fit.assign(series=series_label(fit, exclude=("batch_size", "lr")))
-    st.altair_chart(critical_batch_chart(best, fit), width="stretch")
-    st.dataframe(fit.drop(columns="series"), hide_index=True, width="stretch")
+    for exp, d in per_experiment({"best": best, "fit": fit}, exclude=("batch_size", "lr")):
+        heading(exp)
+        show_chart(f"bcrit-{exp or 'all'}", critical_batch_chart, d["best"], d["fit"])
+    st.dataframe(fit, hide_index=True, width="stretch")
 noise = query("noise_scale_by_batch_size", f)
 if noise.empty:
     no_data("noise-scale probes", "Enable measure.noise_scale in grid.yaml.")
 else:
-    noise = noise.assign(series=series_label(noise))
-    st.altair_chart(
-        batch_chart(noise, "value", "gradient noise scale B_simple (examples, log)", log_y=True),
-        width="stretch",
-    )
+    for exp, d in per_experiment({"noise": noise}):
+        heading(exp)
+        show_chart(
+            f"noise-{exp or 'all'}",
+            batch_chart,
+            d["noise"],
+            "value",
+            "gradient noise scale B_simple (examples, log)",
+            log_y=True,
+        )

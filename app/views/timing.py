@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts import batch_chart, workers_chart
-from app.common import filters, query, require_data, series_label
+from app.common import filters, query, require_data
+from app.show import heading, per_experiment, show_chart
 
 st.title("Time by batch size")
 st.caption(
@@ -21,34 +22,39 @@ df = query("time_by_batch_size", f)
 if df.empty:
     st.info("No completed trials match the filters.")
     st.stop()
-df = df.assign(series=series_label(df))
-c1, c2 = st.columns(2)
-with c1:
-    st.subheader("Time per epoch")
-    st.altair_chart(batch_chart(df, "epoch_time_s", "time per epoch (s)"), width="stretch")
-with c2:
-    st.subheader("Epochs to the minimum")
-    st.altair_chart(
-        batch_chart(df, "epochs_to_min", "epochs to min validation loss"), width="stretch"
-    )
-c3, c4 = st.columns(2)
-with c3:
-    st.subheader("Time to the minimum")
-    st.altair_chart(
-        batch_chart(df, "time_to_min_s", "training time to min val loss (s)"), width="stretch"
-    )
-with c4:
-    st.subheader("Data-parallel workers (F-6)")
-    dp = query("time_by_workers", f)
-    if dp.empty or dp["workers"].nunique() < 2:
-        st.info(
-            "All selected trials ran on one worker. Run the grid with data_parallel_workers > 1 "
-            "(and the same settings on one worker) to compare per-epoch times by GPU count."
+for exp, d in per_experiment({"df": df}):
+    heading(exp)
+    part, tag = d["df"], exp or "all"
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.subheader("Time per epoch")
+        show_chart(f"epoch-{tag}", batch_chart, part, "epoch_time_s", "time per epoch (s)")
+    with c2:
+        st.subheader("Epochs to the minimum")
+        show_chart(
+            f"epochs-{tag}",
+            batch_chart,
+            part,
+            "epochs_to_min",
+            "epochs to min validation loss (epochs)",
         )
-    else:
-        dp = dp.assign(series=series_label(dp, exclude=("batch_size", "workers")))
-        st.altair_chart(workers_chart(dp), width="stretch")
-        with st.expander("Speedup table"):
-            st.dataframe(dp.drop(columns="series"), hide_index=True, width="stretch")
+    with c3:
+        st.subheader("Time to the minimum")
+        show_chart(
+            f"tomin-{tag}", batch_chart, part, "time_to_min_s", "training time to min val loss (s)"
+        )
+st.subheader("Data-parallel workers (F-6)")
+dp = query("time_by_workers", f)
+if dp.empty or dp["workers"].nunique() < 2:
+    st.info(
+        "All selected trials ran on one worker. Run the grid with data_parallel_workers > 1 "
+        "(and the same settings on one worker) to compare per-epoch times by GPU count."
+    )
+else:
+    for exp, d in per_experiment({"dp": dp}, exclude=("batch_size", "workers")):
+        heading(exp)
+        show_chart(f"workers-{exp or 'all'}", workers_chart, d["dp"])
+    with st.expander("Speedup table"):
+        st.dataframe(dp, hide_index=True, width="stretch")
 with st.expander("Table"):
-    st.dataframe(df.drop(columns="series"), hide_index=True, width="stretch")
+    st.dataframe(df, hide_index=True, width="stretch")

@@ -3,11 +3,14 @@ expected fields, axis titles with units, and one series per batch size / setting
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from app import charts
+from app.chart_kit import contrast, luminance, smooth
 from app.common import series_label
+from app.labels import analysis_labels
 from warehouse import queries as q
 from warehouse.db import connect
 
@@ -53,7 +56,10 @@ def test_curve_chart_every_x_axis(con):
         layers = marks(charts.curve_chart(df, "val_loss", x, "validation loss (nats)"))
         (band, rows), (line, _) = layers
         assert mark_type(band) == "area" and mark_type(line) == "line"
-        assert line["encoding"]["x"] == {"field": field, "title": title, "type": "quantitative"}
+        enc_x = line["encoding"]["x"]
+        assert (enc_x["field"], enc_x["title"], enc_x["type"]) == (field, title, "quantitative")
+        if field == "epoch":  # integer epochs: no fractional ticks
+            assert enc_x["axis"] == {"format": "d", "tickMinStep": 1}
         assert line["encoding"]["y"]["field"] == "val_loss_mean"
         assert line["encoding"]["y"]["title"] == "validation loss (nats)"
         assert line["encoding"]["color"]["field"] == "batch_size"
@@ -74,7 +80,11 @@ def test_batch_chart_log2_axis_and_error_bars(con):
     assert mark_type(bars) == "rule"
     series = {r["series"] for r in rows}
     assert "mlp, fixed lr" not in series and any("lr 0.08" in s for s in series)
-    a = [r for r in rows if r["series"] == "mlp, none, lr 0.01, 1 worker" and r["batch_size"] == 64]
+    a = [
+        r
+        for r in rows
+        if r["series"] == "mlp, fixed lr, lr 0.01, 1 worker" and r["batch_size"] == 64
+    ]
     assert a and a[0]["min_val_loss_mean"] == pytest.approx(0.35)
 
 
@@ -88,7 +98,7 @@ def test_series_label_names_only_varying_settings():
             "batch_size": [32, 64],
         }
     )
-    assert series_label(df).tolist() == ["none", "linear"]
+    assert series_label(df).tolist() == ["fixed lr", "linear scaling"]
     assert series_label(df.iloc[:1]).tolist() == ["all"]
 
 
@@ -123,25 +133,177 @@ def test_critical_batch_chart_fit_and_estimates(con):
 
 def test_interpolation_chart(con):
     df = q.landscape_1d(con, F)
-    (_rules, rrows), (line, rows) = marks(charts.interpolation_chart(df))
+    names = analysis_labels(df)
+    (_rules, rrows), (line, rows) = marks(charts.interpolation_chart(df, names))
     assert [r["alpha"] for r in rrows] == [0.0, 1.0]
-    assert line["encoding"]["color"]["field"] == "split"
-    assert line["encoding"]["detail"]["field"] == "run"
+    assert line["encoding"]["color"]["field"] == "run"  # named interpolations, not hex ids
+    assert line["encoding"]["strokeDash"]["field"] == "split"
     assert {r["split"] for r in rows} == {"train", "val"}
+    assert {r["run"] for r in rows} == set(names.values())
+    assert all(r["run"].startswith("bs 32 vs bs 256, seed ") for r in rows)
     assert min(r["alpha"] for r in rows) == -1 and max(r["alpha"] for r in rows) == 2
 
 
 def test_surface_chart_side_by_side(con):
     df = q.landscape_2d(con, F)
     df = df[df["split"] == "train"]
-    chart = charts.surface_chart(df)
+    names = analysis_labels(df)
+    chart = charts.surface_chart(df, names)
     spec = chart.to_dict()
     assert spec["facet"]["column"]["field"] == "panel"
+    # Each panel its own colour scale (a flat surface is not one colour of a shared scale).
+    assert spec["resolve"]["scale"]["color"] == "independent"
     [(rect, rows)] = marks(chart)
     assert mark_type(rect) == "rect"
-    assert rect["encoding"]["color"]["field"] == "log_loss" and rect["encoding"]["color"]["bin"]
-    assert len({r["panel"] for r in rows}) == 4
-    assert {r["panel"].split(" (")[0] for r in rows} == {"bs 32", "bs 256"}
+    assert rect["encoding"]["color"]["field"] == "rise" and "bin" not in rect["encoding"]["color"]
+    panels = {r["panel"] for r in rows}
+    assert len(panels) == 4 and all(p.startswith(("bs 32, seed", "bs 256, seed")) for p in panels)
+    for p in panels:  # more than one colour in every panel, the centre at 0
+        rise = [r["rise"] for r in rows if r["panel"] == p]
+        assert min(rise) <= 0 < max(rise), p
+    shared = charts.surface_chart(df, names, mode="shared").to_dict()
+    assert "resolve" not in shared
+
+
+def test_surface_relative_to_centre_when_losses_differ_by_decades():
+    """The demo's bug: a large-batch surface whose losses all fall in one bin of a shared
+    scale. Relative to its centre, on its own scale, it spans the whole colour range."""
+    grid = [(a, b) for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.0, 1.0)]
+    rows = []
+    for aid, bs, base, scale in (("s", 32, 0.02, 5.0), ("l", 256, 0.5, 0.01)):
+        for a, b in grid:
+            rows.append(
+                {"analysis_id": aid, "batch_size_a": bs, "batch_size_b": None, "seed": 0,
+                 "alpha": a, "beta": b, "split": "train", "loss": base + scale * (a * a + b * b),
+                 "acc": 0.9}
+            )  # fmt: skip
+    data = charts.surface_data(pd.DataFrame(rows))
+    for aid in ("s", "l"):
+        part = data[data["analysis_id"] == aid]
+        assert part["rise"].min() == 0 and part["rise"].max() > 0
+        assert part["rise"].nunique() == 3  # centre, edges, corners
+
+
+def test_analysis_labels_are_human_and_unique():
+    df = pd.DataFrame(
+        {
+            "analysis_id": ["a1", "a2", "a3", "a4"],
+            "batch_size_a": [32, 32, 32, 32],
+            "batch_size_b": [256, 256, 256, 256],
+            "seed": [0, 0, 1, 0],
+            "experiment": ["e"] * 4,
+            "lr_scaling": ["none", "linear", "none", "none"],
+            "lr": [0.05, 0.05, 0.05, 0.05],
+        }
+    )
+    got = analysis_labels(df)
+    assert got["a3"] == "bs 32 vs bs 256, seed 1"
+    assert got["a2"] == "bs 32 vs bs 256, seed 0, linear scaling"
+    assert got["a1"].startswith("bs 32 vs bs 256, seed 0, fixed lr")
+    assert len(set(got.values())) == 4  # a1 and a4 are alike in everything: the id tells
+
+
+def test_layer_chart_log_axis_with_bands_reaching_zero():
+    """Two seeds far apart: mean - std <= 0 must not break the log axis (the demo's flat line
+    without ticks); the lower edge is clipped, the mean and the upper edge are kept."""
+    df = pd.DataFrame(
+        {
+            "batch_size": [32, 256, 32, 256],
+            "layer": ["0.weight", "0.weight", "2.weight", "2.weight"],
+            "numel": [10, 10, 5, 5],
+            "dist_from_init_mean": [1.0, 0.5, 0.2, 0.1],
+            "dist_from_init_std": [1.5, 0.2, 0.3, 0.01],
+            "n_seeds": [2, 2, 2, 2],
+        }
+    )
+    (_bars, rows), (line, _) = marks(charts.layer_chart(df, "dist_from_init", "d"))
+    assert line["encoding"]["y"]["scale"] == {"type": "log"}
+    assert all(r["lo"] > 0 for r in rows)
+    assert all(r["lo"] <= r["dist_from_init_mean"] <= r["hi"] for r in rows)
+    assert sorted(r["band_clipped"] for r in rows) == [False, False, True, True]
+
+
+def _all_encodings(spec: dict):
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            if k == "encoding":
+                yield v
+            yield from _all_encodings(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            yield from _all_encodings(v)
+
+
+def test_legends_never_truncate(con):
+    df = q.curves(con, q.Filters()).assign(series=lambda d: series_label(d))
+    spec = charts.curve_chart(df, "val_loss").to_dict()
+    legends = [
+        ch["legend"]
+        for enc in _all_encodings(spec)
+        for ch in enc.values()
+        if isinstance(ch, dict) and ch.get("legend")
+    ]
+    assert legends
+    for lg in legends:
+        assert lg.get("symbolLimit", 0) >= 1000, lg
+        if lg.get("orient") == "bottom":
+            assert lg["labelLimit"] == 0 and lg["columns"] >= 1
+    dash = [lg for lg in legends if lg.get("symbolType") == "stroke"]
+    assert dash, "the setting legend shows dash strokes"
+    bs = spec["layer"][0]["encoding"]["color"]
+    assert bs["scale"]["scheme"]["extent"][1] < 1  # no near-white yellow swatch
+    assert bs["legend"]["symbolOpacity"] == 1  # the band's opacity does not wash it out
+
+
+def test_heatmap_text_contrast_wcag_aa(con):
+    """Every number on the lr x batch size heat map has >= 4.5:1 contrast with its cell,
+    computed on matplotlib's viridis (what Vega's scheme samples)."""
+    mpl = pytest.importorskip("matplotlib")
+    cmap = mpl.colormaps["viridis"]
+    df = q.lr_batch_table(con, q.Filters(experiment=("support",)))
+    df = df[(df["model"] == "mlp") & (df["lr_scaling"] == "none") & (df["workers"] == 1)]
+    df = df.assign(series="mlp")
+    (rect, rows), (text, _), _ring = marks(charts.lr_heatmap(df))
+    dom = rect["encoding"]["color"]["scale"]["domain"]
+    assert rect["encoding"]["color"]["scale"]["reverse"] is True
+    assert "condition" in text["encoding"]["color"]
+    lums = {"white": 1.0, "black": 0.0}
+    for r in rows:
+        t = 1 - (r["min_val_loss_mean"] - dom[0]) / (dom[1] - dom[0])
+        bg = luminance(np.array(cmap(t)[:3]))
+        assert contrast(bg, lums[r["text_color"]]) >= 4.5, r
+    # The worst case of the rule itself, over the whole colour map.
+    worst = min(
+        max(contrast(luminance(np.array(cmap(t)[:3])), w) for w in (0.0, 1.0))
+        for t in np.linspace(0, 1, 257)
+    )
+    assert worst >= 4.5
+
+
+@pytest.mark.parametrize("name", ["curves", "distance", "landscape"])
+def test_specs_validate_against_the_vega_lite_schema(con, name):
+    """The app draws specs built with validate=False (speed): the schema check is here."""
+    if name == "curves":
+        df = q.curves(con, F).assign(series="s")
+        for x in charts.X_AXES:
+            charts.curve_chart(df, "val_loss", x, log_y=True, smoothing=0.6).to_dict()
+    elif name == "distance":
+        charts.layer_chart(q.distance_by_layer(con, F).assign(series="s")).to_dict()
+        charts.ratio_chart(q.epoch_distance_ratio(con, F).assign(series="s")).to_dict()
+    else:
+        one = q.landscape_1d(con, F)
+        charts.interpolation_chart(one, analysis_labels(one)).to_dict()
+        charts.surface_chart(q.landscape_2d(con, F)).to_dict()
+        charts.lr_heatmap(q.lr_batch_table(con, F).assign(series="s")).to_dict()
+
+
+def test_smoothing_is_an_ema_per_line():
+    df = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 3, "x": [1, 2, 3] * 2, "v": [0, 1, 1, 5, 5, 5]})
+    out = smooth(df, ["v"], ["g"], "x", 0.5)
+    a = out[out["g"] == "a"]["v"].tolist()
+    assert a[0] == 0 and 0 < a[1] < 1 and a[1] < a[2] < 1
+    assert out[out["g"] == "b"]["v"].tolist() == [5, 5, 5]
+    assert smooth(df, ["v"], ["g"], "x", 0.0) is df
 
 
 def test_lr_charts_mark_best_lr(con):

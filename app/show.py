@@ -1,0 +1,123 @@
+"""Putting charts on a page: every chart with its data as CSV (and its SVG), one chart per
+experiment when one chart would hold too many settings to tell apart.
+
+PNG: every chart's toolbar (top right, on hover) has Streamlit's "Download as PNG" and "Show
+data"; Streamlit does not pass Vega's own action menu through, so the SVG and the CSV are
+download buttons under the chart, built only when clicked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+import streamlit.elements.vega_charts as _vega
+
+from app.labels import series_label
+
+# More settings than this in one chart: one chart per experiment instead.
+MAX_SERIES = 6
+
+
+def _svg(spec: dict) -> bytes:
+    import vl_convert as vlc  # optional (pip install vl-convert-python)
+
+    return vlc.vegalite_to_svg(spec).encode()
+
+
+def _has_svg() -> bool:
+    try:
+        import vl_convert  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def to_spec(chart: alt.TopLevelMixin, *, arrow: bool = True) -> dict:
+    """The chart's Vega-Lite dict as Streamlit draws it (Streamlit's theme, not Altair's;
+    data as Arrow bytes, Streamlit's own transformer, when `arrow`), without re-validating
+    the schema (tests/app/test_charts.py validates every builder's output)."""
+    datasets: dict[str, Any] = {}
+    to_arrow = getattr(_vega, "_to_arrow_dataset", None) if arrow else None
+    lock = getattr(_vega, "_altair_globals_lock", None) or contextlib.nullcontext()
+    with lock:
+        theme = alt.theme.enable("none") if alt.theme.active == "default" else None
+        with theme or contextlib.nullcontext():
+            if to_arrow is None:
+                return chart.to_dict(validate=False)
+            alt.data_transformers.register("to_arrow_dataset", to_arrow)
+            with alt.data_transformers.enable("to_arrow_dataset", datasets=datasets):
+                spec = chart.to_dict(validate=False)
+    spec["datasets"] = {**spec.get("datasets", {}), **datasets}
+    return spec
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def _cached_spec(name: str, _fn: Callable[..., alt.TopLevelMixin], args: tuple, kwargs: tuple):
+    # Keyed on the builder's name and its (hashed) arguments: the query results a page
+    # passes are cached per data version, so an unchanged warehouse re-draws from here.
+    return to_spec(_fn(*args, **dict(kwargs)))
+
+
+def show_chart(
+    key: str, build: Callable[..., alt.TopLevelMixin], *args: Any, **kwargs: Any
+) -> dict:
+    """Draw `build(*args, **kwargs)` full width (its spec cached on the arguments), with
+    download buttons for its data (`args[0]`, CSV) and for itself (SVG, when
+    vl-convert-python is installed; PNG is in the chart's toolbar). Returns the spec."""
+    spec = _cached_spec(
+        f"{build.__module__}.{build.__qualname__}", build, args, tuple(kwargs.items())
+    )
+    facet = "facet" in spec
+    st.vega_lite_chart(spec, width="content" if facet else "stretch", key=f"chart_{key}")
+    data = args[0] if args and isinstance(args[0], pd.DataFrame) else None
+    row = st.container(horizontal=True)
+    if data is not None:
+        row.download_button(
+            "CSV",
+            data=lambda: data.to_csv(index=False).encode(),
+            file_name=f"batchlab-{key}.csv",
+            mime="text/csv",
+            key=f"csv_{key}",
+            icon=":material/download:",
+            on_click="ignore",
+            help="the chart's data",
+        )
+    if _has_svg():
+        row.download_button(
+            "SVG",
+            data=lambda: _svg(to_spec(build(*args, **kwargs), arrow=False)),
+            file_name=f"batchlab-{key}.svg",
+            mime="image/svg+xml",
+            key=f"svg_{key}",
+            icon=":material/image:",
+            on_click="ignore",
+            help="the chart as a vector image (PNG: the chart's toolbar)",
+        )
+    return spec
+
+
+def per_experiment(
+    frames: dict[str, pd.DataFrame], exclude: tuple[str, ...] = ("batch_size",)
+) -> Iterator[tuple[str | None, dict[str, pd.DataFrame]]]:
+    """(experiment or None, frames with `series`) to draw: all in one chart when the first
+    frame has at most MAX_SERIES settings (or one experiment), else one per experiment
+    (settings named within it)."""
+    main = next(iter(frames.values()))
+    exps = sorted(main["experiment"].dropna().unique()) if "experiment" in main else []
+    n = series_label(main, exclude).nunique() if not main.empty else 0
+    if len(exps) <= 1 or n <= MAX_SERIES:
+        yield None, {k: v.assign(series=series_label(v, exclude)) for k, v in frames.items()}
+        return
+    for e in exps:
+        part = {k: v[v["experiment"] == e] for k, v in frames.items()}
+        yield e, {k: v.assign(series=series_label(v, exclude)) for k, v in part.items()}
+
+
+def heading(experiment: str | None) -> None:
+    if experiment is not None:
+        st.markdown(f"**{experiment}**")
