@@ -272,5 +272,13 @@ def finding(id: str, page: str, needs: str, claim: str, test: str):
     return register
 
 
+def by_key(df: pd.DataFrame, cols: Iterable[str] = q.GROUP) -> dict[tuple, pd.DataFrame]:
+    """The rows of `df` per value of `cols` (one groupby, for lookups by a group's key)."""
+    cols = list(cols)
+    if df.empty:
+        return {}
+    return {tuple(k): g for k, g in df.groupby(cols, sort=False, dropna=False)}
+
+
 def finite(df: pd.DataFrame, col: str) -> pd.DataFrame:
     return df[np.isfinite(df[col].astype(float))]

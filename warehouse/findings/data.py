@@ -47,7 +47,7 @@ def _unfiltered(f: q.Filters, **changes) -> q.Filters:
 def _fetch(con: duckdb.DuckDBPyConnection, f: q.Filters) -> pd.DataFrame:
     sel, params = q._sel_with_epoch_summaries(con, _unfiltered(f))
     cols = ", ".join(f"s.{c}" for c in q.KEY)
-    return con.execute(
+    df = con.execute(
         f"""
         WITH {sel},
         ids AS (SELECT DISTINCT experiment, trial_id FROM sel),  -- a shared trial once
@@ -77,6 +77,14 @@ def _fetch(con: duckdb.DuckDBPyConnection, f: q.Filters) -> pd.DataFrame:
         """,
         params,
     ).fetchdf()
+    return _plain_strings(df)
+
+
+def _plain_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """String columns as Python objects: row selections on them (every group's filter) are
+    several times faster than on Arrow-backed strings."""
+    cols = [c for c in df.columns if pd.api.types.is_string_dtype(df[c].dtype)]
+    return df.astype({c: object for c in cols}) if cols else df
 
 
 def _equivalent(df: pd.DataFrame) -> pd.Series:
@@ -179,6 +187,7 @@ class Data:
             rows = self.con.execute(
                 f"WITH {sel}, {ids} {sql}", {**params, **(extra or {})}
             ).fetchdf()
+            rows = _plain_strings(rows)
             return self.trials[list(ID_COLUMNS)].merge(rows, on=["experiment", "trial_id"])
 
         return self._get(name, make)

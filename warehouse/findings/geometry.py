@@ -14,6 +14,7 @@ from warehouse.findings.core import (
     AT_EQUAL_EPOCHS,
     GroupResult,
     Part,
+    by_key,
     finding,
     finite,
     group,
@@ -36,16 +37,16 @@ DIST = "dist_from_init"
 )
 def f7(d: Data) -> list[GroupResult]:
     layers = d.layers
+    layers = by_key(layers[layers["lr_scaling"] == "none"] if not layers.empty else layers)
     out = []
     for r in trends(d.rule("none"), DIST, -1, AT_CONVERGENCE):
         parts = list(r.parts)
-        lay = layers[layers["lr_scaling"] == "none"] if not layers.empty else layers
-        for c, v in zip(q.GROUP, r.key, strict=True):
-            lay = lay[lay[c] == v] if not lay.empty else lay
-        lay, _ = meeting(lay, AT_CONVERGENCE)
-        for name, gl in lay.groupby("layer", sort=True) if not lay.empty else []:
-            sub = trends(gl, "layer_dist", -1, AT_CONVERGENCE, name=f"layer {name}: ")
-            parts += [replace(p, what="") for s in sub for p in s.parts if p.test is not None]
+        lay = layers.get(r.key)
+        if lay is not None:
+            lay, _ = meeting(lay, AT_CONVERGENCE)
+            for name, gl in lay.groupby("layer", sort=True):
+                sub = trends(gl, "layer_dist", -1, AT_CONVERGENCE, name=f"layer {name}: ")
+                parts += [replace(p, what="") for s in sub for p in s.parts if p.test is not None]
         out.append(replace(r, parts=tuple(parts)))
     return out
 
@@ -62,11 +63,10 @@ def f7(d: Data) -> list[GroupResult]:
 )
 def f8(d: Data) -> list[GroupResult]:
     ed = d.epoch_distances
+    ed = by_key(ed[ed["lr_scaling"] == "none"] if not ed.empty else ed)
     out = []
     for r in trends(d.rule("none"), "mean_epoch_distance", -1, AT_EQUAL_EPOCHS):
-        g = ed[ed["lr_scaling"] == "none"] if not ed.empty else ed
-        for c, v in zip(q.GROUP, r.key, strict=True):
-            g = g[g[c] == v] if not g.empty else g
+        g = ed.get(r.key, pd.DataFrame(columns=["batch_size"]))
         out.append(replace(r, parts=(*r.parts, _ratio_part(g))))
     return out
 
@@ -104,12 +104,10 @@ def _ratio_part(g: pd.DataFrame) -> Part:
 )
 def f9(d: Data) -> list[GroupResult]:
     rows = d.rule("none")
+    per = by_key(rows)
     out = []
     for r in trends(rows, "update_norm_median", -1, ANY_BUDGET):
-        g = rows
-        for c, v in zip(q.GROUP, r.key, strict=True):
-            g = g[g[c] == v]
-        if g["update_norm_from_epochs"].any():
+        if per[r.key]["update_norm_from_epochs"].any():
             r = replace(r, note="; ".join(x for x in (r.note, "per-epoch medians") if x))
         out.append(r)
     return out
