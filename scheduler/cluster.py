@@ -40,6 +40,61 @@ class ClusterStorageError(ValueError):
     """The storage root (or the grid's data) is not the same place on every node."""
 
 
+class ClusterResourceError(ValueError):
+    """No node of the cluster can ever run one trial of the grid (it would wait forever)."""
+
+
+def check_resources(
+    nodes: list[NodeInfo],
+    *,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    data_parallel_workers: int = 1,
+    existing_cluster: bool = False,
+) -> None:
+    """Refuse, before anything is queued, a grid whose trial no alive node can run: Ray
+    would keep the task pending forever. On an existing cluster an autoscaler may add
+    bigger nodes later: $BATCHLAB_ALLOW_PENDING_RESOURCES=1 lets such a grid wait."""
+    if existing_cluster and os.environ.get("BATCHLAB_ALLOW_PENDING_RESOURCES", "") in _TRUE:
+        return
+    most_cpus = max((n.cpus for n in nodes), default=0.0)
+    most_gpus = max((n.gpus for n in nodes), default=0.0)
+    total_cpus = sum(n.cpus for n in nodes)
+    where = "this Ray cluster" if existing_cluster else "the embedded local Ray instance"
+    fix = (
+        "; connect to a bigger cluster (--address), or start one whose nodes have them"
+        if existing_cluster
+        else " (--num-cpus sets its CPUs; GPUs are those torch/Ray find on this machine)"
+    )
+    pending = (
+        "; an autoscaler that adds such nodes later: set BATCHLAB_ALLOW_PENDING_RESOURCES=1"
+        if existing_cluster
+        else ""
+    )
+    problems = []
+    if cpus_per_trial > most_cpus:
+        problems.append(
+            f"needs {cpus_per_trial:g} CPUs per trial (resources.cpus_per_trial); the largest "
+            f"node of {where} has {most_cpus:g}"
+        )
+    if gpus_per_trial > most_gpus:
+        problems.append(
+            f"needs {gpus_per_trial:g} GPUs per trial (resources.gpus_per_trial); "
+            + (f"the largest node of {where} has {most_gpus:g}" if most_gpus
+               else f"{where} has no GPU (set gpus_per_trial: 0 to train on CPU)")
+        )  # fmt: skip
+    if data_parallel_workers > 1 and data_parallel_workers * cpus_per_trial > total_cpus:
+        problems.append(
+            f"a data-parallel trial needs {data_parallel_workers} workers x {cpus_per_trial:g} "
+            f"CPUs; {where} has {total_cpus:g} CPUs in all"
+        )
+    if problems:
+        raise ClusterResourceError(
+            "the grid can never start: " + "; ".join(problems) + fix + pending + ". Nothing "
+            "was queued."
+        )
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     """One alive Ray node, as `ray.nodes()` reports it."""

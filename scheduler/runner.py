@@ -9,6 +9,7 @@ the grid goes on. See docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -132,8 +133,123 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     for k, v in os.environ.items():
         if k.startswith("BATCHLAB_"):
             env[k] = v
-    ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env}, **kwargs)
+    with _localhost_only():
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env}, **kwargs)
+    start_watchdog()
     return "embedded local Ray instance"
+
+
+# Ray picks a "remotely reachable" node IP even for a one-machine instance, so its agents
+# (metrics export, dashboard agent, runtime-env agent) listen on the machine's network
+# address, unauthenticated. Its own switch for one-machine mode (ray_constants
+# .ENABLE_RAY_CLUSTER, from $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER) makes the node IP 127.0.0.1,
+# and every agent then binds 127.0.0.1 (ray/dashboard/agent.py, reporter_agent.py).
+_LOCAL_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _localhost_only():
+    """While the embedded instance starts: node IP 127.0.0.1 for it and the processes it
+    spawns (they inherit the environment), then the driver's settings back."""
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(_LOCAL_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOCAL_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_LOCAL_ENV, None)
+        else:
+            os.environ[_LOCAL_ENV] = old_env
+
+
+# The watchdog of an embedded Ray instance: a tiny process in its own session (a signal to
+# the driver's process group does not reach it) that records the driver's descendants (GCS,
+# raylet, agents, workers) every half second and, once the driver is gone, however it died,
+# sends them SIGTERM, then SIGKILL to what is left 2 s later. Processes are identified by
+# pid and start time (a reused pid is never signalled), plus any process whose command line
+# names the instance's session directory (the agents).
+_WATCHDOG = r"""
+import os, signal, sys, time
+driver, session = int(sys.argv[1]), sys.argv[2].encode()
+me = os.getpid()
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            rest = fh.read().rsplit(")", 1)[1].split()
+        return int(rest[1]), rest[19]  # ppid, start time
+    except (OSError, IndexError, ValueError):
+        return None
+def table():
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = stat(int(d))
+            if st:
+                out[int(d)] = st
+    return out
+def mentions(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return session in fh.read()
+    except OSError:
+        return False
+born = (stat(driver) or (0, None))[1]
+seen = {}
+while born is not None and (stat(driver) or (0, None))[1] == born:
+    procs = table()
+    kids = {driver}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, start) in procs.items():
+            if ppid in kids and pid not in kids and pid != me:
+                kids.add(pid)
+                seen[pid] = start
+                grew = True
+    time.sleep(0.5)
+procs = table()
+for pid, (ppid, start) in procs.items():
+    if pid != me and pid not in seen and mentions(pid):
+        seen[pid] = start
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    alive = [p for p, s in seen.items() if (stat(p) or (0, None))[1] == s]
+    for p in alive:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 2.0
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if (stat(p) or (0, None))[1] == seen[p]]
+        time.sleep(0.1)
+"""
+
+
+def start_watchdog() -> int | None:
+    """Start the watchdog of the embedded Ray instance this process just started (Linux:
+    it reads /proc); returns its pid."""
+    import ray
+
+    if not os.path.isdir("/proc"):
+        return None
+    try:
+        session = ray._private.worker._global_node.get_session_dir_path()
+    except Exception:  # not an instance this process started
+        return None
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), session],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )  # fmt: skip
+    _WATCHDOGS.append(proc)  # kept: a collected Popen of a running process warns
+    return proc.pid
+
+
+_WATCHDOGS: list[subprocess.Popen] = []
 
 
 def run_grid(
@@ -163,9 +279,24 @@ def run_grid(
     report = RunReport(spec.experiment, layout.root, run_id, len(p.to_run), len(p.skipped))
     t0 = time.perf_counter()
     if p.to_run:
+        if num_cpus is not None and num_cpus < 1:
+            raise ValueError(
+                f"--num-cpus: {num_cpus} is not allowed: the embedded Ray instance needs at "
+                "least 1 CPU to run a trial"
+            )
+        from scheduler.cluster import alive_nodes, check_cluster, check_resources
+
+        r = spec.resources
+        need = {
+            "cpus_per_trial": r.cpus_per_trial, "gpus_per_trial": r.gpus_per_trial,
+            "data_parallel_workers": max(t.data_parallel_workers for t in p.to_run),
+        }  # fmt: skip
+        existing = bool(address or os.environ.get("RAY_ADDRESS"))
+        if not existing:  # the embedded instance's size is known: refuse before starting it
+            check_resources([_embedded_node(num_cpus, r.gpus_per_trial)], **need)
         where = init_ray(address, num_cpus)
         print(f"scheduling on the {where}", file=out)
-        from scheduler.cluster import check_cluster
+        check_resources(alive_nodes(), **need, existing_cluster=existing)
 
         layout = check_cluster(
             spec, layout, address=address, storage_shared=storage_shared, out=out
@@ -299,6 +430,26 @@ def _execute(
     finally:
         bar.close()
         report.counts = counts
+
+
+def _embedded_node(num_cpus: int | None, gpus_wanted: float):
+    """The one node an embedded Ray instance would have (Ray's own CPU count, which honours
+    cgroup limits; GPUs as torch sees them, looked up only when the grid wants some)."""
+    from scheduler.cluster import NodeInfo
+
+    if num_cpus is None:
+        try:
+            from ray._private.utils import get_num_cpus
+
+            num_cpus = get_num_cpus()
+        except Exception:
+            num_cpus = len(os.sched_getaffinity(0))
+    gpus = 0
+    if gpus_wanted > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return NodeInfo("embedded", "127.0.0.1", "localhost", float(num_cpus), float(gpus))
 
 
 def _slots(r) -> int:
