@@ -239,10 +239,16 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _eq(p: float) -> str:
+    """'= 0.012' or '< 0.001'."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def describe(t: Test) -> str:
     """'+0.061 [+0.042, +0.08], p = 0.002 (Holm 0.006)'."""
     ci = f"[{fmt(t.low, True)}, {fmt(t.high, True)}]"
-    text = f"{fmt(t.effect, True)} {ci}, p = {fmt_p(t.p)}"
+    text = f"{fmt(t.effect, True)} {ci}, p {_eq(t.p)}"
     if math.isfinite(t.p_holm) and t.p_holm != t.p:
-        text += f" (Holm {fmt_p(t.p_holm)})"
+        text += f" (Holm {_eq(t.p_holm)})"
     return text

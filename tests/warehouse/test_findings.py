@@ -125,7 +125,7 @@ def test_every_verdict_is_explained(verdicts):
             row = v.as_row()
             if v.verdict in (fi.SUPPORTED, fi.CONTRADICTED, fi.MIXED):
                 # The deciding group's effect, interval and adjusted p are shown.
-                assert v.spread and "p = " in v.spread, (case, v.id)
+                assert v.spread and ", p " in v.spread, (case, v.id)
                 assert row["ci_low"] <= row["effect"] <= row["ci_high"], (case, v.id, row)
                 assert row["p_holm"] < fi.ALPHA, (case, v.id, row)
                 assert v.conditions, (case, v.id)
