@@ -129,12 +129,19 @@ def _cached(
 def query(name: str, filters: q.Filters | None = None, **kwargs: Any) -> pd.DataFrame:
     """Run the named query `warehouse.queries.<name>` through the cache."""
     root, v = storage_root(), version()
+    return _retrying(lambda: _cached(name, root, v, filters, tuple(sorted(kwargs.items()))))
+
+
+def _retrying(fn: Callable[[], Any]) -> Any:
+    """A file listed by the cached connection may be compacted away meanwhile: reconnect and
+    retry (warehouse/retry.py); while a compaction keeps rewriting them, say so and stop."""
+    from warehouse.retry import CompactionInProgress, retry_vanished
+
     try:
-        return _cached(name, root, v, filters, tuple(sorted(kwargs.items())))
-    except duckdb.IOException:
-        # A file listed by the cached connection was compacted away meanwhile: reconnect.
-        _connection.clear()
-        return _cached(name, root, v, filters, tuple(sorted(kwargs.items())))
+        return retry_vanished(fn, reset=_connection.clear)
+    except CompactionInProgress as exc:
+        st.info(str(exc))
+        st.stop()
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -144,11 +151,13 @@ def _cached_findings(root: str, version: str, filters: q.Filters) -> list[fnd.Ve
 
 def findings(filters: q.Filters) -> list[fnd.Verdict]:
     """Every judged finding's verdict on the selected trials (cached)."""
-    return _cached_findings(storage_root(), version(), filters)
+    root, v = storage_root(), version()
+    return _retrying(lambda: _cached_findings(root, v, filters))
 
 
 def options(experiment: tuple[str, ...] = ()) -> dict[str, list]:
-    return _cached_options(storage_root(), version(), experiment)
+    root, v = storage_root(), version()
+    return _retrying(lambda: _cached_options(root, v, experiment))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
