@@ -278,3 +278,18 @@ def test_no_torch_or_ray():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_undecided_groups_say_whether_seeds_would_help(root):
+    con = connect(root)
+    df = fi.undecided_groups(con, q.Filters(experiment=("support",)), ("F-2", "F-12", "F-3"))
+    assert set(df["id"]) == {"F-2", "F-3", "F-12"}
+    # F-2's fixed-lr mlp setting was tested, not significant: more seeds can decide it.
+    f2 = df[(df["id"] == "F-2") & (df["model"] == "mlp") & (df["lr"] == 0.01)]
+    f2 = f2[f2["workers"] == 1]
+    assert f2["more_seeds"].all() and len(f2) >= 1
+    # F-3's 4-worker setting ran 2 batch sizes: seeds cannot make a 3-size trend.
+    f3 = df[df["id"] == "F-3"]
+    assert len(f3) == 1 and f3["workers"].iloc[0] == 4 and not f3["more_seeds"].iloc[0]
+    sparse = fi.undecided_groups(con, q.Filters(experiment=("sparse",)), ("F-2",))
+    assert not sparse["more_seeds"].any()  # left out: not at convergence

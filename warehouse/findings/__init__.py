@@ -79,6 +79,7 @@ __all__ = [
     "group_table",
     "label",
     "spearman",
+    "undecided_groups",
 ]
 
 FINDINGS: tuple[Finding, ...] = tuple(sorted(REGISTRY, key=lambda f: int(f.id[2:])))
@@ -194,3 +195,32 @@ def group_table(verdicts: list[Verdict]) -> pd.DataFrame:
     effect, interval, p-values, seeds and method."""
     rows = [{"id": v.id, **r.row()} for v in verdicts for r in v.groups]
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
+
+
+def undecided_groups(
+    con: duckdb.DuckDBPyConnection, f: q.Filters, ids: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """The groups still undecided in the findings `ids` (all when empty), for a scheduler
+    that adds seeds until decided: id, the group's columns (`cols` names them), its note,
+    and `more_seeds` (True when the group was tested, or lacked seeds, so more seeds can
+    decide it; False when it lacks batch sizes, a rule, or trials at convergence)."""
+    rows = []
+    for v in evaluate(con, f):
+        if ids and v.id not in ids:
+            continue
+        for r in v.groups:
+            if r.verdict != UNDECIDED:
+                continue
+            tested = r.test is not None and r.test.enough_seeds
+            thin = "seeds" in r.note and "needs >=" in r.note
+            rows.append(
+                {
+                    "id": v.id,
+                    "group": r.group,
+                    "cols": r.cols,
+                    **dict(zip(r.cols, r.key, strict=False)),
+                    "note": r.note,
+                    "more_seeds": bool(tested or thin),
+                }
+            )
+    return pd.DataFrame(rows)
