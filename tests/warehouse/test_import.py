@@ -99,6 +99,42 @@ def ray_tune_dir(ray_local, tmp_path_factory) -> Path:
     return out / "bs_sweep"
 
 
+def _failing_trainable(config):
+    from ray import tune
+
+    tune.report({"epoch": 1, "train_loss": 2.0, "val_loss": 2.1})
+    raise RuntimeError(f"out of luck at batch size {config['batch_size']}")
+
+
+def test_import_ray_tune_failed_trial(ray_tune_dir, tmp_path, capsys) -> None:
+    """A trial that raised: Ray Tune writes error.txt; imported as failed, with the error
+    and the epochs it reported, and the import itself succeeds."""
+    from ray import tune
+
+    tune.run(
+        _failing_trainable,
+        config={"batch_size": 8, "lr": 0.1},
+        storage_path=str(tmp_path / "tune"),
+        name="crashy",
+        verbose=0,
+        raise_on_failed_trial=False,
+    )
+    (err,) = (tmp_path / "tune" / "crashy").rglob("error.txt")
+    root = tmp_path / "runs"
+    assert (
+        main(["import", "ray-tune", str(tmp_path / "tune" / "crashy"), "--storage", str(root)]) == 0
+    )
+    row = (
+        connect(str(root))
+        .sql("SELECT status, stop_reason, error, epochs_run, final_val_loss FROM trials")
+        .fetchall()
+    )
+    assert len(row) == 1
+    status, reason, error, epochs, final = row[0]
+    assert (status, reason, epochs, final) == ("failed", "error", 1, 2.1)
+    assert "out of luck at batch size 8" in error and error == err.read_text().strip()
+
+
 def _results(tune_dir: Path) -> dict[tuple[int, int], list[dict]]:
     out = {}
     for rj in tune_dir.rglob("result.json"):
