@@ -184,9 +184,8 @@ def contrast(cells: Sequence[Iterable[float]], weights: Sequence[float]) -> Test
         return Test(effect, math.nan, math.nan, math.nan, n, what)
     parts = [w * w * c.var(ddof=1) / len(c) for w, c in zip(weights, xs, strict=True)]
     se2 = float(sum(parts))
-    if se2 == 0:
-        p = 1.0 if effect == 0 else 0.0
-        return Test(effect, effect, effect, p, n, what, math.copysign(math.inf, effect))
+    if se2 == 0:  # identical seeds: no spread to test against
+        return Test(effect, effect, effect, math.nan, n, f"{what} (no spread)")
     df = se2**2 / sum(v * v / (len(c) - 1) for v, c in zip(parts, xs, strict=True) if v > 0)
     se = math.sqrt(se2)
     t = effect / se

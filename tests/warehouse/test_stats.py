@@ -66,6 +66,11 @@ def test_one_cell_contrast_is_the_one_sample_t():
     assert t.p == pytest.approx(st.ttest_1samp(d, 0).pvalue)
 
 
+def test_contrast_without_spread_is_not_tested():
+    t = s.difference([1.0, 1.0], [2.0, 2.0])
+    assert math.isnan(t.p) and s.decide(t, +1) == s.UNDECIDED
+
+
 def test_holm_known_answer():
     assert s.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert s.holm([0.02, math.nan]) == [0.02, pytest.approx(math.nan, nan_ok=True)]

@@ -155,6 +155,8 @@ def _why_undecided(parts: list[Part]) -> str:
             continue
         if not t.enough_seeds:
             return f"needs >= {stats.MIN_SEEDS} seeds per batch size"
+        if not math.isfinite(t.p):
+            return "no spread between the seeds to test against"
         return f"not significant at alpha = {stats.ALPHA} (Holm over the finding's tests)"
     return "no test"
 
