@@ -15,6 +15,7 @@ tests, BATCHLAB_FAULT_PACK_OOM_ABOVE=N makes every pack of more than N members r
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gc
 import io
 import os
@@ -86,9 +87,7 @@ def execute_pack(
     """
     import torch
 
-    from scheduler.tasks import next_attempt, trial_row
-    from workers.pack import run_pack
-    from workers.packnet import PackUnsupported, make_pack_net
+    from scheduler.tasks import live_trial, next_attempt, trial_row
     from workers.train import resolve_device, run_trial
     from workers.user import use_code_dir
 
@@ -112,26 +111,23 @@ def execute_pack(
             todo.append(c)
     if not todo:
         return out
-    if todo[0].trainable is not None:  # the user's own loop trains one model: no packing
-        out["unsupported"] = f"trainable {todo[0].trainable!r}: your own loop trains one model"
-        for c in todo:
-            ck = TrialCheckpoints(layout, experiment, c.trial_id) if resume else None
-            attempts = {c.trial_id: next_attempt(TrialCheckpoints(layout, experiment, c.trial_id))}
-            started = dt.datetime.now(dt.timezone.utc)
-            result = run_trial(c, device=str(dev), data_dir=data_dir, checkpoints=ck)
-            row = trial_row(c, result, code_version=code_version, attempt=attempts[c.trial_id],
-                            started_at=started, node_id=node_id, ray_version=ray_version)  # fmt: skip
-            write_trial(layout, experiment, row, {k: getattr(result, k) for k in TABLES})
-            if resume and result.status != "failed" and ck is not None:
-                ck.delete("resume")
-            out["members"].append(_record(c, result, attempts[c.trial_id], None))
-        return out
-    data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
     ckpts = {c.trial_id: TrialCheckpoints(layout, experiment, c.trial_id) for c in todo}
     attempts = {c.trial_id: next_attempt(ckpts[c.trial_id]) for c in todo}
     started = dt.datetime.now(dt.timezone.utc)
+    lives = {
+        c.trial_id: live_trial(layout, experiment, c, attempt=attempts[c.trial_id],
+                               node_id=node_id, pack_id=pack_id)
+        for c in todo
+    }  # fmt: skip
+
+    def publish(trial_id: str, row: dict[str, Any]) -> None:
+        """A member's epoch row to the live area."""
+        if (live := lives.get(trial_id)) is not None:
+            live.epoch(row)
 
     def commit(cfg: TrialConfig, result, in_pack: bool) -> None:
+        if (live := lives.pop(cfg.trial_id, None)) is not None:
+            live.close()
         row = trial_row(
             cfg, result, code_version=code_version, attempt=attempts[cfg.trial_id],
             started_at=started, node_id=node_id, ray_version=ray_version,
@@ -145,6 +141,48 @@ def execute_pack(
             _record(cfg, result, attempts[cfg.trial_id], pack_id if in_pack else None)
         )
 
+    def lone(c: TrialConfig, data=None) -> None:
+        ck = ckpts[c.trial_id] if resume else None
+        hook = functools.partial(publish, c.trial_id)
+        result = run_trial(c, device=str(dev), data=data, data_dir=data_dir, checkpoints=ck,
+                           on_epoch=hook)  # fmt: skip
+        commit(c, result, in_pack=False)
+
+    try:
+        return _run_members(
+            todo,
+            layout,
+            experiment,
+            dev,
+            data_dir,
+            resume,
+            ckpts,
+            attempts,
+            out,
+            commit,
+            lone,
+            publish,
+        )
+    finally:
+        for live in lives.values():
+            live.close()
+
+
+def _run_members(
+    todo, layout, experiment, dev, data_dir, resume, ckpts, attempts, out, commit, lone, publish
+) -> dict[str, Any]:
+    import torch
+
+    from scheduler.tasks import chain
+    from workers.pack import run_pack
+    from workers.packnet import PackUnsupported, make_pack_net
+
+    if todo[0].trainable is not None:  # the user's own loop trains one model: no packing
+        out["unsupported"] = f"trainable {todo[0].trainable!r}: your own loop trains one model"
+        for c in todo:
+            lone(c)
+        return out
+    data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
     # A model PackNet cannot batch: the members train one after another, as lone trials.
     try:
         if data.streaming:
@@ -156,8 +194,7 @@ def execute_pack(
     except PackUnsupported as exc:
         out["unsupported"] = str(exc)
         for c in todo:
-            ck = ckpts[c.trial_id] if resume else None
-            commit(c, run_trial(c, device=str(dev), data=data, checkpoints=ck), in_pack=False)
+            lone(c, data)
         return out
 
     by_id = {c.trial_id: c for c in todo}
@@ -176,7 +213,7 @@ def execute_pack(
             run_pack(
                 group, device=str(dev), data=data,
                 checkpoints=[ckpts[c.trial_id] for c in group] if resume else None,
-                on_epoch=_fault_hooks(group, attempts),
+                on_epoch=chain(publish, _fault_hooks(group, attempts)),
                 on_done=lambda r: commit(by_id[r.trial_id], r, in_pack=True),
             )  # fmt: skip
         except torch.cuda.OutOfMemoryError:

@@ -97,6 +97,30 @@ _SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
+def live_trial(layout: Layout, experiment: str, cfg: TrialConfig, **kw: Any):
+    """The trial's publisher in the live area (warehouse/live.py), or None when off."""
+    from warehouse import live
+
+    if not live.enabled():
+        return None
+    return live.LiveTrial(layout, experiment, cfg.trial_id, max_epochs=cfg.max_epochs, **kw)
+
+
+def chain(*hooks):
+    """One on_epoch callback calling each given hook (None entries skipped) in order."""
+    hooks = tuple(h for h in hooks if h is not None)
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def call(*args):
+        for h in hooks:
+            h(*args)
+
+    return call
+
+
 def next_attempt(ckpt: TrialCheckpoints) -> int:
     """Count this attempt in the trial's checkpoint folder (1 for the first run)."""
     prev = ckpt.layout.get_bytes(ckpt.path("attempts").removesuffix(".pt") + ".json")
@@ -155,18 +179,22 @@ def execute_trial(
     ckpt = TrialCheckpoints(layout, experiment, cfg.trial_id)
     attempt = next_attempt(ckpt)
     started = dt.datetime.now(dt.timezone.utc)
+    live = live_trial(layout, experiment, cfg, attempt=attempt, node_id=node_id)
     try:
         # Fault injection for the reliability tests: a no-op unless BATCHLAB_FAULT_* is set.
-        with faults.inject(cfg.trial_id, attempt) as on_epoch:
+        with faults.inject(cfg.trial_id, attempt) as fault_hook:
             result = run_trial(
                 cfg,
                 device=device,
                 data_dir=data_dir,
                 checkpoints=ckpt if resume else None,
-                on_epoch=on_epoch,
+                on_epoch=chain(live.epoch if live else None, fault_hook),
             )
     except torch.cuda.OutOfMemoryError as exc:
         result = out_of_memory_result(cfg, exc, device)
+    finally:
+        if live is not None:
+            live.close()
     row = trial_row(
         cfg, result, code_version=code_version, attempt=attempt, started_at=started,
         node_id=node_id, ray_version=ray_version,

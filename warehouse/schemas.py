@@ -159,6 +159,12 @@ EPOCHS = pa.schema(
         pa.field("epoch_time_s", f64),  # training steps of this epoch, synchronized
         pa.field("elapsed_s", f64),  # cumulative training time
         pa.field("examples_per_s", f64),
+        # Since schema version 3, system metrics (NULL in older rows; NaN where not measured):
+        pa.field("eval_time_s", f64),  # the epoch's evaluations (train-set eval + validation)
+        pa.field("probe_time_s", f64),  # probes run after this epoch (probe_every_epochs / end)
+        pa.field("rss_mb", f64),  # resident memory of the worker process at the epoch end
+        pa.field("gpu_memory_peak_mb", f64),  # CUDA peak allocated during the epoch
+        pa.field("gpu_utilization_pct", f64),  # torch.cuda.utilization() at the epoch end
     ],
     metadata=_META,
 )

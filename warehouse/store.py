@@ -64,6 +64,10 @@ def write_trial(
         summary |= epoch_summaries(tables["epochs"], trial_row.get("best_epoch"))
     row = {**summary, **trial_row, "experiment": experiment, "schema_version": SCHEMA_VERSION}
     layout.write_table(layout.table_file("trials", experiment, trial_id), to_table("trials", [row]))
+    # The committed row supersedes what the running attempt published (warehouse/live.py).
+    from warehouse.live import clear_trial
+
+    clear_trial(layout, experiment, trial_id)
 
 
 def write_rows(

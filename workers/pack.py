@@ -59,6 +59,7 @@ from workers.train import (
     epoch_permutation,
     lr_at,
     make_optimizer,
+    pack_member_system_metrics,
     provenance,
     record_validation,
     resolve_device,
@@ -126,11 +127,15 @@ class _Stack:
 
     def _views(self) -> None:
         P = self.flat.shape[0]
-        self.views, off = [], 0
+        self.views, self.grad_views, off = [], [], 0
         for size, shape in zip(self.sizes, self.net.param_shapes, strict=True):
             v = self.flat[:, off : off + size].view(P, *shape)
             self.views.append(v.requires_grad_(True))
+            self.grad_views.append(self.grad[:, off : off + size].view(P, *shape))
             off += size
+        # The step's (P, N) scratch: a fresh tensor of this size each step costs a page-faulting
+        # allocation (glibc mmaps every block this large) per step on CPU.
+        self.scratch = torch.empty_like(self.flat)
 
     def _hyper(self) -> None:
         dev, opts = self.flat.device, [c.optimizer for c in self.cfgs]
@@ -196,7 +201,9 @@ class _Stack:
         # separable, so one backward gives every member its own gradient.
         grads = torch.autograd.grad(loss.sum(), self.views)
         with torch.no_grad():
-            torch.cat([g.reshape(P, -1) for g in grads], dim=1, out=self.grad)
+            for gv, gr in zip(self.grad_views, grads, strict=True):
+                gv.copy_(gr)  # contiguous copies (PackNet's weight gradients are)
+            del grads
             g = self.grad
             gnorm = torch.linalg.vector_norm(g, dim=1)
             if self.clip is not None:
@@ -207,12 +214,17 @@ class _Stack:
                 g.mul_(torch.where(has, coef, torch.ones_like(coef)))
             d = self._direction(g, bc2)
             if upd_norms:
-                new = (
-                    torch.addcdiv(self.flat, neg_lr * d[0], d[1]) if self.adam
-                    else torch.addcmul(self.flat, neg_lr, d)
-                )  # fmt: skip
-                upd = torch.linalg.vector_norm(new - self.flat, dim=1)
-                self.flat.copy_(new)
+                # ||theta_new - theta_old|| as run_trial measures it (the difference of the
+                # rounded parameters), with no (P, N) allocation: scratch = new, flat =
+                # old - new in place (the same norm), then flat = new.
+                s = self.scratch
+                if self.adam:
+                    torch.mul(d[0], neg_lr, out=s)
+                    torch.addcdiv(self.flat, s, d[1], out=s)
+                else:
+                    torch.addcmul(self.flat, neg_lr, d, out=s)
+                upd = torch.linalg.vector_norm(self.flat.sub_(s), dim=1)
+                self.flat.copy_(s)
             else:
                 if self.adam:
                     self.flat.addcdiv_(neg_lr * d[0], d[1])
@@ -714,6 +726,7 @@ def _end_epoch(
                     "grad_norm": float(gn_l[j]), "batch_loss": float(bl_l[j]),
                 })  # fmt: skip
         st["epoch"] = epoch
+        row.update(pack_member_system_metrics())
         v_loss, v_acc = float(host["vl"][r]), float(host["va"][r])
         row["val_loss"], row["val_acc"] = v_loss, v_acc
         if r in stopped:  # stopped inside the epoch ("steps" early stopping / target)

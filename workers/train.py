@@ -13,6 +13,7 @@ re-started trial resumes from it, bit-exactly on CPU (data order is a pure funct
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -472,6 +473,7 @@ def _train(
             gq = _quantiles(gnorm)
             row.update({f"update_norm_{k}": v for k, v in uq.items()})
             row.update({f"grad_norm_{k}": v for k, v in gq.items()})
+            t_eval0 = time.perf_counter()
             if m.train_eval:
                 tl, ta = evaluate_split(model, data, "train", lossf)
                 row["train_loss_eval"], row["train_acc_eval"] = tl.item(), ta.item()
@@ -499,7 +501,7 @@ def _train(
             if stopped is not None:
                 vl, va = evaluate_split(model, data, "val", lossf)
                 row["val_loss"], row["val_acc"] = vl.item(), va.item()
-                st["epochs"].append(row)
+                st["epochs"].append(system_metrics(row, t_eval0, dev, st))
                 raise stopped
             try:
                 # In "steps" mode validation (and its bookkeeping) already ran inside the epoch.
@@ -511,10 +513,10 @@ def _train(
             except _Stop as s:
                 vl, va = evaluate_split(model, data, "val", lossf)
                 row["val_loss"], row["val_acc"] = vl.item(), va.item()
-                st["epochs"].append(row)
+                st["epochs"].append(system_metrics(row, t_eval0, dev, st))
                 raise s
             row["val_loss"], row["val_acc"] = vl, va
-            st["epochs"].append(row)
+            st["epochs"].append(system_metrics(row, t_eval0, dev, st))
             if not math.isfinite(vl):
                 st["diverged_step"] = st["step"]
                 raise _Stop("diverged")
@@ -530,7 +532,9 @@ def _train(
                 and epoch % m.probe_every_epochs == 0
                 and epoch < cfg.max_epochs
             ):
+                t_probe = time.perf_counter()
                 st["probes"] += _probes(model, data, cfg, epoch, lossf)
+                row["probe_time_s"] = time.perf_counter() - t_probe
             if on_epoch is not None:
                 on_epoch(row)
             if checkpoints is not None:
@@ -540,10 +544,18 @@ def _train(
 
     status = "diverged" if stop_reason == "diverged" else "completed"
     if status == "completed" and main:
+        t_probe = time.perf_counter()
         st["probes"] += _probes(model, data, cfg, st["epoch"], lossf)
+        if st["epochs"] and st["probes"]:
+            last = st["epochs"][-1]
+            last["probe_time_s"] = (last.get("probe_time_s") or 0.0) + time.perf_counter() - t_probe
         if checkpoints is not None and m.checkpoints:
             checkpoints.save("final", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else math.nan
+    peak_mb = (
+        max(st.get("peak_mb", 0.0), torch.cuda.max_memory_allocated(dev) / 2**20)
+        if dev.type == "cuda"
+        else math.nan
+    )
     epochs_run = st["epoch"]
     summary = {
         **provenance(dev),
@@ -580,6 +592,62 @@ def _train(
         layers=st["layers"],
         probes=st["probes"],
     )
+
+
+def system_metrics(
+    row: dict[str, Any], t_eval0: float, dev: torch.device, st: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Add the epoch's system metrics to `row` (and return it): the time since `t_eval0`
+    (evaluations and row bookkeeping after the training steps), process RSS, and on CUDA the
+    epoch's peak allocated memory (the counter is reset for the next epoch; `st["peak_mb"]`
+    keeps the trial's peak) and the GPU utilization when NVML answers."""
+    row["eval_time_s"] = time.perf_counter() - t_eval0
+    row.setdefault("probe_time_s", 0.0)
+    row["rss_mb"] = _rss_mb()
+    row["gpu_memory_peak_mb"], row["gpu_utilization_pct"] = math.nan, math.nan
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+        row["gpu_memory_peak_mb"] = peak
+        if st is not None:
+            st["peak_mb"] = max(st.get("peak_mb", 0.0), peak)
+        torch.cuda.reset_peak_memory_stats(dev)
+        with contextlib.suppress(Exception):  # no NVML (pynvml) on this machine: NaN
+            row["gpu_utilization_pct"] = float(torch.cuda.utilization(dev))
+    return row
+
+
+SYSTEM_METRICS = (
+    "eval_time_s",
+    "probe_time_s",
+    "rss_mb",
+    "gpu_memory_peak_mb",
+    "gpu_utilization_pct",
+)
+
+
+def pack_member_system_metrics() -> dict[str, float]:
+    """The system metrics of a pack member's epoch row: the process's resident memory; the
+    evaluation split, GPU peak and utilization are the pack's, not the member's (NaN)."""
+    nan = math.nan
+    return {"eval_time_s": nan, "probe_time_s": 0.0, "rss_mb": _rss_mb(),
+            "gpu_memory_peak_mb": nan, "gpu_utilization_pct": nan}  # fmt: skip
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux /proc), else the peak resident memory (getrusage)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB (bytes on macOS)
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
+    except Exception:
+        return math.nan
 
 
 def _val_only(model: nn.Module, data: Dataset, lossf: Loss) -> tuple[float, float]:

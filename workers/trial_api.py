@@ -275,6 +275,11 @@ class Trial:
             row["examples_per_s"] = (row["examples_seen"] - (prev or 0)) / t_epoch
         self._epoch_steps(row, epoch)
         self._distances(row, epoch)
+        from workers.train import system_metrics
+
+        system_metrics(row, time.perf_counter(), self.device, st)
+        row["eval_time_s"] = math.nan  # inside the user's loop: not separable from training
+        row["probe_time_s"] = self._probe_s
         st["epoch"] = epoch
         st["epochs"].append(row)
         for name in ("train_loss", "val_loss"):

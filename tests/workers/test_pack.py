@@ -19,7 +19,7 @@ from workers.data import load_dataset
 from workers.models import build_model
 from workers.pack import pack_problem, run_pack
 from workers.packnet import PackNet, PackUnsupported
-from workers.train import run_trial
+from workers.train import SYSTEM_METRICS, run_trial
 
 REL = 1e-4  # the acceptance tolerance on per-epoch losses
 
@@ -97,8 +97,8 @@ def assert_same_trial(lone, packed, rel: float = REL) -> None:
         for ra, rb in zip(a, b, strict=True):
             assert set(ra) == set(rb), table
             for k, v in ra.items():
-                if k.endswith("_s") or k == "examples_per_s":
-                    continue  # timings: a member's are the pack's
+                if k.endswith("_s") or k in ("examples_per_s", *SYSTEM_METRICS):
+                    continue  # timings and system metrics: a member's are the pack's
                 if isinstance(v, float):
                     assert _close(v, rb[k], rel), (
                         f"{table}.{k} at {ra.get('epoch'), ra.get('step')}: {v} vs {rb[k]}"
