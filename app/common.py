@@ -44,6 +44,10 @@ class PageInfo:
 PAGES: tuple[PageInfo, ...] = (
     PageInfo("findings", "findings.py", "Findings", ":material/fact_check:", default=True),
     PageInfo("overview", "overview.py", "Overview", ":material/table:"),
+    PageInfo("runs", "runs.py", "Runs", ":material/table_rows:"),
+    PageInfo("trial", "trial.py", "Trial", ":material/description:"),
+    PageInfo("compare", "compare.py", "Compare runs", ":material/stacked_line_chart:"),
+    PageInfo("parallel", "parallel.py", "Parallel coordinates", ":material/timeline:"),
     PageInfo("curves", "curves.py", "Curves", ":material/show_chart:"),
     PageInfo(
         "generalization", "generalization.py", "Generalization gap", ":material/compare_arrows:"

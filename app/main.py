@@ -26,7 +26,13 @@ from app.common import (
 )
 
 HERE = Path(__file__).resolve().parent
-STATUS_PAGES = ("overview", "runs", "parallel")  # pages that show failed / diverged trials too
+STATUS_PAGES = (
+    "overview",
+    "runs",
+    "trial",
+    "compare",
+    "parallel",
+)  # pages that show failed / diverged trials too
 
 st.set_page_config(page_title="batchlab", layout="wide")
 nav = st.navigation(
