@@ -113,13 +113,21 @@ class PackNet:
                 raise PackUnsupported(f"{name}: Linear on a conv activation")
             iw = self._p[prefix + "weight"]
             ib = self._p.get(prefix + "bias")
+            # out^T = W @ h^T (a transposed view back to (P, B, out)): the weight gradient,
+            # g^T @ h, then comes out of autograd contiguous in W's (P, out, in) layout,
+            # where h @ W^T would give a transposed one whose strided copy into the flat
+            # gradient cost more than the matmul itself (docs/packs.md, the CPU profile).
             if ib is None:
-                self.ops.append(lambda h, P, ps, bs, training: torch.bmm(h, ps[iw].transpose(1, 2)))
+                self.ops.append(
+                    lambda h, P, ps, bs, training: torch.bmm(ps[iw], h.transpose(1, 2)).transpose(
+                        1, 2
+                    )
+                )
             else:
                 self.ops.append(
                     lambda h, P, ps, bs, training: torch.baddbmm(
-                        ps[ib].unsqueeze(1), h, ps[iw].transpose(1, 2)
-                    )
+                        ps[ib].unsqueeze(2), ps[iw], h.transpose(1, 2)
+                    ).transpose(1, 2)
                 )
             return "pb"
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
