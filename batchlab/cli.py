@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--demo", action="store_true", help="open the committed demo warehouse")
+    from batchlab.cli_status import add_parser as add_status
+
+    add_status(sub, _storage_arg)
     return ap
 
 
@@ -504,6 +507,7 @@ _COMMANDS = {
     "compact": cmd_compact,
     "check": cmd_check,
     "app": cmd_app,
+    "status": lambda args: __import__("batchlab.cli_status").cli_status.cmd_status(args),
 }
 
 

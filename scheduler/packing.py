@@ -159,9 +159,9 @@ def execute_packs(
     """Run `trials` as packs on the connected Ray instance; fills `report` like the
     single-trial path of scheduler.runner._execute does."""
     import ray
-    from tqdm import tqdm
 
     from scheduler.pack_tasks import execute_pack, measure_packs
+    from scheduler.progress import EpochBar
 
     r = spec.resources
     max_node_cpus = max(
@@ -218,16 +218,21 @@ def execute_packs(
     for p in packs:
         submit(p)
     counts = {"completed": 0, "diverged": 0, "failed": 0}
-    bar = tqdm(total=len(trials), unit="trial", disable=not progress, file=out, dynamic_ncols=True)
+    bar = EpochBar(layout, spec.experiment, trials, enabled=progress, out=out)
+    said: set[str] = set()  # reasons a pack trained its members as lone trials, said once
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            bar.poll()
             for ref in done:
                 p = pending.pop(ref)
                 try:
                     res = ray.get(ref)
                 except Exception as exc:  # the task failed: worker died too often, storage error
                     res = {"members": [_failed(t, exc, p) for t in p.trials], "oom": []}
+                if (why := res.get("unsupported")) and why not in said:
+                    said.add(why)
+                    bar.bar.write(f"packs of this shape train one trial at a time: {why}", file=out)
                 by_id = {t.trial_id: t for t in p.trials}
                 retry = []
                 for rec in res["members"]:
@@ -236,7 +241,7 @@ def execute_packs(
                         continue
                     counts[rec["status"]] = counts.get(rec["status"], 0) + 1
                     report.results.append(rec)
-                    bar.update(1)
+                    bar.finished(rec)
                 if retry:
                     submit(Pack(tuple(retry)))
                 if res["oom"]:
@@ -253,11 +258,7 @@ def execute_packs(
                         rec = _failed(t, "CUDA out of memory with a single trial in the pack", p)
                         counts["failed"] += 1
                         report.results.append(rec)
-                        bar.update(1)
-            bar.set_postfix(
-                done=counts["completed"], packs_running=len(pending), failed=counts["failed"],
-                diverged=counts["diverged"], refresh=False,
-            )  # fmt: skip
+                        bar.finished(rec)
     except KeyboardInterrupt:
         report.cancelled = True
         for ref in pending:

@@ -278,6 +278,13 @@ def run_grid(
     )
     report = RunReport(spec.experiment, layout.root, run_id, len(p.to_run), len(p.skipped))
     t0 = time.perf_counter()
+    # The driver's record in the live area (warehouse/live.py): `batchlab status` reads it.
+    from warehouse import live
+
+    live_run = None
+    if p.to_run and live.enabled():
+        planned = [{"trial_id": t.trial_id, "max_epochs": t.max_epochs} for t in p.to_run]
+        live_run = live.LiveRun(layout, spec.experiment, run_id, planned)
     if p.to_run:
         if num_cpus is not None and num_cpus < 1:
             raise ValueError(
@@ -312,6 +319,8 @@ def run_grid(
             spec, layout, code_version=code_version(), device=_device_for(spec), out=out
         )
     report.wall_time_s = time.perf_counter() - t0
+    if live_run is not None:
+        live_run.finish("cancelled" if report.cancelled else "finished")
     write_duckdb_file(layout)
     write_run_record(
         layout, spec.experiment, run_id,
@@ -327,9 +336,9 @@ def _execute(
     spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: RunReport, progress, out
 ):
     import ray
-    from tqdm import tqdm
 
     from scheduler.data_parallel import execute_data_parallel_trial
+    from scheduler.progress import EpochBar
     from scheduler.tasks import execute_trial
 
     r = spec.resources
@@ -368,6 +377,7 @@ def _execute(
     threads = max(1, int(r.cpus_per_trial))
     pending: dict[Any, TrialConfig] = {}
     tries: dict[str, int] = {}
+    executions: dict[str, int] = {}  # executions of earlier submissions of a trial (this run)
 
     def submit(t: TrialConfig) -> None:
         tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
@@ -383,6 +393,7 @@ def _execute(
             return
         ref = remote.remote(
             execute_trial, t.model_dump_json(), spec.experiment, layout.root,
+            attempt_base=executions.get(t.trial_id, 0),
             code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,
             data_dir=spec.data_dir, code_dir=spec.code_dir,
         )  # fmt: skip
@@ -391,11 +402,11 @@ def _execute(
     for t in trials:
         submit(t)
     counts = {"completed": 0, "diverged": 0, "failed": 0}
-    slots = _slots(r)
-    bar = tqdm(total=len(trials), unit="trial", disable=not progress, file=out, dynamic_ncols=True)
+    bar = EpochBar(layout, spec.experiment, trials, enabled=progress, out=out)
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            bar.poll()
             for ref in done:
                 t = pending.pop(ref)
                 try:
@@ -403,17 +414,15 @@ def _execute(
                 except (
                     Exception
                 ) as exc:  # the task itself failed: worker died too often, storage error
-                    res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc)}
+                    res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc),
+                           "attempt": executions.get(t.trial_id, 0) + r.max_retries + 1}  # fmt: skip
+                executions[t.trial_id] = res.get("attempt") or executions.get(t.trial_id, 0) + 1
                 if res["status"] == "failed" and tries[t.trial_id] <= r.retry_failed:
                     submit(t)
                     continue
                 counts[res["status"]] = counts.get(res["status"], 0) + 1
                 report.results.append(res)
-                bar.update(1)
-            bar.set_postfix(
-                done=counts["completed"], running=min(len(pending), slots),
-                failed=counts["failed"], diverged=counts["diverged"], refresh=False,
-            )  # fmt: skip
+                bar.finished(res)
     except KeyboardInterrupt:
         report.cancelled = True
         # Not force=True: force-cancelling a task whose result is already on its way makes
@@ -467,9 +476,30 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-def _ray_trial(fn, *args, **kwargs):
-    """Runs in a Ray worker: adds the node id and Ray version to the provenance."""
+def _ray_trial(fn, *args, attempt_base: int | None = None, **kwargs):
+    """Runs in a Ray worker: adds the node id and Ray version to the provenance, and the
+    trial's attempt number when `fn` takes one (see `ray_attempt`)."""
+    import inspect
+
     import ray
 
     ctx = ray.get_runtime_context()
+    if attempt_base is not None and "attempt" in inspect.signature(fn).parameters:
+        kwargs["attempt"] = attempt_base + ray_attempt()
     return fn(*args, node_id=ctx.get_node_id(), ray_version=ray.__version__, **kwargs)
+
+
+def ray_attempt() -> int:
+    """This execution's number among the executions of the running Ray task (1 first; Ray
+    counts every retry, also of a worker killed while it was starting or unpickling the
+    arguments, before any trial code ran). The driver adds the executions of earlier
+    submissions of the same trial (`retry_failed`), so an attempt counts what *this run*
+    tried: two concurrent runs of one grid each give a never-retried trial attempt 1."""
+    try:
+        import ray
+
+        return 1 + int(
+            ray._private.worker.global_worker.core_worker.get_current_task_attempt_number()
+        )
+    except Exception:  # not in a Ray task (tests call the function directly)
+        return 1
