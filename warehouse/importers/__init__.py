@@ -36,6 +36,7 @@ from warehouse.schemas import SCHEMAS
 from warehouse.store import read_trial_rows, write_trial
 
 SOURCES = ("ray-tune", "tensorboard", "csv")
+UNKNOWN = "unknown"  # dataset / model / optimizer of a source that does not name them
 
 # batchlab field -> the names a source commonly uses for it (first found wins); `--map
 # FIELD=NAME` puts NAME first. Trial fields come from the params, epoch fields from metrics.
@@ -239,9 +240,11 @@ def _trial_row(
         "status": status,
         "stop_reason": "error" if error else ("diverged" if diverged else None),
         "error": error,
-        "dataset": None if got["dataset"] is None else str(got["dataset"]),
-        "model": None if got["model"] is None else str(got["model"]),
-        "optimizer": None if got["optimizer"] is None else str(got["optimizer"]),
+        # Labels the grouping keys need (queries group trials by them): "unknown" when the
+        # source does not name them (a label, not a measurement).
+        "dataset": UNKNOWN if got["dataset"] is None else str(got["dataset"]),
+        "model": UNKNOWN if got["model"] is None else str(got["model"]),
+        "optimizer": UNKNOWN if got["optimizer"] is None else str(got["optimizer"]),
         "momentum": _num(got["momentum"]),
         "batch_size": _as_int(got["batch_size"], "batch_size", where),
         "lr": lr,
