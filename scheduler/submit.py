@@ -16,7 +16,8 @@ quoted. So this script:
 3. runs the grid with the same code as `batchlab run --address auto`, which probes the
    storage root from every node before the first trial (scheduler/cluster.py).
 
-Exit status: 0 done, 1 cancelled, 2 bad input or unreachable grid / storage / cluster.
+Exit status: `batchlab run`'s (docs/cli.md): 0 done, 2 bad input or unreachable grid /
+storage / cluster, 4 trials failed, 130 interrupted (cancelled).
 """
 
 from __future__ import annotations
