@@ -119,7 +119,10 @@ def test_embedded_ray_refuses_clients_without_its_token(ray_tmp, tmp_path):
         # user's home, no token variables) and one that sends a guessed token.
         home = tmp_path / "stranger-home"
         home.mkdir()
-        stranger = {**env, "HOME": str(home)}
+        # The embedded instance listens on 127.0.0.1 only (test_shutdown.py checks every
+        # port), so the stranger is a local user; in Ray's one-machine mode its client keeps
+        # 127.0.0.1 instead of swapping in the machine's network address.
+        stranger = {**env, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         _assert_refused(info["gcs"], stranger)
         _assert_refused(info["gcs"], {**stranger, "RAY_AUTH_MODE": "token",
                                       "RAY_AUTH_TOKEN": os.urandom(16).hex()})  # fmt: skip
