@@ -21,7 +21,9 @@ called by `scheduler.runner._execute`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -123,6 +125,50 @@ def pack_size(
     return max(1, min(cap, len(trials)))
 
 
+# Fault-injection settings (scheduler/faults.py) that hook a lone trial's optimizer steps
+# and forwards; packs do not have those hooks, so `pack: auto` trains lone while one is set.
+STEP_FAULTS = ("KILL_SEED", "OOM_AT_EPOCH", "NONFINITE_AT_STEP", "NONFINITE_EVAL_AFTER_EPOCH")
+
+
+def split_for_packs(
+    trials: Sequence[TrialConfig], pack: bool | str
+) -> tuple[list[TrialConfig], list[TrialConfig]]:
+    """(trials trained in packs, trials trained alone) for `resources.pack`.
+
+    `true`: every trial but the data-parallel ones is packed (a group of one is a pack of
+    one). `auto` (the default): only shape groups of at least 2 trials that a pack can train:
+    not data-parallel, not the user's own training loop (`trainable`), and no step-level
+    fault injection set (STEP_FAULTS); the rest trains alone, exactly as with `false`. A user
+    model that PackNet and torch.func cannot batch is found out in the pack's worker, which
+    then trains its members one after another as lone trials (`pack_id` empty)."""
+    if pack is False:
+        return [], list(trials)
+    if pack is True:
+        return (
+            [t for t in trials if t.data_parallel_workers == 1],
+            [t for t in trials if t.data_parallel_workers > 1],
+        )
+    if _step_faults_set():
+        return [], list(trials)
+    packed: list[TrialConfig] = []
+    for group in group_by_shape(trials).values():
+        ok = [t for t in group if t.data_parallel_workers == 1 and t.trainable is None]
+        if len(ok) >= 2:
+            packed += ok
+    ids = {t.trial_id for t in packed}
+    return packed, [t for t in trials if t.trial_id not in ids]
+
+
+def _step_faults_set() -> bool:
+    env = {k.removeprefix("BATCHLAB_FAULT_"): v for k, v in os.environ.items()
+           if k.startswith("BATCHLAB_FAULT_")}  # fmt: skip
+    names = set(env)
+    if env.get("PLAN"):
+        with contextlib.suppress(ValueError, AttributeError):  # faults.py reports a bad PLAN
+            names |= {n for v in json.loads(env["PLAN"]).values() for n in v}
+    return any(n in names for n in STEP_FAULTS)
+
+
 def plan_packs(
     trials: Sequence[TrialConfig], device: str, max_pack_size: int | None, gpu: GpuFacts | None
 ) -> list[Pack]:
@@ -135,12 +181,20 @@ def plan_packs(
 
 def pack_resources(
     pack: Pack, cpus_per_trial: float, gpus_per_trial: float, device: str,
-    gpu: GpuFacts | None, max_node_cpus: float,
+    gpu: GpuFacts | None, max_node_cpus: float, cpu_share: float | None = None,
 ) -> tuple[float, float]:  # fmt: skip
-    """(num_cpus, num_gpus) a pack asks Ray for (see the module docstring)."""
+    """(num_cpus, num_gpus) a pack asks Ray for (see the module docstring).
+
+    On CPU: `cpus_per_trial x members`, at most `cpu_share` (the cluster's CPUs over the
+    number of packs, at least cpus_per_trial) and one node's CPUs. The CPUs are also the
+    pack's torch threads: with more packs than cores, one single-threaded pack per core
+    (small ops do not scale over threads: docs/packs.md, the CPU profile)."""
     n = len(pack)
     if device == "cpu":
-        return min(cpus_per_trial * n, max(max_node_cpus, cpus_per_trial)), 0.0
+        cpus = cpus_per_trial * n
+        if cpu_share is not None:
+            cpus = min(cpus, max(cpus_per_trial, math.floor(cpu_share)))
+        return min(cpus, max(max_node_cpus, cpus_per_trial)), 0.0
     share = gpus_per_trial * n
     if gpu is not None and gpu.total_bytes > 0:
         need = gpu.pack_bytes(pack.trials[0], n) + CUDA_CONTEXT_BYTES
@@ -188,6 +242,7 @@ def execute_packs(
             file=out,
         )
     packs = plan_packs(trials, device, r.max_pack_size, gpu)
+    total_cpus = ray.cluster_resources().get("CPU", max_node_cpus)
     print(
         f"{len(trials)} trials in {len(packs)} packs (sizes "
         f"{', '.join(str(len(p)) for p in packs)})",
@@ -195,13 +250,22 @@ def execute_packs(
     )
     pending: dict[Any, Pack] = {}
     tries: dict[str, int] = {}
-    faults = {k: v for k, v in os.environ.items() if k.startswith("BATCHLAB_FAULT_")}
+    # Fault injection and the live-area switch: reach the worker processes of this run only.
+    faults = {
+        k: v for k, v in os.environ.items() if k.startswith(("BATCHLAB_FAULT_", "BATCHLAB_LIVE"))
+    }
 
     def submit(p: Pack) -> None:
         for t in p.trials:
             tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
         cpus, gpus = pack_resources(
-            p, r.cpus_per_trial, r.gpus_per_trial, device, gpu, max_node_cpus
+            p,
+            r.cpus_per_trial,
+            r.gpus_per_trial,
+            device,
+            gpu,
+            max_node_cpus,
+            cpu_share=total_cpus / max(1, len(packs)),
         )
         opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": r.max_retries,
                                 "retry_exceptions": False}  # fmt: skip

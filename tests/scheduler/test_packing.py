@@ -15,6 +15,7 @@ from scheduler.packing import (
     pack_resources,
     pack_size,
     plan_packs,
+    split_for_packs,
 )
 from scheduler.runner import run_grid
 from scheduler.spec import SpecError, parse_spec
@@ -94,7 +95,41 @@ def test_pack_size_from_measured_memory_and_caps():
     assert [len(p) for p in plan] == [2, 2, 2, 2] and plan[0].trials[0].batch_size == 64
 
 
+def test_cpu_packs_share_the_cluster_cpus():
+    """On CPU a pack asks for cpus_per_trial x members, at most its share of the cluster's
+    CPUs (one single-threaded pack per core when there are more packs than cores)."""
+    p8 = Pack(tuple(_trials(lr=[0.01, 0.02, 0.05, 0.1])[:8]))
+    assert pack_resources(p8, 1.0, 0.0, "cpu", None, 2, cpu_share=2 / 5) == (1.0, 0.0)
+    assert pack_resources(p8, 1.0, 0.0, "cpu", None, 64, cpu_share=64 / 5) == (8.0, 0.0)
+    assert pack_resources(p8, 1.0, 0.0, "cpu", None, 64, cpu_share=64 / 20) == (3.0, 0.0)
+    assert pack_resources(p8, 2.0, 0.0, "cpu", None, 2, cpu_share=0.5) == (2.0, 0.0)
+
+
+def test_auto_packs_only_groups_a_pack_can_train(monkeypatch):
+    """`pack: auto` (the default): groups of >= 2 trials packed; a group of one, data-parallel
+    trials, the user's own loop and step-level fault injection train alone."""
+    assert parse_spec({k: v for k, v in GRID.items() if k != "resources"}).resources.pack == "auto"
+    trials = _trials(batch_size=[64, 128], seed=[0])  # 2 groups of 2 (lr 0.05 / 0.1)
+    packed, lone = split_for_packs(trials, "auto")
+    assert len(packed) == 4 and lone == []
+    single = trials[:3]  # the bs-128 group is down to one trial
+    packed, lone = split_for_packs(single, "auto")
+    assert [t.batch_size for t in packed] == [64, 64] and [t.batch_size for t in lone] == [128]
+    assert split_for_packs(single, True) == (single, [])
+    assert split_for_packs(single, False) == ([], single)
+    dp = [t.model_copy(update={"data_parallel_workers": 2}) for t in trials[:2]]
+    own = [t.model_copy(update={"trainable": "./loop.py:train"}) for t in trials[2:]]
+    assert split_for_packs(dp + own, "auto") == ([], dp + own)
+    assert split_for_packs(dp, True) == ([], dp)
+    monkeypatch.setenv("BATCHLAB_FAULT_PLAN", '{"ab": {"NONFINITE_AT_STEP": "3"}}')
+    assert split_for_packs(trials, "auto") == ([], trials)
+    monkeypatch.setenv("BATCHLAB_FAULT_PLAN", '{"ab": {"KILL_AT_EPOCH": "2"}}')  # packs hook it
+    assert len(split_for_packs(trials, "auto")[0]) == 4
+
+
 def test_pack_settings_are_validated():
+    with pytest.raises(SpecError, match="pack"):
+        parse_spec({**GRID, "resources": {"pack": "sometimes"}})
     with pytest.raises(SpecError, match="max_pack_size"):
         parse_spec({**GRID, "resources": {"pack": True, "max_pack_size": 0}})
     with pytest.raises(SpecError, match="pack_size"):  # unknown key, with a hint
@@ -125,6 +160,29 @@ def test_packed_grid_end_to_end(ray_local, storage):
     assert con.execute("SELECT count(DISTINCT trial_id) FROM layers").fetchone()[0] == 8
     again = run_grid(spec, storage, progress=False)
     assert again.planned == 0 and again.skipped == 8
+
+
+@pytest.mark.slow
+def test_default_resources_pack_groups_of_two_or_more(ray_local, storage):
+    """No `pack:` key: a pair of one shape trains as one pack, a lone trial of another shape
+    alone (pack_size 1, no pack_id); trial ids are those of `pack: false`."""
+    base = {**GRID, "resources": {"cpus_per_trial": 1}}
+    pair = parse_spec({**base, "experiment": "auto-pair",
+                       "grid": {"batch_size": [64], "lr": [0.05, 0.1], "seed": [0]}})  # fmt: skip
+    one = parse_spec({**base, "experiment": "auto-one",
+                      "grid": {"batch_size": [128], "lr": [0.05], "seed": [0]}})  # fmt: skip
+    off = parse_spec({**base, "experiment": "auto-pair", "resources": {"pack": False},
+                      "grid": {"batch_size": [64], "lr": [0.05, 0.1], "seed": [0]}})  # fmt: skip
+    assert [t.trial_id for t in pair.trials()] == [t.trial_id for t in off.trials()]
+    assert run_grid(pair, storage, progress=False).counts["completed"] == 2
+    assert run_grid(one, storage, progress=False).counts["completed"] == 1
+    rows = (
+        connect(storage)
+        .execute("SELECT batch_size, pack_size, pack_id FROM trials ORDER BY batch_size")
+        .fetchall()
+    )
+    assert [(r[0], r[1]) for r in rows] == [(64, 2), (64, 2), (128, 1)]
+    assert rows[0][2] and rows[0][2] == rows[1][2] and not rows[2][2]
 
 
 @pytest.mark.slow
