@@ -345,13 +345,15 @@ def _execute(
     device = _device_for(spec)
     version = code_version()
     if r.pack:  # trial packs (docs/packs.md); data-parallel trials still run one by one
-        from scheduler.packing import execute_packs
+        from scheduler.packing import execute_packs, split_for_packs
 
-        packed = [t for t in trials if t.data_parallel_workers == 1]
+        packed, rest = split_for_packs(trials, r.pack)
+        if not packed:
+            lone = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})
+            return _execute(lone, rest, layout, report, progress, out)
         execute_packs(
             spec, packed, layout, report, progress, out, device=device, code_version=version
         )
-        rest = [t for t in trials if t.data_parallel_workers > 1]
         if rest and not report.cancelled:
             counts = report.counts
             lone = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})

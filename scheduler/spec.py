@@ -164,7 +164,9 @@ class Resources(_Strict):
     resume_checkpoints: bool = True
     # Train trials of one shape (data set, model, batch size, optimizer) together as one
     # vectorized pack per worker (docs/packs.md); gpus_per_trial then sizes a pack's share.
-    pack: bool = False
+    # "auto": pack the shape groups of >= 2 trials a pack can train, the rest alone;
+    # true: pack every trial but data-parallel ones; false: every trial alone.
+    pack: bool | Literal["auto"] = "auto"
     # Most trials in one pack; None = automatic (GPU: as many as fit the measured free
     # memory, at most 64; CPU: 8).
     max_pack_size: PositiveInt | None = None
