@@ -282,7 +282,10 @@ def _execute(
         "max_retries": r.max_retries,
         "retry_exceptions": False,
     }
-    faults = {k: v for k, v in os.environ.items() if k.startswith("BATCHLAB_FAULT_")}
+    # Fault injection and the live-area switch: reach the worker processes of this run only.
+    faults = {
+        k: v for k, v in os.environ.items() if k.startswith(("BATCHLAB_FAULT_", "BATCHLAB_LIVE"))
+    }
     if faults:  # fault-injection tests: reach the worker processes of this run only
         opts["runtime_env"] = {"env_vars": faults}
     remote = ray.remote(_ray_trial).options(**opts)
