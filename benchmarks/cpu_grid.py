@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="4 trials x 2 epochs")
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--packs-setting", choices=["default", "true"], default="default",
+                    help="resources.pack of the packs part: the default (auto) or true")  # fmt: skip
     ap.add_argument("--keep-storage", default=None, help="keep the packs' warehouse here")
     ap.add_argument("--profile", action="store_true", help="profile the bs-16 pack and exit")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/grid_throughput_cpu.json"))
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "tune":
             r = run_tune(grid, data, args.num_cpus)
         else:
-            pack = False if part == "lone" else None
+            pack = False if part == "lone" else (True if args.packs_setting == "true" else None)
             r = run_batchlab(grid, pack, args.num_cpus, args.keep_storage if pack is None else None)
         out[part] = r
         print(f"{part}: {r['wall_time_s']:.1f} s", flush=True)
