@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchlab.cli import main
+from warehouse.schemas import SCHEMAS
 from warehouse.sql import (
     ReadOnlySQLError,
     SQLRefused,
@@ -47,7 +48,7 @@ def test_selects_over_the_views_work(con, shared_small_warehouse):
         """,
     )
     assert df["n"].sum() == 12
-    assert len(run_readonly(con, "DESCRIBE epochs")) == 28
+    assert len(run_readonly(con, "DESCRIBE epochs")) == len(SCHEMAS["epochs"])
     assert len(run_readonly(con, "FROM probes")) == 8
     assert len(run_readonly(con, "EXPLAIN SELECT * FROM steps")) >= 1
     assert len(run_readonly(con, "SUMMARIZE trials")) > 0
