@@ -61,6 +61,7 @@ PAGES: tuple[PageInfo, ...] = (
 )
 PAGE_BY_URL = {p.url_path: p for p in PAGES}
 _FILTERS_KEY = "_batchlab_filters"
+LAST_RENDER_S = float("nan")  # app/main.py: its last run's time (benchmarks/app_pages.py)
 
 
 def storage_root() -> str:
@@ -197,6 +198,12 @@ def set_filters(sel: Selection) -> None:
 
 def clear_filters() -> None:
     st.session_state.pop(_FILTERS_KEY, None)
+
+
+def current_filters() -> q.Filters | None:
+    """The filters `app/main.py` rendered in this run (None for a page run alone)."""
+    sel = st.session_state.get(_FILTERS_KEY)
+    return sel.filters if sel is not None else None
 
 
 def filters(include_status: bool = False) -> q.Filters:

@@ -9,6 +9,7 @@ alone, without this entrypoint (its legacy multipage mode), until st.navigation 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 # `streamlit run` puts this file's folder on sys.path, not the project root.
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st
 
+import app.common as common
 from app.common import (
     PAGES,
     clear_filters,
@@ -34,6 +36,7 @@ STATUS_PAGES = (
     "parallel",
 )  # pages that show failed / diverged trials too
 
+_t0 = time.perf_counter()
 st.set_page_config(page_title="batchlab", layout="wide")
 nav = st.navigation(
     [
@@ -52,4 +55,7 @@ if has_data():
     set_filters(sidebar_filters(include_status=nav.url_path in STATUS_PAGES))
 else:
     clear_filters()
-nav.run()
+try:
+    nav.run()
+finally:  # the page's own render time on the server (benchmarks/app_pages.py reads it)
+    common.LAST_RENDER_S = time.perf_counter() - _t0

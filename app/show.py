@@ -17,10 +17,12 @@ import pandas as pd
 import streamlit as st
 import streamlit.elements.vega_charts as _vega
 
+from app.common import current_filters, version
 from app.labels import series_label
 
 # More settings than this in one chart: one chart per experiment instead.
 MAX_SERIES = 6
+SVG_MAX_ROWS = 20_000  # charts with fewer data rows are drawn as SVG
 
 
 def _svg(spec: dict) -> bytes:
@@ -53,7 +55,21 @@ def to_spec(chart: alt.TopLevelMixin, *, arrow: bool = True) -> dict:
             with alt.data_transformers.enable("to_arrow_dataset", datasets=datasets):
                 spec = chart.to_dict(validate=False)
     spec["datasets"] = {**spec.get("datasets", {}), **datasets}
+    if _small(chart):
+        # SVG for charts of modest size: crisp exports, and the browser tests can read
+        # the marks (Streamlit's default, canvas, is faster for large data).
+        meta = spec.setdefault("usermeta", {})
+        meta.setdefault("embedOptions", {})["renderer"] = "svg"
     return spec
+
+
+def _small(chart: alt.TopLevelMixin, limit: int = SVG_MAX_ROWS) -> bool:
+    rows = 0
+    for c in [chart, *getattr(chart, "layer", []), getattr(chart, "spec", None)]:
+        d = getattr(c, "data", None)
+        if isinstance(d, pd.DataFrame):
+            rows += len(d)
+    return rows <= limit
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
@@ -63,15 +79,33 @@ def _cached_spec(name: str, _fn: Callable[..., alt.TopLevelMixin], args: tuple, 
     return to_spec(_fn(*args, **dict(kwargs)))
 
 
+@st.cache_data(max_entries=2048, show_spinner=False)
+def _keyed_spec(name: str, key: tuple, _fn: Callable[..., alt.TopLevelMixin], _a: tuple, _k: dict):
+    return to_spec(_fn(*_a, **_k))
+
+
 def show_chart(
-    key: str, build: Callable[..., alt.TopLevelMixin], *args: Any, **kwargs: Any
+    key: str,
+    build: Callable[..., alt.TopLevelMixin],
+    *args: Any,
+    cache_on: tuple | None = None,
+    **kwargs: Any,
 ) -> dict:
-    """Draw `build(*args, **kwargs)` full width (its spec cached on the arguments), with
-    download buttons for its data (`args[0]`, CSV) and for itself (SVG, when
-    vl-convert-python is installed; PNG is in the chart's toolbar). Returns the spec."""
-    spec = _cached_spec(
-        f"{build.__module__}.{build.__qualname__}", build, args, tuple(kwargs.items())
-    )
+    """Draw `build(*args, **kwargs)` full width, with download buttons for its data
+    (`args[0]`, CSV) and for itself (SVG, when vl-convert-python is installed; PNG is in the
+    chart's toolbar). Returns the spec.
+
+    The spec is cached on the arguments (DataFrames hashed), or - cheaper - with
+    `cache_on`, on (data version, this run's filters, `key`, `cache_on`, the arguments that
+    are not DataFrames): the caller promises that these determine its DataFrames (query
+    results of the filters, cut by the widget values it lists in `cache_on`)."""
+    name = f"{build.__module__}.{build.__qualname__}"
+    if cache_on is None:
+        spec = _cached_spec(name, build, args, tuple(kwargs.items()))
+    else:
+        plain = tuple(a for a in args if not isinstance(a, pd.DataFrame))
+        k = (version(), current_filters(), key, cache_on, plain, tuple(kwargs.items()))
+        spec = _keyed_spec(name, k, build, args, kwargs)
     facet = "facet" in spec
     st.vega_lite_chart(spec, width="content" if facet else "stretch", key=f"chart_{key}")
     data = args[0] if args and isinstance(args[0], pd.DataFrame) else None

@@ -40,14 +40,39 @@ for exp, d in per_experiment({"df": df}):
     with left:
         st.subheader("Training loss")
         st.caption(train_note)
-        show_chart(f"train-{tag}", curve_chart, part, y_train, x, "train loss (nats)", **opts)
+        show_chart(
+            f"train-{tag}",
+            curve_chart,
+            part,
+            y_train,
+            x,
+            "train loss (nats)",
+            **opts,
+            cache_on=(x, smoothing, log_y),
+        )
     with right:
         st.subheader("Validation loss")
         st.caption("cross-entropy on the validation split")
-        show_chart(f"val-{tag}", curve_chart, part, "val_loss", x, "validation loss (nats)", **opts)
+        show_chart(
+            f"val-{tag}",
+            curve_chart,
+            part,
+            "val_loss",
+            x,
+            "validation loss (nats)",
+            **opts,
+            cache_on=(x, smoothing, log_y),
+        )
     st.subheader("Validation accuracy")
     show_chart(
-        f"acc-{tag}", curve_chart, part, "val_acc", x, "validation accuracy (fraction)", **opts
+        f"acc-{tag}",
+        curve_chart,
+        part,
+        "val_acc",
+        x,
+        "validation accuracy (fraction)",
+        **opts,
+        cache_on=(x, smoothing, log_y),
     )
 
 names = metric_names(f)
@@ -71,4 +96,5 @@ if names:
                 mx,
                 f"{name} (as logged)",
                 **opts,
+                cache_on=(x, smoothing, log_y),
             )

@@ -36,6 +36,7 @@ for exp, d in per_experiment({"df": df, "layers": layers}):
             d["df"],
             "dist_from_init",
             "||theta_T - theta_0|| (parameter units)",
+            cache_on=(rel,),
         )
     with right:
         st.subheader("Per layer")
@@ -49,7 +50,7 @@ for exp, d in per_experiment({"df": df, "layers": layers}):
                 else "||delta_l|| (parameter units, log)"
             )
             st.caption("error bars reaching 0 or below are cut at the axis' lower end (log)")
-            show_chart(f"layers-{tag}", layer_chart, d["layers"], y, title)
+            show_chart(f"layers-{tag}", layer_chart, d["layers"], y, title, cache_on=(rel,))
 
 st.subheader("Epoch distance (F-8)")
 ed = query("epoch_distance", f)
@@ -69,12 +70,13 @@ else:
                 "epoch_distance",
                 "epoch",
                 "||theta_e - theta_(e-1)|| (parameter units)",
+                cache_on=(rel,),
             )
         with right:
             if d["ratio"].empty:
                 no_data("ratio", "It needs at least two batch sizes of the same setting.")
             else:
-                show_chart(f"ratio-{tag}", ratio_chart, d["ratio"])
+                show_chart(f"ratio-{tag}", ratio_chart, d["ratio"], cache_on=(rel,))
 
 st.subheader("Per-step update norms (F-9)")
 hist = query("update_norm_histogram", f)
@@ -94,10 +96,13 @@ if hist.empty:
                 "update_norm_median",
                 "epoch",
                 "median update norm (parameter units)",
+                cache_on=(rel,),
             )
 else:
     st.caption("Dashed rules: each batch size's median (mean over seeds of per-trial medians).")
     for exp, d in per_experiment({"hist": hist, "quant": quant}):
         heading(exp)
-        show_chart(f"updnorm-{exp or 'all'}", update_norm_chart, d["hist"], d["quant"])
+        show_chart(
+            f"updnorm-{exp or 'all'}", update_norm_chart, d["hist"], d["quant"], cache_on=(rel,)
+        )
     st.dataframe(quant, hide_index=True, width="stretch")

@@ -28,7 +28,14 @@ for exp, d in per_experiment({"df": df}):
     left, right = st.columns(2)
     with left:
         st.subheader("Minimum validation loss")
-        show_chart(f"minval-{tag}", batch_chart, part, "min_val_loss", "min validation loss (nats)")
+        show_chart(
+            f"minval-{tag}",
+            batch_chart,
+            part,
+            "min_val_loss",
+            "min validation loss (nats)",
+            cache_on=(),
+        )
     with right:
         st.subheader("Best validation accuracy")
         show_chart(
@@ -37,12 +44,19 @@ for exp, d in per_experiment({"df": df}):
             part,
             "best_val_acc",
             "best validation accuracy (fraction)",
+            cache_on=(),
         )
     st.subheader("Train-validation gap at the best epoch")
     if part["gap_loss_mean"].notna().any():
         st.caption("validation loss minus training loss (full training set, eval mode)")
         show_chart(
-            f"gap-{tag}", batch_chart, part, "gap_loss", "val loss - train loss (nats)", zero=True
+            f"gap-{tag}",
+            batch_chart,
+            part,
+            "gap_loss",
+            "val loss - train loss (nats)",
+            zero=True,
+            cache_on=(),
         )
     else:
         st.info(

@@ -28,7 +28,9 @@ for exp, d in per_experiment({"df": df}):
     c1, c2, c3 = st.columns(3)
     with c1:
         st.subheader("Time per epoch")
-        show_chart(f"epoch-{tag}", batch_chart, part, "epoch_time_s", "time per epoch (s)")
+        show_chart(
+            f"epoch-{tag}", batch_chart, part, "epoch_time_s", "time per epoch (s)", cache_on=()
+        )
     with c2:
         st.subheader("Epochs to the minimum")
         show_chart(
@@ -37,11 +39,17 @@ for exp, d in per_experiment({"df": df}):
             part,
             "epochs_to_min",
             "epochs to min validation loss (epochs)",
+            cache_on=(),
         )
     with c3:
         st.subheader("Time to the minimum")
         show_chart(
-            f"tomin-{tag}", batch_chart, part, "time_to_min_s", "training time to min val loss (s)"
+            f"tomin-{tag}",
+            batch_chart,
+            part,
+            "time_to_min_s",
+            "training time to min val loss (s)",
+            cache_on=(),
         )
 st.subheader("Data-parallel workers (F-6)")
 dp = query("time_by_workers", f)
@@ -53,7 +61,7 @@ if dp.empty or dp["workers"].nunique() < 2:
 else:
     for exp, d in per_experiment({"dp": dp}, exclude=("batch_size", "workers")):
         heading(exp)
-        show_chart(f"workers-{exp or 'all'}", workers_chart, d["dp"])
+        show_chart(f"workers-{exp or 'all'}", workers_chart, d["dp"], cache_on=())
     with st.expander("Speedup table"):
         st.dataframe(dp, hide_index=True, width="stretch")
 with st.expander("Table"):

@@ -106,10 +106,11 @@ with tabs[5]:
     else:
         st.dataframe(ck, hide_index=True, width="stretch")
 with tabs[6]:
-    judged = dataclasses.replace(f, status=("completed",), trial_id=())  # the Findings page's
-    contrib = verdict_contributions(findings(judged), row)
-    if contrib.empty:
-        st.info("This trial is in no tested group of the current selection's findings.")
-    else:
-        st.caption("The findings' groups (settings) this trial is a seed of, and their tests.")
-        st.dataframe(contrib, hide_index=True, width="stretch")
+    st.caption("The findings' groups (settings) this trial is a seed of, and their tests.")
+    if st.toggle("evaluate the findings on the current selection", key="trial_verdicts"):
+        judged = dataclasses.replace(f, status=("completed",), trial_id=())  # as on Findings
+        contrib = verdict_contributions(findings(judged), row)
+        if contrib.empty:
+            st.info("This trial is in no tested group of the current selection's findings.")
+        else:
+            st.dataframe(contrib, hide_index=True, width="stretch")

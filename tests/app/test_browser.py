@@ -1,6 +1,8 @@
 """The explorer in a real browser: `streamlit run` on 127.0.0.1 over the fixture warehouse,
-headless system Chromium driven by Playwright; every page finishes running without an
-exception element, and a screenshot of each is saved.
+headless system Chromium driven by Playwright. Every page finishes running without an
+exception element or a JavaScript error and draws its charts; the surface panels have more
+than one colour; the per-layer chart has y ticks; the default selection is every
+experiment; a screenshot of each page is saved.
 
 Skips when Chromium or the playwright package is absent (`.ci/run` installs Chromium).
 Screenshots: under pytest's tmp dir, or BATCHLAB_SCREENSHOTS=DIR to keep them.
@@ -9,52 +11,22 @@ Screenshots: under pytest's tmp dir, or BATCHLAB_SCREENSHOTS=DIR to keep them.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from app.common import PAGES
+from app.screens import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TITLES,
+    page_url,
+    screenshot,
+    streamlit_server,
+    wait_finished,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PAGE_TIMEOUT_MS = 90_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"streamlit not healthy at {url} after {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -62,35 +34,9 @@ def server(fixture_root, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)")
     pytest.importorskip("playwright.sync_api")
-    port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, "BATCHLAB_STORAGE": fixture_root, "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
-        "--server.headless", "true", "--server.address", "127.0.0.1",
-        "--server.port", str(port), "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
+    with streamlit_server(fixture_root, log) as url:
         yield url
-    except Exception:
-        print(log.read_text()[-4000:])
-        raise
-    finally:
-        # Our own process group (start_new_session): streamlit and any child it started.
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -102,67 +48,91 @@ def browser():
         b.close()
 
 
-def _wait_finished(page, title: str) -> None:
-    """Until the page's title shows, the script has finished (the app root's
-    `data-test-script-state` is "notRunning" and the running indicator is gone) and no
-    element is still a loading skeleton, for a quiet second in a row (a second run can
-    follow the first)."""
-    page.get_by_role("heading", name=title).first.wait_for(timeout=PAGE_TIMEOUT_MS)
-    busy = page.locator(
-        '[data-testid="stApp"]:not([data-test-script-state="notRunning"]), '
-        '[data-testid="stStatusWidget"], [data-testid="stSkeleton"]'
-    )
-    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
-    quiet_since = None
-    while time.monotonic() < deadline:
-        if busy.count() == 0:
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 1.0:
-                return
-        else:
-            quiet_since = None
-        page.wait_for_timeout(200)
-    raise TimeoutError(f"{page.url}: still running after {PAGE_TIMEOUT_MS} ms")
-
-
-TITLES = {
-    "findings": "Findings: does your data support them?",
-    "overview": "Experiments and trials",
-    "curves": "Training and validation curves by batch size",
-    "generalization": "Generalization gap by batch size",
-    "time": "Time by batch size",
-    "distance": "Distance travelled by batch size",
-    "sharpness": "Sharpness and the critical batch size",
-    "landscapes": "Loss landscapes",
-    "lr_batch": "Learning rate x batch size",
-    "sql": "SQL",
-}
-
-
 def test_titles_cover_every_page():
     assert set(TITLES) == {p.url_path for p in PAGES}
 
 
-@pytest.mark.parametrize("url_path", [p.url_path for p in PAGES])
-def test_page_in_browser(server, browser, url_path, tmp_path_factory):
-    shots = Path(os.environ.get("BATCHLAB_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "shots")
-    shots.mkdir(parents=True, exist_ok=True)
+def _open(browser, url: str, url_path: str):
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="domcontentloaded")
+    wait_finished(page, TITLES[url_path])
+    return page, errors
+
+
+def _shots(tmp_path_factory) -> Path:
+    shots = Path(os.environ.get("BATCHLAB_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+@pytest.mark.parametrize("url_path", [p.url_path for p in PAGES])
+def test_page_in_browser(server, browser, url_path, tmp_path_factory):
+    page, errors = _open(browser, page_url(server, url_path), url_path)
     try:
-        # The default page lives at the root URL.
-        path = "" if next(p for p in PAGES if p.url_path == url_path).default else url_path
-        page.goto(f"{server}/{path}", wait_until="domcontentloaded")
-        _wait_finished(page, TITLES[url_path])
-        if url_path != "sql":  # the page's own charts have drawn
-            charts = page.locator('[data-testid="stVegaLiteChart"]')
-            if charts.count():
-                charts.first.locator("canvas, svg").first.wait_for(timeout=PAGE_TIMEOUT_MS)
         assert "Page not found" not in page.content(), url_path
         exceptions = page.locator('[data-testid="stException"]')
-        page.screenshot(path=str(shots / f"{url_path}.png"), full_page=True)
+        charts = page.locator('[data-testid="stVegaLiteChart"]')
+        for i in range(charts.count()):  # every chart drew something
+            assert charts.nth(i).locator("canvas, svg").count(), (url_path, i)
+        screenshot(page, _shots(tmp_path_factory) / f"{url_path}.png")
         assert exceptions.count() == 0, f"{url_path}: {exceptions.first.inner_text()}"
         assert not errors, f"{url_path}: JavaScript errors {errors}"
+        if url_path != "sql":  # default selection: every experiment of the warehouse
+            tags = page.locator('[data-testid="stSidebar"] [data-baseweb="tag"]')
+            names = {t.strip() for t in tags.all_inner_texts()}
+            assert {"contradict", "sparse", "support"} <= names, names
+    finally:
+        page.close()
+
+
+def _svg_stats(page, index: int) -> dict:
+    """From the index-th chart's SVG (the app asks Vega for SVG): the distinct fills of each
+    rect mark (one per facet panel), and the y axes' tick labels."""
+    return page.evaluate(
+        """(i) => {
+            const el = document.querySelectorAll('[data-testid="stVegaLiteChart"]')[i];
+            const svg = el.querySelector('svg.marks');
+            if (!svg) return {svg: false};
+            // One rect mark per facet panel (legends' gradients left out).
+            const rects = [...svg.querySelectorAll('g.mark-rect')].filter(
+                r => !r.closest('g.role-legend'));
+            const fills = rects.map(r => new Set(
+                [...r.querySelectorAll('path')].map(p => p.getAttribute('fill'))
+            ).size);
+            const yaxes = [...svg.querySelectorAll('g.role-axis')].filter(
+                a => (a.getAttribute('aria-label') || '').startsWith('Y-axis'));
+            const yticks = yaxes.flatMap(a => [...a.querySelectorAll('g.role-axis-label text')]
+                .map(t => t.textContent).filter(t => t.trim()));
+            return {svg: true, fills, yticks, yaxes: yaxes.map(a => a.getAttribute('aria-label'))};
+        }""",
+        index,
+    )
+
+
+def test_surface_panels_have_more_than_one_colour(server, browser):
+    page, errors = _open(browser, page_url(server, "landscapes"), "landscapes")
+    try:
+        charts = page.locator('[data-testid="stVegaLiteChart"]')
+        assert charts.count() == 2  # interpolation, surfaces
+        got = _svg_stats(page, 1)
+        assert got["svg"], got
+        assert len(got["fills"]) == 4, got  # four surfaces side by side
+        assert all(n > 1 for n in got["fills"]), got["fills"]
+        assert not errors
+    finally:
+        page.close()
+
+
+def test_per_layer_chart_has_y_ticks(server, browser):
+    page, errors = _open(browser, page_url(server, "distance"), "distance")
+    try:
+        # The per-layer chart is the page's second chart (after the final distance).
+        got = _svg_stats(page, 1)
+        assert got["svg"], got
+        assert any("log" in a for a in got["yaxes"]), got["yaxes"]
+        assert len(got["yticks"]) >= 2, got
+        assert not errors
     finally:
         page.close()
