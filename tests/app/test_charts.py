@@ -342,3 +342,13 @@ def test_workers_chart(con):
     assert line["encoding"]["color"]["field"] == "workers"
     assert {r["workers"] for r in rows} == {1, 4}
     assert line["encoding"]["y"]["title"] == "time per epoch (s)"
+
+
+def test_svg_export(con):
+    """The SVG download button's bytes: the chart drawn by vl-convert, offline."""
+    pytest.importorskip("vl_convert")
+    from app.show import _svg, to_spec
+
+    df = q.lr_batch_table(con, F).assign(series="s")
+    svg = _svg(to_spec(charts.lr_heatmap(df), arrow=False)).decode()
+    assert svg.startswith("<svg") and "min val loss (nats)" in svg
