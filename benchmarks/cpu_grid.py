@@ -213,8 +213,52 @@ def run_tune(grid: dict, data, num_cpus: int) -> dict[str, Any]:
 # ============================================================================ profile
 
 
+def step_times(grid: dict, reps: int = 30) -> list[dict[str, Any]]:
+    """Seconds per optimizer step of a pack's `_Stack.step` (forward, backward, update,
+    update norm), single-threaded, for packs of 8 and of 1 at each batch size: the best of
+    5 repetitions of `reps` steps."""
+    import copy
+
+    import torch
+    from torch.func import stack_module_state
+
+    from scheduler.spec import parse_spec
+    from workers.data import load_dataset
+    from workers.models import build_model
+    from workers.pack import _Stack
+    from workers.packnet import make_pack_net
+
+    cfg = parse_spec(spec_data(grid, None)).trials()[0]
+    data = load_dataset(cfg.dataset)
+    out = []
+    for bs in grid["batch_size"]:
+        for P in (8, 1):
+            c = cfg.model_copy(update={"batch_size": bs})
+            model = build_model(c.model, data.input_shape, data.num_classes)
+            net = make_pack_net(model)
+            params, bufs = stack_module_state([copy.deepcopy(model) for _ in range(P)])
+            flat = torch.cat([params[k].detach().reshape(P, -1) for k in net.param_names], 1)
+            st = _Stack(net, [c] * P, flat, [bufs[k] for k in net.buffer_names])
+            g = torch.Generator().manual_seed(0)
+            idx = torch.stack([torch.randperm(data.n_train, generator=g)[:bs] for _ in range(P)])
+            x, y, neg = net.gather(data.x_train, idx), data.y_train[idx], torch.full((P, 1), -0.01)
+            for _ in range(5):
+                st.step(x, y, neg, None, True)
+            best = math.inf
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    st.step(x, y, neg, None, True)
+                best = min(best, (time.perf_counter() - t0) / reps)
+            out.append({"batch_size": bs, "members": P, "ms_per_step": 1e3 * best,
+                        "ms_per_member_step": 1e3 * best / P})  # fmt: skip
+            print(f"  bs {bs:4d}, pack of {P}: {1e3 * best:7.2f} ms/step "
+                  f"({1e3 * best / P:6.2f} ms per member)", flush=True)  # fmt: skip
+    return out
+
+
 def profile(grid: dict, rows: int) -> None:
-    """torch.profiler over the smallest-batch pack (the longest one), in this process."""
+    """Step times, then torch.profiler over the smallest-batch pack (the longest one)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
@@ -224,6 +268,8 @@ def profile(grid: dict, rows: int) -> None:
     from workers.pack import run_pack
 
     torch.set_num_threads(1)  # as a pack's worker on a 2-core machine (one pack per core)
+    print(f"load average {load()}; step times (1 thread):")
+    step_times(grid)
     spec = parse_spec(spec_data({**grid, "batch_size": grid["batch_size"][:1]}, None))
     cfgs = spec.trials()
     data = load_dataset(cfgs[0].dataset)
