@@ -183,6 +183,15 @@ def _run_members(
             lone(c)
         return out
     data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
+    # Budgets a pack cannot train (stop: caps, until: targets, probes at the best weights):
+    # those members train alone, the rest of the group still packs.
+    if alone := [c for c in todo if c.unpackable_reason]:
+        out["unsupported"] = alone[0].unpackable_reason
+        for c in alone:
+            lone(c, data)
+        todo = [c for c in todo if not c.unpackable_reason]
+        if not todo:
+            return out
     # A model PackNet cannot batch: the members train one after another, as lone trials.
     try:
         if data.streaming:

@@ -137,7 +137,8 @@ def split_for_packs(
 
     `true`: every trial but the data-parallel ones is packed (a group of one is a pack of
     one). `auto` (the default): only shape groups of at least 2 trials that a pack can train:
-    not data-parallel, not the user's own training loop (`trainable`), and no step-level
+    not data-parallel, not the user's own training loop (`trainable`), no budget a pack
+    cannot train (`TrialConfig.unpackable_reason`: stop:, until:, measure.at best), no step-level
     fault injection set (STEP_FAULTS); the rest trains alone, exactly as with `false`. A user
     model that PackNet and torch.func cannot batch is found out in the pack's worker, which
     then trains its members one after another as lone trials (`pack_id` empty)."""
@@ -152,7 +153,8 @@ def split_for_packs(
         return [], list(trials)
     packed: list[TrialConfig] = []
     for group in group_by_shape(trials).values():
-        ok = [t for t in group if t.data_parallel_workers == 1 and t.trainable is None]
+        ok = [t for t in group if t.data_parallel_workers == 1 and t.trainable is None
+              and t.unpackable_reason is None]  # fmt: skip
         if len(ok) >= 2:
             packed += ok
     ids = {t.trial_id for t in packed}

@@ -41,7 +41,9 @@ from workers.config import (
     ModelConfig,
     OptimizerConfig,
     PlateauDecayConfig,
+    StopConfig,
     TrialConfig,
+    UntilConfig,
     config_hash_of,
 )
 
@@ -58,7 +60,8 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion ("32" is not an int, true is not 1, "yes" is not a bool).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _nonempty_unique(v: list) -> list:
@@ -99,6 +102,9 @@ class GridAxes(_Strict):
         if not isinstance(v, Mapping):
             return v
         v = dict(v)
+        given = v.get("user_axes")
+        if given is not None and not isinstance(given, Mapping):
+            return v  # not a mapping: pydantic's error names grid.user_axes
         user = dict(v.pop("user_axes", None) or {})
         for key in [k for k in v if isinstance(k, str) and "." in k]:
             user[key] = v.pop(key)
@@ -185,6 +191,9 @@ class GridSpec(_Strict):
     plateau_decay: PlateauDecayConfig | None = None
     grad_clip_norm: PositiveFloat | None = None
     target_val_error: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    # Budgets besides max_epochs (workers/budget.py): stop: caps, until: train-set targets.
+    stop: StopConfig | None = None
+    until: UntilConfig | None = None
     divergence_loss: PositiveFloat = 1e4
     data_parallel_workers: PositiveInt = 1
     base_batch_size: PositiveInt = 32

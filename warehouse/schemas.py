@@ -205,6 +205,9 @@ PROBES = pa.schema(
         pa.field("seconds", f64),
         pa.field("n_examples", i64),
         pa.field("settings_json", s),  # eps, solver, iterations, seed, subset, ...
+        # Which weights were measured: final | best (best validation) | epoch (during
+        # training, probe_every_epochs); NULL in older rows and in pack members' rows.
+        pa.field("at", s),
     ],
     metadata=_META,
 )

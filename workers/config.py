@@ -49,6 +49,9 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("loss_kwargs",), {}),
     (("trainable",), None),
     (("params",), {}),
+    (("stop",), None),
+    (("until",), None),
+    (("measure", "at"), ["final"]),
 )
 
 
@@ -100,9 +103,10 @@ def _jsonable(v: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 class _Strict(BaseModel):
-    """Base: unknown keys are errors, values are immutable once validated."""
+    """Base: unknown keys are errors, values are immutable once validated, and nothing is
+    coerced: "32" is not an int, true is not 1, "yes" is not a bool (pydantic strict mode)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DatasetConfig(_Strict):
@@ -194,6 +198,12 @@ class OptimizerConfig(_Strict):
     # L2 weight decay added to the gradient (coupled, as torch.optim.SGD / Adam).
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML and JSON give lists
+
     eps: PositiveFloat = 1e-8
 
 
@@ -214,6 +224,42 @@ class PlateauDecayConfig(_Strict):
     factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     patience: PositiveInt = 5
     max_decays: Annotated[int, Field(ge=0)] = 3
+
+
+class StopConfig(_Strict):
+    """Budget caps besides max_epochs (any that is set stops the trial when reached, in
+    the middle of an epoch for steps / examples / time): the stop_reason names it."""
+
+    # Optimizer steps (stop_reason "max_steps").
+    max_steps: PositiveInt | None = None
+    # Training examples seen, a partial last batch counted by its size ("max_examples").
+    max_examples: PositiveInt | None = None
+    # Training time in seconds, the steps only (evaluations and probes not counted;
+    # "max_time"). Not reproducible across machines: a cap, not a protocol.
+    max_time_s: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> StopConfig:
+        if self.max_steps is None and self.max_examples is None and self.max_time_s is None:
+            raise ValueError("give at least one of max_steps, max_examples, max_time_s")
+        return self
+
+
+class UntilConfig(_Strict):
+    """Train until the training set is fitted (the Keskar protocol), judged at every epoch
+    end on the full train-set evaluation (train_loss_eval / train_acc_eval, eval mode);
+    max_epochs stays the cap. stop_reason "train_target_reached"."""
+
+    # Stop at the first epoch whose train_loss_eval < this.
+    train_loss_below: PositiveFloat | None = None
+    # Stop at the first epoch whose train_acc_eval >= this (0 < x <= 1).
+    train_acc_above: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> UntilConfig:
+        if self.train_loss_below is None and self.train_acc_above is None:
+            raise ValueError("give train_loss_below and/or train_acc_above")
+        return self
 
 
 class SharpnessConfig(_Strict):
@@ -258,6 +304,17 @@ class MeasureConfig(_Strict):
     probe_every_epochs: PositiveInt | None = None
     # Save initial and final weights (needed by the landscape analyses).
     checkpoints: bool = True
+    # Where the end-of-training probes measure: "final" (the last weights) and/or "best"
+    # (the weights of the best validation loss, kept in memory while training). Probe rows
+    # carry the point in their `at` column.
+    at: list[Literal["final", "best"]] = Field(default_factory=lambda: ["final"])
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("a non-empty list of distinct points: 'final', 'best'")
+        return v
 
 
 class TrialConfig(_Strict):
@@ -284,6 +341,11 @@ class TrialConfig(_Strict):
     # Data-parallel workers (DistributedDataParallel through Ray Train); `batch_size` is the
     # global batch, split evenly across workers (as the seed study's MirroredStrategy).
     data_parallel_workers: PositiveInt = 1
+    # Budget caps besides max_epochs: max_steps / max_examples / max_time_s (StopConfig).
+    stop: StopConfig | None = None
+    # Train until the training set is fitted (train_loss_below / train_acc_above), with
+    # max_epochs as the cap (UntilConfig).
+    until: UntilConfig | None = None
     # Loss above this (or NaN/inf) marks the trial diverged.
     divergence_loss: PositiveFloat = 1e4
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
@@ -309,7 +371,40 @@ class TrialConfig(_Strict):
                 "data_parallel_workers > 1 runs batchlab's own loop through Ray Train; a "
                 "trainable (your own loop) runs in one worker: set data_parallel_workers: 1"
             )
+        if self.trainable is not None and "best" in self.measure.at:
+            raise ValueError(
+                "measure.at: best keeps the best-validation weights of batchlab's loop; with "
+                "a trainable, call trial.measure(model) on your best model yourself"
+            )
+        if (
+            self.stop is not None
+            and self.stop.max_time_s is not None
+            and self.data_parallel_workers > 1
+        ):
+            raise ValueError(
+                "stop.max_time_s: each data-parallel rank times itself, so the ranks would "
+                "stop at different steps; cap data-parallel trials by max_steps or max_examples"
+            )
+        if self.until is not None and not self.measure.train_eval and self.trainable is None:
+            raise ValueError(
+                "until: is judged on the full train-set evaluation of every epoch; "
+                "set measure.train_eval: true"
+            )
         return self
+
+    @property
+    def unpackable_reason(self) -> str | None:
+        """Why a pack cannot train this trial's budget (stop:, until:, measure.at best),
+        or None."""
+        keys = [k for k, on in (("stop", self.stop is not None),
+                                ("until", self.until is not None),
+                                ("measure.at: best", "best" in self.measure.at)) if on]  # fmt: skip
+        if not keys:
+            return None
+        return (
+            f"{', '.join(keys)}: packs train every member to max_epochs and probe the final "
+            "weights; these trials train alone"
+        )
 
     _trainable = field_validator("trainable")(lambda v: check_import_path(v, "trainable"))
     _params = field_validator("params", "loss_kwargs")(lambda v: _jsonable(v, "params"))

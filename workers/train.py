@@ -14,6 +14,7 @@ re-started trial resumes from it, bit-exactly on CPU (data order is a pure funct
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import platform
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from workers.budget import cap_reached, target_reached
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import CROSS_ENTROPY, Loss, loss_of
@@ -77,7 +79,9 @@ class TrialResult:
     trial_id: str
     config_hash: str
     status: str  # "completed" | "diverged" | "failed"
-    stop_reason: str  # "max_epochs" | "early_stopping" | "target_reached" | "diverged" | "error"
+    # "max_epochs" | "max_steps" | "max_examples" | "max_time" | "early_stopping" |
+    # "target_reached" | "train_target_reached" | "diverged" | "error" (workers/budget.py)
+    stop_reason: str
     summary: dict[str, Any]
     epochs: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -349,8 +353,12 @@ def _train(
         "elapsed_s": 0.0, "steps_to_target": -1, "diverged_step": -1,
         "epochs": [], "steps": [], "layers": [], "probes": [],
     }  # fmt: skip
+    # The best-validation weights, kept in memory when measure.at asks for "best".
+    best: dict[str, Any] = {"state": None}
+    want_best = "best" in m.at
     if checkpoints is not None:
         if (saved := checkpoints.load("resume")) is not None:
+            best["state"] = saved.get("best_model")
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             for p, t in zip(init, saved["init"], strict=True):
@@ -373,7 +381,11 @@ def _train(
         """One host sync: validation loss/acc, early-stopping and target bookkeeping."""
         vl, va = evaluate_split(model, data, "val", lossf)
         vl, va = vl.item(), va.item()
-        if (reason := record_validation(cfg, st, vl, va, epoch)) is not None:
+        before = st["best_val"]
+        reason = record_validation(cfg, st, vl, va, epoch)
+        if want_best and st["best_val"] < before:
+            best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if reason is not None:
             raise _Stop(reason)
         return vl, va
 
@@ -426,6 +438,12 @@ def _train(
                     except _Stop as s:
                         stopped = s
                         spe_done = i + 1
+                        break
+                if cfg.stop is not None:
+                    seen = (epoch - 1) * n + min(n, (i + 1) * cfg.batch_size)
+                    t_now = st["elapsed_s"] + time.perf_counter() - t_epoch
+                    if cap := cap_reached(cfg, st["step"], seen, t_now):
+                        stopped, spe_done = _Stop(cap), i + 1
                         break
             else:
                 spe_done = spe
@@ -520,6 +538,8 @@ def _train(
             if not math.isfinite(vl):
                 st["diverged_step"] = st["step"]
                 raise _Stop("diverged")
+            if (reason := target_reached(cfg, row)) is not None:
+                raise _Stop(reason)
             if cfg.plateau_decay is not None:
                 pd = cfg.plateau_decay
                 if st["plateau"] >= pd.patience and st["decays"] < pd.max_decays:
@@ -533,19 +553,19 @@ def _train(
                 and epoch < cfg.max_epochs
             ):
                 t_probe = time.perf_counter()
-                st["probes"] += _probes(model, data, cfg, epoch, lossf)
+                st["probes"] += _probes(model, data, cfg, epoch, lossf, at="epoch")
                 row["probe_time_s"] = time.perf_counter() - t_probe
             if on_epoch is not None:
                 on_epoch(row)
             if checkpoints is not None:
-                checkpoints.save("resume", _resume_state(model, opt, init, st, dev))
+                checkpoints.save("resume", _resume_state(model, opt, init, st, dev, best["state"]))
     except _Stop as s:
         stop_reason = s.reason
 
     status = "diverged" if stop_reason == "diverged" else "completed"
     if status == "completed" and main:
         t_probe = time.perf_counter()
-        st["probes"] += _probes(model, data, cfg, st["epoch"], lossf)
+        st["probes"] += end_probes(model, best["state"], data, cfg, st, lossf)
         if st["epochs"] and st["probes"]:
             last = st["epochs"][-1]
             last["probe_time_s"] = (last.get("probe_time_s") or 0.0) + time.perf_counter() - t_probe
@@ -667,19 +687,41 @@ def _stream(data: Dataset, perm: torch.Tensor, batch_size: int, spe: int, dev: t
 
 
 def _probes(
-    model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int, lossf: Loss = CROSS_ENTROPY
-) -> list[dict[str, Any]]:
+    model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int, lossf: Loss = CROSS_ENTROPY,
+    at: str = "final",
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The enabled probes at the model's weights; each row's `at` names the point
+    ("final", "best", or "epoch" for a probe_every_epochs probe during training)."""
     m = cfg.measure
     if m.sharpness is None and m.hessian is None and m.noise_scale is None:
         return []
     from workers.probes import run_probes
 
-    return run_probes(
+    rows = run_probes(
         model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch, loss_fn=lossf.fn
     )
+    return [{**r, "at": at} for r in rows]
 
 
-def _resume_state(model, opt, init, st, dev) -> dict[str, Any]:
+def end_probes(
+    model: nn.Module, best_state: dict[str, Any] | None, data: Dataset, cfg: TrialConfig,
+    st: dict[str, Any], lossf: Loss = CROSS_ENTROPY,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The end-of-training probes of measure.at: at the final weights ("final", epoch = the
+    last epoch) and at the best-validation weights ("best", epoch = best_epoch; none when no
+    validation was finite). The trained model is left as it is."""
+    rows: list[dict[str, Any]] = []
+    if "final" in cfg.measure.at:
+        rows += _probes(model, data, cfg, st["epoch"], lossf, at="final")
+    if "best" in cfg.measure.at and best_state is not None and st["best_epoch"] > 0:
+        at_best = copy.deepcopy(model)
+        at_best.load_state_dict(best_state)
+        rows += _probes(at_best, data, cfg, st["best_epoch"], lossf, at="best")
+        del at_best
+    return rows
+
+
+def _resume_state(model, opt, init, st, dev, best_state=None) -> dict[str, Any]:
     state = {
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "optimizer": opt.state_dict(),
@@ -687,6 +729,8 @@ def _resume_state(model, opt, init, st, dev) -> dict[str, Any]:
         "rng_cpu": torch.get_rng_state(),
         "state": {k: v for k, v in st.items()},
     }
+    if best_state is not None:
+        state["best_model"] = {k: v.cpu() for k, v in best_state.items()}
     if dev.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(dev)
     return state

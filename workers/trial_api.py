@@ -13,7 +13,9 @@ function trains however it likes and reports through a small API:
 - `trial.log_step(loss=..., lr=..., **extra)` after an optimizer step (optional);
 - `trial.log_epoch(epoch, train_loss=..., val_loss=..., val_acc=..., **extra)` at each
   epoch end: known names land in `epochs`, every other number in the long `metrics` table;
-- `trial.should_stop`: True once early stopping / the target error says stop;
+- `trial.should_stop`: True once early stopping / the target error / a `stop:` cap (steps
+  at log_step; steps, examples, time at log_epoch) / an `until:` train-set target (on the
+  train_loss_eval / train_acc_eval given to log_epoch) says stop (workers/budget.py);
 - `trial.save_checkpoint(state)` / `trial.load_checkpoint()`: the resume state (a dict of
   tensors and plain data, read back with torch.load(weights_only=True)); a retried trial
   gets it back and its rows continue from the checkpoint's epoch, without duplicates;
@@ -216,6 +218,9 @@ class Trial:
         self.st["step"] = int(step) if step is not None else self.st["step"] + 1
         s = self.st["step"]
         row: dict[str, Any] = {"step": s, "epoch": self.st["epoch"] + 1}
+        cap = self.config.stop.max_steps if self.config.stop is not None else None
+        if cap is not None and s >= cap and self.st["stop"] is None:
+            self.st["stop"] = "max_steps"
         if loss is not None:
             row["batch_loss"] = _number("loss", loss, "trial.log_step")
             self._check_loss("batch loss", row["batch_loss"], s)
@@ -293,6 +298,10 @@ class Trial:
             )
             if reason is not None and st["stop"] is None:
                 st["stop"] = reason
+        if st["stop"] is None:
+            from workers.budget import epoch_end_stop
+
+            st["stop"] = epoch_end_stop(self.config, row)
         m = self.config.measure
         due = m.probe_every_epochs and epoch % m.probe_every_epochs == 0
         if due and epoch < self.max_epochs and self._model is not None and self._data is not None:
