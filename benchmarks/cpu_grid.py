@@ -57,7 +57,7 @@ GRID = {
     "hidden": [128, 128],
 }
 TINY = {"batch_size": [32, 64], "lr": [0.1], "seed": [0, 1], "epochs": 2, "hidden": [32]}
-PARTS = ("plain", "lone", "packs", "tune")
+PARTS = ("plain", "packs", "lone", "tune")  # the run order (the JSON is rewritten after each)
 
 
 def machine() -> dict[str, Any]:
@@ -337,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
             r = run_batchlab(grid, pack, args.num_cpus, args.keep_storage if pack is None else None)
         out[part] = r
         print(f"{part}: {r['wall_time_s']:.1f} s", flush=True)
+        _finish(out, args.json)
+    return _finish(out, args.json, final=True)
+
+
+def _finish(out: dict[str, Any], path: str, final: bool = False) -> int:
+    """Ratios and the JSON so far (rewritten after every part: a cut-short run keeps its
+    finished parts)."""
     out["load_average"]["after"] = load()
     ratios = {}
     for base in ("plain", "tune"):
@@ -344,13 +351,15 @@ def main(argv: list[str] | None = None) -> int:
             if base in out and part in out and "wall_time_s" in out[base]:
                 ratios[f"{part}_vs_{base}"] = out[base]["wall_time_s"] / out[part]["wall_time_s"]
     out["speedup"] = ratios
-    out["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    out["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat() if final else None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2, default=str))
+    if not final:
+        return 0
     for k, v in ratios.items():
         print(f"  {k}: {v:.2f}x")
     print(f"load average {out['load_average']}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2, default=str))
-    print(f"results written to {args.json}")
+    print(f"results written to {path}")
     bad = [p for p in ("lone", "packs") if p in out and out[p]["counts"].get("failed")]
     return 1 if bad else 0
 
