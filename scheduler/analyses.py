@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from warehouse.layout import Layout
 from warehouse.store import TrialCheckpoints, write_rows
@@ -42,7 +42,7 @@ from workers.config import TrialConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 Scalar = bool | int | float | str
@@ -54,6 +54,11 @@ class InterpolateSpec(_Strict):
     small: dict[str, Scalar]
     large: dict[str, Scalar]
     alpha_range: tuple[float, float] = (-1.0, 2.0)
+
+    @field_validator("alpha_range", mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML and JSON give lists
     n_points: Annotated[int, Field(ge=2, le=1001)] = 25
     # Examples of each split evaluated at every point (None = the whole split).
     n_examples: PositiveInt | None = None

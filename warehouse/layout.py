@@ -88,7 +88,8 @@ def default_root() -> str:
 
 
 def check_experiment(name: str) -> str:
-    if not EXPERIMENT_RE.match(name):
+    # fullmatch: `$` alone would accept a trailing newline ("name\n" -> "experiment=name\n/").
+    if not isinstance(name, str) or not EXPERIMENT_RE.fullmatch(name):
         raise ValueError(
             f"experiment: {name!r} is not a valid name; use letters, digits, '_', '-', '.' "
             "(starting with a letter or digit, at most 128 characters)"

@@ -52,6 +52,7 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("stop",), None),
     (("until",), None),
     (("measure", "at"), ["final"]),
+    (("measure", "sharpness", "restarts"), 0),
 )
 
 
@@ -264,8 +265,12 @@ class UntilConfig(_Strict):
 
 class SharpnessConfig(_Strict):
     eps: list[PositiveFloat] = Field(default_factory=lambda: [1e-3, 5e-4])
-    # "lbfgsb": SciPy L-BFGS-B, as Keskar et al.; "pga": projected gradient ascent on the device.
-    solver: Literal["lbfgsb", "pga"] = "lbfgsb"
+    # "lbfgsb": SciPy L-BFGS-B, as Keskar et al.; "pga": projected gradient ascent on the
+    # device; "both": each of them, the larger value kept (workers/probes/sharpness.py).
+    solver: Literal["lbfgsb", "pga", "both"] = "lbfgsb"
+    # Extra runs of each solver from seeded uniform points of the box; the largest value of
+    # all runs is kept (each run is a lower bound of the box maximum). 0 = from y = 0 only.
+    restarts: Annotated[int, Field(ge=0, le=100)] = 0
     max_iter: PositiveInt = 10
     # None = full space (A = I); an int p = random Gaussian subspace of that dimension.
     subspace_dim: PositiveInt | None = None

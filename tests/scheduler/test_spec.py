@@ -212,6 +212,62 @@ def test_equivalent_settings_run_once():
     at_base = [t for t in trials if t.batch_size == 32]
     assert [(t.lr_scaling, t.warmup_epochs) for t in at_base] == [("none", 0.0)]
     assert sorted((t.lr_scaling, t.warmup_epochs) for t in trials if t.batch_size == 64) == [
-        ("linear", 0.0), ("linear", 2.0), ("none", 0.0), ("sqrt", 0.0), ("sqrt", 2.0),
-    ]  # fmt: skip
+        ("linear", 0.0),
+        ("linear", 2.0),
+        ("none", 0.0),
+        ("sqrt", 0.0),
+        ("sqrt", 2.0),
+    ]
     assert len({t.trial_id for t in trials}) == 6
+
+
+STRICT = [
+    ({"grid": {"batch_size": ["32"]}}, "grid.batch_size[0]", "valid integer"),
+    ({"grid": {"batch_size": [True]}}, "grid.batch_size[0]", "valid integer"),
+    ({"grid": {"batchnorm": ["yes"]}}, "grid.batchnorm[0]", "valid boolean"),
+    ({"grid": {"lr": ["0.1"]}}, "grid.lr[0]", "valid number"),
+    ({"max_epochs": 3.0}, "max_epochs", "valid integer"),
+    ({"model": {"name": "mlp", "batchnorm": 1}}, "model.batchnorm", "valid boolean"),
+    ({"experiment": "name\n"}, "experiment", "not a valid name"),
+]
+
+
+@pytest.mark.parametrize(("patch", "path", "allowed"), STRICT, ids=[s[1] for s in STRICT])
+def test_no_coercion_anywhere(patch, path, allowed):
+    with pytest.raises(SpecError) as info:
+        parse_spec({**BASE, **patch})
+    msg = str(info.value)
+    assert path in msg and allowed in msg, msg
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    p = tmp_path / "grid.yaml"
+    p.write_text("experiment: x\ngrid:\n  lr: [0.1]\n  seed: [0]\n  lr: [0.2]\n")
+    with pytest.raises(SpecError, match=r"duplicate key 'lr': first at line 3, again at line 5"):
+        load_spec(p)
+
+
+def test_grid_size_is_capped_before_anything_is_expanded():
+    big = {**BASE, "grid": {"batch_size": list(range(1, 1001)), "seed": list(range(1000))}}
+    with pytest.raises(SpecError, match=r"1,000,000 trials .* exceed max_trials 200,000"):
+        parse_spec(big)
+    assert parse_spec({**big, "max_trials": 1_000_000}).n_trials == 1_000_000
+
+
+def test_data_set_sizes_are_checked_before_a_run():
+    from scheduler.preflight import check_user_code
+
+    spec = parse_spec(
+        {
+            **BASE,
+            "dataset": {"name": "mnist1d", "n_train": 500},
+            "grid": {"batch_size": [64, 512, 1024]},
+        }
+    )
+    assert check_user_code(spec) == [
+        "batch_size: 512 exceeds the 500 training examples of data set 'mnist1d'; allowed: 1 to 500",
+        "batch_size: 1024 exceeds the 500 training examples of data set 'mnist1d'; allowed: 1 to 500",
+    ]
+    spec = parse_spec({**BASE, "dataset": {"name": "digits", "n_train": 5000}})
+    (msg,) = check_user_code(spec)
+    assert msg == "dataset.n_train: 5000 exceeds the 1438 training examples of digits"
