@@ -59,6 +59,7 @@ class InterpolateSpec(_Strict):
     @classmethod
     def _pair(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v  # YAML and JSON give lists
+
     n_points: Annotated[int, Field(ge=2, le=1001)] = 25
     # Examples of each split evaluated at every point (None = the whole split).
     n_examples: PositiveInt | None = None
