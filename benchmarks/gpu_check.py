@@ -87,13 +87,27 @@ def part_env(args) -> dict[str, Any]:
                 "capability": list(torch.cuda.get_device_capability(0)),
             }
         )
-    try:
-        import duckdb
-        import ray
+    import importlib
 
-        out.update({"ray": ray.__version__, "duckdb": duckdb.__version__})
-    except ImportError as exc:
-        out["missing"] = str(exc)
+    missing = []
+    for mod in (
+        "ray",
+        "duckdb",
+        "pydantic",
+        "yaml",
+        "orjson",
+        "tqdm",
+        "pyarrow",
+        "pandas",
+        "scipy",
+        "mnist1d",
+    ):
+        try:
+            out[mod] = getattr(importlib.import_module(mod), "__version__", "?")
+        except ImportError as exc:
+            missing.append(f"{mod} ({exc})")
+    if missing:  # the device bundle lacks them: docs/packs.md, "The GPU check"
+        raise SystemExit(f"missing packages: {', '.join(missing)}")
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: the GPU check needs one (--tiny rehearses on CPU)")
     return out
