@@ -32,7 +32,12 @@ def legend(columns: int = LEGEND_COLUMNS, *, dash: bool = False) -> alt.Legend:
     """A legend under the plot; `dash`: its symbols are line strokes (they show the dash
     pattern of a strokeDash encoding, not a black dot)."""
     extra = (
-        {"symbolType": "stroke", "symbolStrokeWidth": 2, "symbolSize": 400}
+        {
+            "symbolType": "stroke",
+            "symbolStrokeWidth": 2,
+            "symbolSize": 400,
+            "symbolStrokeColor": "#333",
+        }
         if dash
         else {"symbolOpacity": 1}
     )

@@ -324,7 +324,14 @@ def surface_chart(
             tooltip=["panel", "alpha", "beta", "loss", "rise", "acc"],
         )
         .properties(width=240, height=240)
-        .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelLimit=0)))
+        .facet(
+            column=alt.Column(
+                "panel:N",
+                title=None,
+                header=alt.Header(labelLimit=0),
+                sort=alt.EncodingSortField(field="batch_size_a", op="min"),
+            )
+        )
     )
     if mode == "relative":
         chart = chart.resolve_scale(color="independent").resolve_legend(color="independent")

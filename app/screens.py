@@ -154,6 +154,27 @@ def page_url(base: str, url_path: str) -> str:
     return f"{base}/" if default else f"{base}/{url_path}"
 
 
+def _example_runs(storage: str, n: int = 3) -> list[str]:
+    """A few completed trials of one setting, seed 0, different batch sizes: the runs the
+    Runs, Trial and Compare screenshots show selected."""
+    from warehouse.db import connect
+
+    con = connect(storage)
+    try:
+        rows = con.execute(
+            """SELECT trial_id FROM (
+                SELECT trial_id, batch_size, row_number() OVER (
+                    PARTITION BY batch_size ORDER BY experiment DESC, lr, lr_scaling) AS k
+                FROM trials WHERE status = 'completed' AND seed = 0
+                  AND experiment = (SELECT max(experiment) FROM trials)
+            ) WHERE k = 1 ORDER BY batch_size LIMIT $n""",
+            {"n": n},
+        ).fetchall()
+    finally:
+        con.close()
+    return [r[0] for r in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--storage", default=str(DEMO), help="warehouse root (default: the demo)")
@@ -166,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    runs = _example_runs(args.storage)
     log = out / ".streamlit.log"
     with streamlit_server(args.storage, log) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -175,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
             page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
             page.on(
                 "console",
-                lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None,
+                lambda m, errors=errors: (
+                    errors.append(m.text)
+                    if m.type == "error" and "Failed to load resource" not in m.text
+                    else None
+                ),
             )
             t0 = time.monotonic()
-            page.goto(page_url(url, info.url_path), wait_until="domcontentloaded")
+            query = "?" + "&".join(f"runs={t}" for t in runs) if runs else ""
+            if info.url_path not in ("compare", "trial", "runs"):
+                query = ""
+            page.goto(page_url(url, info.url_path) + query, wait_until="domcontentloaded")
             wait_finished(page, TITLES[info.url_path])
             dt = time.monotonic() - t0
             screenshot(page, out / f"{info.url_path}.png")
