@@ -165,8 +165,11 @@ def execute_trial(
     num_threads: int | None = None,
     data_dir: str | None = None,
     code_dir: str | None = None,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
-    """Train one trial and commit its rows; returns a small status record for the driver."""
+    """Train one trial and commit its rows; returns a small status record for the driver.
+    `attempt`: this run's count of executions of the trial (the driver's, from Ray's task
+    attempt number: scheduler/runner.py ray_attempt); None counts in the checkpoint folder."""
     import torch
 
     from workers.user import use_code_dir
@@ -177,7 +180,7 @@ def execute_trial(
     cfg = TrialConfig.model_validate_json(cfg_json)
     layout = Layout.open(root)
     ckpt = TrialCheckpoints(layout, experiment, cfg.trial_id)
-    attempt = next_attempt(ckpt)
+    attempt = attempt or next_attempt(ckpt)
     started = dt.datetime.now(dt.timezone.utc)
     live = live_trial(layout, experiment, cfg, attempt=attempt, node_id=node_id)
     try:
