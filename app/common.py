@@ -44,6 +44,7 @@ class PageInfo:
 PAGES: tuple[PageInfo, ...] = (
     PageInfo("findings", "findings.py", "Findings", ":material/fact_check:", default=True),
     PageInfo("overview", "overview.py", "Overview", ":material/table:"),
+    PageInfo("running", "running.py", "Running", ":material/directions_run:"),
     PageInfo("runs", "runs.py", "Runs", ":material/table_rows:"),
     PageInfo("trial", "trial.py", "Trial", ":material/description:"),
     PageInfo("compare", "compare.py", "Compare runs", ":material/stacked_line_chart:"),

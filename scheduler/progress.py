@@ -30,6 +30,7 @@ class EpochBar:
         self.seen: dict[str, int] = {}
         self.running: dict[str, dict[str, Any]] = {}
         self.counts = {"completed": 0, "diverged": 0, "failed": 0}
+        self._run = live.active_run(layout, experiment)
         self._last = 0.0
         self.bar = tqdm(
             total=sum(self.max.values()), unit="epoch", disable=not enabled, file=out,
@@ -88,6 +89,8 @@ class EpochBar:
         if epochs is None:
             epochs = self.seen.get(tid, 0)
         self.done[tid] = min(int(epochs), self.max.get(tid, int(epochs)))
+        if self._run is not None:
+            self._run.mark(tid, status)
         self.running.pop(tid, None)
         self._redraw()
 

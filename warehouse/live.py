@@ -168,17 +168,27 @@ class LiveTrial:
 # ----------------------------------------------------------------------------- drivers
 
 
+_ACTIVE: dict[tuple[str, str], LiveRun] = {}  # (root, experiment) -> this process's run
+
+
+def active_run(layout: Layout, experiment: str) -> LiveRun | None:
+    """The LiveRun this process is driving for `experiment` under `layout`, if any."""
+    return _ACTIVE.get((layout.root, experiment))
+
+
 class LiveRun:
-    """A driver's run record in the live area, with a heartbeat thread."""
+    """A driver's run record in the live area, with a heartbeat thread. `done` maps each
+    finished trial of the run to its status, so readers need not list the committed rows."""
 
     def __init__(self, layout: Layout, experiment: str, run_id: str, planned: list[dict[str, Any]]):
         self.layout, self.experiment, self.run_id = layout, experiment, run_id
         self.record: dict[str, Any] = {
             "run_id": run_id, "experiment": experiment, "host": socket.gethostname(),
             "pid": os.getpid(), "started_at": _now(), "heartbeat": _now(), "state": "running",
-            "planned": planned,
+            "planned": planned, "done": {},
         }  # fmt: skip
         self._stop = threading.Event()
+        _ACTIVE[(layout.root, experiment)] = self
         self._write()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="batchlab-run")
         self._thread.start()
@@ -195,8 +205,13 @@ class LiveRun:
                 json.dumps(self.record, default=str).encode(),
             )
 
+    def mark(self, trial_id: str, status: str) -> None:
+        """A trial of the run finished (written with the next heartbeat)."""
+        self.record["done"][trial_id] = status
+
     def finish(self, state: str) -> None:
         """The driver ends the run ("finished" | "cancelled"): one last record."""
+        _ACTIVE.pop((self.layout.root, self.experiment), None)
         self._stop.set()
         self._thread.join(timeout=HEARTBEAT_S + 1)
         self.record["state"] = state

@@ -20,10 +20,12 @@ COLUMNS = ("trial", "state", "epoch", "train_loss", "val_loss", "best_val", "ex/
 
 
 def experiment_status(
-    layout: Layout, experiment: str, stall_s: float = live.STALL_S
+    layout: Layout, experiment: str, stall_s: float = live.STALL_S, read_committed: bool = True
 ) -> dict[str, Any]:
     """{"experiment", "run" (latest run record or None), "driver" ("alive" | "finished" |
-    "cancelled" | "not alive" | "none"), "rows" (one dict per trial), "counts"}."""
+    "cancelled" | "not alive" | "none"), "rows" (one dict per trial), "counts"}.
+    `read_committed=False` reads only the live area (the run record's `done` states stand
+    in for the committed rows: the app's refresh), and shows the latest run's trials only."""
     runs = live.runs(layout, experiment)
     run = runs[-1] if runs else None
     if run is None:
@@ -32,7 +34,7 @@ def experiment_status(
         driver = run["state"]
     else:
         driver = "alive" if live.driver_alive(run, stall_s) else "not alive"
-    committed = {
+    committed = {} if not read_committed else {
         r["trial_id"]: r
         for r in read_trial_rows(
             layout, experiment, ("epochs_run", "max_epochs", "best_val_loss", "final_val_loss", "attempt",
@@ -42,6 +44,9 @@ def experiment_status(
     statuses = {s["trial_id"]: s for s in live.trial_statuses(layout, experiment, stall_s)}
     planned = [p["trial_id"] for p in (run or {}).get("planned", [])]
     max_epochs = {p["trial_id"]: p.get("max_epochs") for p in (run or {}).get("planned", [])}
+    if not read_committed:
+        for tid, status in (run or {}).get("done", {}).items():
+            committed[tid] = {"trial_id": tid, "status": status}
     ids = list(dict.fromkeys([*planned, *statuses, *committed]))
     rows = []
     for tid in ids:
