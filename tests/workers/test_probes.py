@@ -411,3 +411,76 @@ def test_run_probes_on_cuda_matches_cpu(trained_mlp):
         # Same seeded draws on both devices; only float32 reduction order differs.
         tol = 0.05 if c["probe"] == "noise_scale_two_batch" else 0.02
         assert g["value"] == pytest.approx(c["value"], rel=tol), c["probe"]
+
+
+# ------------------------------------------------- Keskar: solvers, restarts, the kept max
+
+
+def _two_basin_problem(eps: float = 1e-2, d: int = 4, k: float = 0.1):
+    """f(w + y) with a known box maximum that gradient ascent from y = 0 misses.
+
+    Coordinate 0, in box units s = y_0 / b_0 in [-1, 1], adds k (-a s + c s^3) (a = 0.02,
+    c = 0.2): the gradient at 0 points down to a local maximum at s = -sqrt(a / 3c) = -0.18,
+    while the box maximum is at s = +1 (basin s > 0.18, 41% of the box). Coordinates 1..d-1
+    add 1/2 h_i (w_i + y_i - c_i)^2 with c_i outside the box (3 half-widths off), so they
+    rise monotonically to the far end from any start. Box maximum: k (c - a) + 1/2 sum
+    h_i (4 b_i)^2; f(w) = 1/2 sum h_i (3 b_i)^2."""
+    g = torch.Generator().manual_seed(1)
+    w = 3.0 * torch.randn(d, generator=g)
+    b = eps * (w.abs() + 1.0)
+    sign = torch.where(torch.rand(d, generator=g) < 0.5, -1.0, 1.0)
+    c = w + 3.0 * b * sign
+    h = torch.linspace(1.0, 3.0, d)
+    a3, c3 = 0.02, 0.2
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        s = (out[:, 0] - w[0]) / b[0]
+        quad = 0.5 * (h[1:] * (out[:, 1:] - c[1:]).square()).sum(1)
+        return (k * (-a3 * s + c3 * s**3) + quad).mean()
+
+    f_x = float(0.5 * (h[1:].double() * (3.0 * b[1:].double()) ** 2).sum())
+    f_max = k * (c3 - a3) + float(0.5 * (h[1:].double() * (4.0 * b[1:].double()) ** 2).sum())
+    return _Quadratic(w), loss, (f_max - f_x) / (1.0 + f_x) * 100.0
+
+
+def test_keskar_restarts_reach_the_box_maximum_a_single_run_misses():
+    from workers.probes import keskar_sharpness_max
+
+    model, loss, phi_max = _two_basin_problem()
+    xs, ys = torch.zeros(4, 1), torch.zeros(4, 4)
+    before = _snapshot(model)
+    one = keskar_sharpness(model, xs, ys, eps=1e-2, solver="lbfgsb", max_iter=10, loss_fn=loss)
+    assert one["value"] < 0.8 * phi_max  # stuck at the local maximum the gradient points to
+    for seed in range(3):
+        best = keskar_sharpness_max(model, xs, ys, eps=1e-2, solver="lbfgsb", restarts=8,
+                                    max_iter=10, seed=seed, loss_fn=loss)  # fmt: skip
+        assert best["value"] == pytest.approx(phi_max, rel=1e-3), seed
+        assert best["value"] == max(r["value"] for r in best["runs"])
+        assert len(best["runs"]) == 9 and best["runs"][0]["start"] == "zero"
+        assert best["runs"][0]["value"] == pytest.approx(one["value"], rel=1e-9)
+        assert best["f_max"] >= best["f_x"] and best["iterations"] >= 1
+        assert best["spread"] > 1.2
+    _assert_unchanged(model, before)
+
+
+def test_keskar_both_solvers_keep_the_larger_and_rows_store_the_runs(trained_mlp):
+    model, x, y = trained_mlp
+    both = run_probes(model, x, y, MeasureConfig(sharpness=SharpnessConfig(
+        eps=[1e-3], solver="both", restarts=1, max_iter=5)), seed=0, epoch=3)  # fmt: skip
+    (row,) = both
+    s = json.loads(row["settings_json"])
+    assert s["solver_setting"] == "both" and s["restarts"] == 1
+    assert [(r["solver"], r["start"]) for r in s["runs"]] == [
+        ("lbfgsb", "zero"),
+        ("lbfgsb", "random"),
+        ("pga", "zero"),
+        ("pga", "random"),
+    ]
+    assert row["value"] == pytest.approx(max(r["value"] for r in s["runs"]))
+    assert s["solver"] == s["runs"][s["best_run"]]["solver"]
+    assert all(r["f_max"] is not None and r["iterations"] >= 1 for r in s["runs"])
+    # Without restarts and one solver the row is the single run's, as before.
+    (plain,) = run_probes(model, x, y, MeasureConfig(sharpness=SharpnessConfig(
+        eps=[1e-3], max_iter=5)), seed=0, epoch=3)  # fmt: skip
+    assert "runs" not in json.loads(plain["settings_json"])
+    assert plain["value"] == pytest.approx(s["runs"][0]["value"], rel=1e-9)
