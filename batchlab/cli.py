@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="declare a local-path storage root shared by every node (NFS); see docs/cluster.md",
     )
 
+    p.add_argument("--until-decided", metavar="F-2,F-11", default=None, help="add seeds to the groups of these findings still undecided after each round (scheduler/decide.py)")  # fmt: skip
+    p.add_argument("--max-seeds", type=int, default=8, help="--until-decided: seeds per setting at most (default 8)")  # fmt: skip
+
     p = sub.add_parser("demo", help="run the built-in quick grid on CPU and summarize it")
     _storage_arg(p)
     p.add_argument("--num-cpus", type=int, default=None)
@@ -213,6 +216,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.grid)
     preflight(spec, args.storage)  # user code and data-set sizes, before anything is queued
+    if args.until_decided and not args.dry_run:
+        from scheduler.decide import run_cli
+        from warehouse.layout import Layout
+
+        return run_cli(spec, Layout.open(args.storage).root, args.until_decided, args.max_seeds,
+                       address=args.address, num_cpus=args.num_cpus,
+                       progress=not args.no_progress, storage_shared=args.storage_shared)  # fmt: skip
     return _run(
         spec,
         args.storage,
