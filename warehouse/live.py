@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.layout import Layout, check_experiment
+from warehouse.layout import Layout, _pid_alive, check_experiment
 from warehouse.schemas import SCHEMAS, to_table
 
 HEARTBEAT_S = 5.0  # seconds between status writes of a running trial / driver
@@ -248,16 +248,6 @@ def _age_s(ts: str | None) -> float:
         return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(ts)).total_seconds()
     except ValueError:
         return float("inf")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def driver_alive(run: Mapping[str, Any], stall_s: float = STALL_S) -> bool:
