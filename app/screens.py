@@ -39,6 +39,7 @@ PAGE_TIMEOUT_MS = 90_000
 TITLES = {
     "findings": "Findings: does your data support them?",
     "overview": "Experiments and trials",
+    "running": "Running",
     "runs": "Runs",
     "trial": "Trial",
     "compare": "Compare runs",

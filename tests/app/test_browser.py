@@ -137,3 +137,29 @@ def test_per_layer_chart_has_y_ticks(server, browser):
         assert not errors
     finally:
         page.close()
+
+
+def test_running_view_draws_live_curves(server, browser, fixture_root):
+    from warehouse import live
+    from warehouse.layout import Layout
+
+    layout = Layout.open(fixture_root)
+    run = live.LiveRun(layout, "live-browser", "r1", [{"trial_id": "t1", "max_epochs": 4}])
+    t = live.LiveTrial(layout, "live-browser", "t1", max_epochs=4, interval_s=0)
+    try:
+        for e in (1, 2, 3):
+            t.epoch({"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e})
+        page, errors = _open(browser, page_url(server, "running"), "running")
+        try:
+            assert "live-browser" in page.content()
+            charts = page.locator('[data-testid="stVegaLiteChart"]')
+            assert charts.count() == 1 and charts.first.locator("canvas, svg").count()
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert not errors, errors
+        finally:
+            page.close()
+    finally:
+        t.close()
+        run.finish("finished")
+        live.clear_trial(layout, "live-browser", "t1")
+        layout.delete(live.run_file(layout, "live-browser", "r1"))
