@@ -147,7 +147,22 @@ def test_sigkilled_worker_is_retried_resumes_and_leaves_one_set_of_rows(
     assert steps == 3 * 16
     assert _counts(storage, "tiny") == {"trials": 1, "epochs": 3, "steps": 48, "layers": 12}
     tid = con.execute("SELECT trial_id FROM trials").fetchone()[0]
-    ref = (
+    # The tiny warehouse trained this trial inside a pack (`pack: auto`, equal to a lone run
+    # to ~1e-7, not bit for bit); the killed one ran alone: compare it exactly with an
+    # uninterrupted lone run (one thread, as its worker), and closely with the pack's.
+    import torch
+
+    from workers.train import run_trial
+
+    (cfg,) = parse_spec(grid).trials()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lone = run_trial(cfg, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    ref = [(r["epoch"], r["train_loss"], r["val_loss"], r["dist_from_init"]) for r in lone.epochs]
+    packed = (
         connect(tiny_warehouse)
         .execute(
             "SELECT epoch, train_loss, val_loss, dist_from_init FROM epochs WHERE trial_id = ? ORDER BY epoch",
@@ -155,6 +170,7 @@ def test_sigkilled_worker_is_retried_resumes_and_leaves_one_set_of_rows(
         )
         .fetchall()
     )
+    assert [pytest.approx(r, rel=1e-5) for r in ref] == packed
     got = con.execute(
         "SELECT epoch, train_loss, val_loss, dist_from_init FROM epochs ORDER BY epoch"
     ).fetchall()
