@@ -11,9 +11,9 @@ Every file is replaced atomically (`Layout.put_bytes`). A trial's files are dele
 `trials` row is written (`warehouse.store.write_trial`: committed, diverged or failed); a
 retried attempt rewrites them, its rows continuing from its resume epoch (rows of a dead
 attempt at or after the first epoch the new attempt logs are dropped: no duplicates).
-Epoch rows are written at most every `interval_s` seconds (and at the last epoch), the
-status file also by a heartbeat thread every `heartbeat_s`, so a long epoch is not taken for
-a stalled trial. No torch, no Ray.
+Epoch rows are written by a publisher thread at most every `interval_s` seconds, the
+status file also as a heartbeat every `heartbeat_s`, so a long epoch is not taken for a
+stalled trial; the training loop itself only appends a row. No torch, no Ray.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class LiveTrial:
         }  # fmt: skip
         self._rows: list[dict[str, Any]] = []
         self._old: list[dict[str, Any]] | None = None
-        self._last_write = 0.0
+        self._last_write = self._last_status = 0.0
+        self._dirty = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._write_status()
@@ -101,10 +102,19 @@ class LiveTrial:
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            self._write_status()
+        """The publisher thread: the epochs file at most every `interval_s` when new rows
+        came in, the status (heartbeat) at least every `heartbeat_s`. Writing here, not in
+        the trial's thread, keeps Parquet encoding and file I/O out of the training loop."""
+        tick = min(self.heartbeat_s, self.interval_s) if self.interval_s > 0 else self.heartbeat_s
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            if self._dirty and now - self._last_write >= self.interval_s:
+                self.flush()
+            elif now - self._last_status >= self.heartbeat_s:
+                self._write_status()
 
     def _write_status(self) -> None:
+        self._last_status = time.monotonic()
         with self._lock:
             if self._stop.is_set() and self.status["state"] == "running":
                 return
@@ -141,15 +151,14 @@ class LiveTrial:
             s["examples_per_s"] = row.get("examples_per_s")
             times = [r["epoch_time_s"] for r in self._rows if r.get("epoch_time_s")]
             s["mean_epoch_time_s"] = sum(times) / len(times) if times else None
-        now = time.monotonic()
-        last = row["epoch"] >= self.status["max_epochs"]
-        if not (force or last or now - self._last_write >= self.interval_s):
-            return
-        self._last_write = now
-        self.flush()
+            self._dirty = True
+        if force or self.interval_s <= 0:  # interval 0: publish every epoch, in this thread
+            self.flush()
 
     def flush(self) -> None:
+        self._last_write = time.monotonic()
         with self._lock:
+            self._dirty = False
             rows = self._previous(self._rows[0]["epoch"]) + self._rows if self._rows else []
         if rows:
             with contextlib.suppress(OSError):
