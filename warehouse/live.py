@@ -79,9 +79,11 @@ class LiveTrial:
     def __init__(
         self, layout: Layout, experiment: str, trial_id: str, *, max_epochs: int,
         attempt: int = 1, node_id: str = "", pack_id: str | None = None,
-        interval_s: float = INTERVAL_S, heartbeat_s: float = HEARTBEAT_S,
+        interval_s: float | None = None, heartbeat_s: float = HEARTBEAT_S,
     ):  # fmt: skip
         self.layout, self.experiment, self.trial_id = layout, experiment, trial_id
+        if interval_s is None:  # $BATCHLAB_LIVE_INTERVAL_S (0: every epoch) or INTERVAL_S
+            interval_s = float(os.environ.get("BATCHLAB_LIVE_INTERVAL_S") or INTERVAL_S)
         self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
         self.key = {"experiment": experiment, "trial_id": trial_id}
         self.status: dict[str, Any] = {

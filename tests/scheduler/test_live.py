@@ -54,7 +54,8 @@ def test_live_trial_rows_restart_from_the_resume_epoch_and_clear_on_commit(tmp_p
 def test_status_and_live_view_advance_while_a_grid_runs(ray_local, tmp_path, monkeypatch):
     root = str(tmp_path / "runs")
     layout = Layout.open(root)
-    monkeypatch.setattr(live, "INTERVAL_S", 0.0)  # publish every epoch (driver-side readers)
+    # Publish every epoch (the variable reaches the run's workers, like BATCHLAB_LIVE).
+    monkeypatch.setenv("BATCHLAB_LIVE_INTERVAL_S", "0")
     seen: list[tuple[int, int]] = []  # (max epoch in status, live rows)
     dups: list[str] = []
     result: dict = {}
