@@ -207,3 +207,34 @@ def test_same_answers_after_compaction(tmp_path):
         got = _normalize(fn(c, q.Filters()))
         want = _normalize(pd.read_csv(GOLDEN / f"{name}.csv"))
         pd.testing.assert_frame_equal(got, want, check_dtype=False, rtol=1e-9, atol=1e-12)
+
+
+def test_best_point_probes_are_not_counted_as_the_final_point(tmp_path):
+    from warehouse.db import connect as connect_root
+    from warehouse.layout import Layout
+    from warehouse.store import write_trial
+
+    layout = Layout.open(str(tmp_path))
+    row = {
+        "trial_id": "t1",
+        "config_hash": "h",
+        "status": "completed",
+        "batch_size": 32,
+        "lr": 0.1,
+        "scaled_lr": 0.1,
+        "lr_scaling": "none",
+        "base_batch_size": 32,
+        "seed": 0,
+        "dataset": "d",
+        "model": "m",
+        "optimizer": "sgd",
+        "stop_reason": "early_stopping",
+    }
+    probes = [
+        {"epoch": 2, "probe": "hessian_top_eig", "value": 1.0, "status": "ok", "at": "final"},
+        {"epoch": 2, "probe": "hessian_top_eig", "value": 3.0, "status": "ok", "at": "best"},
+    ]
+    write_trial(layout, "e", row, {"probes": probes, "epochs": [{"epoch": 2, "val_loss": 0.5}]})
+    df = q.sharpness_by_batch_size(connect_root(layout), q.Filters())
+    (value,) = df.loc[df["probe"] == "hessian_top_eig", "value_mean"].tolist()
+    assert value == 1.0
