@@ -39,8 +39,9 @@ def _render() -> None:
     states = _states()
     if not states:
         st.info(
-            "Nothing runs under this storage root: `batchlab run grid.yaml` publishes its "
-            "trials here while they train (also `batchlab status --watch` in a terminal)."
+            "Nothing runs under this storage root (No trials in its live area): "
+            "`batchlab run grid.yaml` publishes its trials here while they train (also "
+            "`batchlab status --watch` in a terminal)."
         )
         return
     rows = live.live_epochs(layout).to_pandas()
