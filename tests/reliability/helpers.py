@@ -47,6 +47,9 @@ def tiny_grid(experiment: str, seeds: list[int], **over: Any) -> dict[str, Any]:
     g["experiment"] = experiment
     g["grid"] = {"batch_size": [128], "lr": [0.05], "seed": list(seeds)}
     g.update(copy.deepcopy(over))
+    # Lone trials unless a test asks for packs: these scenarios kill or fault one trial's
+    # worker, which under `pack: auto` (the default) would take its pack mates with it.
+    g["resources"] = {"pack": False, **g.get("resources", {})}
     return g
 
 
