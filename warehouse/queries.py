@@ -641,7 +641,7 @@ def _probe_summary(
             FROM sel s JOIN probes_raw p USING (experiment, trial_id)
             WHERE p.probe IN (SELECT unnest($probes)) AND coalesce(p.status, 'ok') = 'ok'
               AND isfinite(p.value)
-              AND coalesce(p."at", 'final') <> 'best'  -- measure.at: best is not the final point
+              AND coalesce(p.measured_at, 'final') <> 'best'  -- measure.at: best is not the final point
             QUALIFY p.epoch = max(p.epoch) OVER (PARTITION BY s.experiment, s.trial_id, p.probe)
         )
         SELECT {_KEY}, probe, eps, avg(scaled_lr) AS scaled_lr, max(epoch) AS epoch,
@@ -729,7 +729,7 @@ def critical_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFr
             FROM sel s JOIN probes_raw p USING (experiment, trial_id)
             WHERE p.probe IN ('noise_scale_two_batch', 'noise_scale_exact')
               AND coalesce(p.status, 'ok') = 'ok' AND isfinite(p.value)
-              AND coalesce(p."at", 'final') <> 'best'  -- measure.at: best is not the final point
+              AND coalesce(p.measured_at, 'final') <> 'best'  -- measure.at: best is not the final point
             GROUP BY ALL
         )
         SELECT fit.*, e_min / nullif(s_min, 0) AS b_crit,

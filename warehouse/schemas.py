@@ -207,7 +207,7 @@ PROBES = pa.schema(
         pa.field("settings_json", s),  # eps, solver, iterations, seed, subset, ...
         # Which weights were measured: final | best (best validation) | epoch (during
         # training, probe_every_epochs); NULL in older rows and in pack members' rows.
-        pa.field("at", s),
+        pa.field("measured_at", s),
     ],
     metadata=_META,
 )

@@ -700,7 +700,7 @@ def _probes(
     rows = run_probes(
         model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch, loss_fn=lossf.fn
     )
-    return [{**r, "at": at} for r in rows]
+    return [{**r, "measured_at": at} for r in rows]
 
 
 def end_probes(

@@ -231,8 +231,20 @@ def test_best_point_probes_are_not_counted_as_the_final_point(tmp_path):
         "stop_reason": "early_stopping",
     }
     probes = [
-        {"epoch": 2, "probe": "hessian_top_eig", "value": 1.0, "status": "ok", "at": "final"},
-        {"epoch": 2, "probe": "hessian_top_eig", "value": 3.0, "status": "ok", "at": "best"},
+        {
+            "epoch": 2,
+            "probe": "hessian_top_eig",
+            "value": 1.0,
+            "status": "ok",
+            "measured_at": "final",
+        },
+        {
+            "epoch": 2,
+            "probe": "hessian_top_eig",
+            "value": 3.0,
+            "status": "ok",
+            "measured_at": "best",
+        },
     ]
     write_trial(layout, "e", row, {"probes": probes, "epochs": [{"epoch": 2, "val_loss": 0.5}]})
     df = q.sharpness_by_batch_size(connect_root(layout), q.Filters())

@@ -81,7 +81,7 @@ def test_probes_at_the_best_validation_weights(small):
     m = {"hessian": {"max_iter": 5, "n_examples": 128}, "at": ["final", "best"]}
     kw = {"lr": 0.5, "batch_size": 32, "max_epochs": 6, "model": {"name": "mlp", "hidden": [64]}}
     r = run_trial(cfg(measure=m, **kw), data=small)
-    at = {p["at"]: p for p in r.probes}
+    at = {p["measured_at"]: p for p in r.probes}
     assert set(at) == {"final", "best"} and at["final"]["epoch"] == 6
     best_epoch = r.summary["best_epoch"]
     assert at["best"]["epoch"] == best_epoch < 6  # this lr overfits 256 examples

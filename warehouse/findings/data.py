@@ -203,7 +203,7 @@ class Data:
                 FROM ids s JOIN probes_raw p USING (experiment, trial_id)
                 WHERE p.probe IN ('keskar_sharpness', 'hessian_top_eig')
                   AND coalesce(p.status, 'ok') = 'ok' AND isfinite(p.value)
-                  AND coalesce(p."at", 'final') <> 'best'  -- measure.at: best is not the final point
+                  AND coalesce(p.measured_at, 'final') <> 'best'  -- measure.at: best is not the final point
                 QUALIFY p.epoch = max(p.epoch) OVER (
                     PARTITION BY s.experiment, s.trial_id, p.probe, eps)""",
         )
