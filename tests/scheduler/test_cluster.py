@@ -203,7 +203,8 @@ MULTINODE_GRID = {
     "model": {"name": "mlp", "hidden": [32]},
     "max_epochs": 6,
     "grid": {"batch_size": [32], "lr": [0.05], "seed": [0, 1, 2, 3]},
-    "resources": {"cpus_per_trial": 1, "max_retries": 3},
+    # Lone trials: the test follows one trial moving to the surviving node (packs: test_packing).
+    "resources": {"cpus_per_trial": 1, "max_retries": 3, "pack": False},
 }
 STEPS_PER_EPOCH = 125  # MNIST-1D: 4,000 training examples at batch size 32
 
