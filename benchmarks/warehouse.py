@@ -261,7 +261,7 @@ def _write_trial(
     }
     tables["trials"] = _table("trials", key, 1, {k: [v] for k, v in summary.items()})
     rows = 0
-    for name in (*TRIAL_TABLES, "trials"):  # trials last: the commit
+    for name in (*(t for t in TRIAL_TABLES if t in tables), "trials"):  # trials last: the commit
         path = layout.table_file(name, exp, tid)
         layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(tables[name], path, compression="zstd")
@@ -319,7 +319,7 @@ def synthesize(
             _write_chunk(root, lo, hi, n_exp, n_epochs, n_steps, n_layers) for lo, hi in bounds
         )
     _write_landscapes(Layout.open(root), n_exp, n_trials)
-    files = (len(TRIAL_TABLES) + 1) * n_trials
+    files = (len(TRIAL_TABLES) + 1 - ("metrics" in TRIAL_TABLES)) * n_trials  # no user metrics
     return {"rows": rows, "files": files, "seconds": time.perf_counter() - t0}
 
 
