@@ -19,6 +19,7 @@ interrupted. Heavy imports (torch, Ray, Streamlit) happen inside the commands th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -521,5 +522,26 @@ _COMMANDS = {
 }
 
 
+def entry() -> None:
+    """The console script: `main()`, then an exit that keeps our exit code. Native threads
+    of libraries (Ray's core worker, DuckDB, Arrow) can abort the interpreter's teardown with
+    "terminate called without an active exception" (SIGABRT, exit 134) after every result
+    is written; so Ray is shut down explicitly, the streams flushed, and the process leaves
+    with os._exit(code). Tests call `main()` in-process and are not affected."""
+    code = main()
+    if "ray" in sys.modules:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # the exit code is about the user's request, not the teardown
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
