@@ -180,7 +180,8 @@ def execute_trial(
     cfg = TrialConfig.model_validate_json(cfg_json)
     layout = Layout.open(root)
     ckpt = TrialCheckpoints(layout, experiment, cfg.trial_id)
-    attempt = attempt or next_attempt(ckpt)
+    counted = next_attempt(ckpt)  # also marks the trial in flight (checkpoints/.../attempts.json)
+    attempt = attempt or counted
     started = dt.datetime.now(dt.timezone.utc)
     live = live_trial(layout, experiment, cfg, attempt=attempt, node_id=node_id)
     try:
