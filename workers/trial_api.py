@@ -329,21 +329,24 @@ class Trial:
                 row["lr"] = lrs[-1]
 
     def _distances(self, row: dict[str, Any], epoch: int) -> None:
+        """Distance from init (total, per layer) and from the previous epoch, as batchlab's
+        loop measures them (`workers.train._norm_of_diff`), with one host sync per list."""
+        from workers.train import _norm_of_diff
+
         if self._model is None:
             return
         cur = self._params()
-        per = [torch.linalg.vector_norm(a - b) for a, b in zip(cur, self._init, strict=True)]
-        row["dist_from_init"] = torch.linalg.vector_norm(torch.stack(per)).item()
-        row["epoch_distance"] = torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(a - b) for a, b in zip(cur, self._prev_epoch, strict=True)])).item()  # fmt: skip
+        d_init, per = _norm_of_diff(cur, self._init)
+        ep_dist, _ = _norm_of_diff(cur, self._prev_epoch)
+        row["dist_from_init"], row["epoch_distance"] = d_init.item(), ep_dist.item()
         self._prev_epoch = [p.clone() for p in cur]
         if self.config.measure.layers:
-            for nm, d, p0, p in zip(self._names, per, self._init, cur, strict=True):
-                dv = d.item()
+            norms0 = torch.stack([torch.linalg.vector_norm(p0) for p0 in self._init]).tolist()
+            pnorms = torch.stack([torch.linalg.vector_norm(p) for p in cur]).tolist()
+            for nm, d, n0, pn, p in zip(self._names, per.tolist(), norms0, pnorms, cur, strict=True):  # fmt: skip
                 self.st["layers"].append({
-                    "epoch": epoch, "layer": nm, "numel": p.numel(), "dist_from_init": dv,
-                    "rel_dist_from_init": dv / max(torch.linalg.vector_norm(p0).item(), 1e-12),
-                    "param_norm": torch.linalg.vector_norm(p).item(),
+                    "epoch": epoch, "layer": nm, "numel": p.numel(), "dist_from_init": d,
+                    "rel_dist_from_init": d / max(n0, 1e-12), "param_norm": pn,
                 })  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
