@@ -353,9 +353,11 @@ def _run_in_child(
 
 def _child_status(proc: subprocess.CompletedProcess) -> dict:
     lines = proc.stdout.decode(errors="replace").strip().splitlines()
-    if proc.returncode == 0 and lines:
+    if lines:  # a status line printed in full is the answer, whatever the teardown did
         with contextlib.suppress(ValueError):
-            return json.loads(lines[-1])
+            status = json.loads(lines[-1])
+            if isinstance(status, dict):
+                return status
     if proc.returncode < 0:
         import signal
 
@@ -413,4 +415,9 @@ def _child_main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child_main())
+    code = _child_main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # No interpreter teardown: the S3 file system's native threads can abort it ("FATAL:
+    # exception not rethrown", SIGABRT) after the answer is written and reported.
+    os._exit(code)
