@@ -321,7 +321,8 @@ def _run_in_child(
     private = tempfile.mkdtemp(prefix="batchlab-sql-")  # 0700: this user only
     try:
         request = {
-            "root": layout.root, "sql": sql, "timeout_s": lim.timeout_s,
+            # (the child runs in its private directory: a relative root is resolved here)
+            "root": layout.base if layout.is_local else layout.root, "sql": sql, "timeout_s": lim.timeout_s,
             "max_rows": lim.max_rows, "max_bytes": lim.max_bytes, "truncate": lim.truncate,
             "threads": threads, "memory_limit": lim.memory_limit, "out": f"{private}/result",
             "remaining_s": deadline - time.monotonic(),

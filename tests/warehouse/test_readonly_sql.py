@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -157,3 +158,16 @@ def test_cli_sql_is_read_only(shared_small_warehouse, tmp_path, capsys):
     assert not (tmp_path / "leak.csv").exists()
     assert main(["sql", "--storage", root, "SELECT * FROM read_csv('/etc/passwd')"]) == 2
     assert "Cannot access file" in capsys.readouterr().err
+
+
+def test_cli_sql_with_a_relative_root(shared_small_warehouse, monkeypatch, capsys):
+    """`--storage runs` from the directory above it: the query child runs in its own private
+    directory, so the root is resolved before it starts (a relative root read 0 rows)."""
+    root = Path(shared_small_warehouse.base)
+    monkeypatch.chdir(root.parent)
+    rel = root.name
+    assert run_readonly(rel, "SELECT count(*) AS n FROM trials")["n"].tolist() == [12]
+    assert (
+        main(["sql", "--storage", rel, "--format", "csv", "SELECT count(*) AS n FROM trials"]) == 0
+    )
+    assert capsys.readouterr().out.splitlines() == ["n", "12"]
