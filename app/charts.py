@@ -76,17 +76,50 @@ def curve_chart(
 def batch_chart(
     df: pd.DataFrame, y: str, y_title: str, *, log_y: bool = False, zero: bool = False
 ) -> alt.LayerChart:
-    """A statistic's seed mean vs batch size, one line per setting, +-1 std error bars."""
+    """A statistic's seed mean vs batch size, one line per setting, +-1 std error bars, and
+    each seed's value as a small hollow point when the query gave them (`<y>_seeds`)."""
     data = _series(with_band(df, y, log=log_y))
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=zero)
     color = alt.Color("series:N", title="setting", legend=SERIES_LEGEND)
-    base = alt.Chart(data).encode(x=BS_X, color=color)
+    lists = [c for c in data.columns if c.endswith("_seeds") and c != "n_seeds"]
+    base = alt.Chart(data.drop(columns=lists)).encode(x=BS_X, color=color)
     line = base.mark_line(point=True).encode(
         y=alt.Y(f"{y}_mean:Q", title=y_title, scale=scale),
-        tooltip=["series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds"],
+        tooltip=["series:N", "batch_size:Q", f"{y}_mean:Q", f"{y}_std:Q", "n_seeds:Q"],
     )
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
-    return interactive((bars + line).properties(height=300))
+    layers = bars + line
+    seeds = seed_points(data, y, positive=log_y)
+    if not seeds.empty:
+        dots = (
+            alt.Chart(seeds)
+            .mark_point(size=28, opacity=0.7, filled=False)
+            .encode(
+                x=BS_X,
+                y=alt.Y(f"{y}:Q", scale=scale),
+                color=color,
+                tooltip=["series:N", "batch_size:Q", "seed:O", f"{y}:Q"],
+            )
+        )
+        layers = layers + dots
+    return interactive(layers.properties(height=300))
+
+
+def seed_points(data: pd.DataFrame, y: str, *, positive: bool = False) -> pd.DataFrame:
+    """One row per seed (series, batch_size, seed, `y`) from the query's `<y>_seeds` lists;
+    empty when the query has none. On a log axis values <= 0 are left out."""
+    col = f"{y}_seeds"
+    if col not in data or data.empty:
+        return pd.DataFrame()
+    rows = [
+        {"series": r["series"], "batch_size": r["batch_size"], "seed": int(p["seed"]),
+         y: float(p["value"])}
+        for _, r in data[["series", "batch_size", col]].iterrows()
+        if isinstance(r[col], (list, np.ndarray))
+        for p in r[col]
+    ]  # fmt: skip
+    out = pd.DataFrame(rows, columns=["series", "batch_size", "seed", y])
+    return out[out[y] > 0] if positive else out
 
 
 def layer_chart(df: pd.DataFrame, y: str = "dist_from_init", y_title: str = "") -> alt.LayerChart:

@@ -128,12 +128,18 @@ def _sel(f: Filters) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _stat(expr: str, name: str) -> str:
-    """Mean and sample std over seeds of a per-trial expression, finite values only."""
+def _stat(expr: str, name: str, *, seeds: bool = False) -> str:
+    """Mean and sample std over seeds of a per-trial expression, finite values only; with
+    `seeds`, also `<name>_seeds`: the per-seed values as a list of {seed, value} (the
+    charts' per-seed points), NULL when none is finite."""
     ok = f"isfinite({expr})"
+    per = (
+        f", list({{'seed': seed, 'value': {expr}}} ORDER BY seed) FILTER (WHERE {ok}) "
+        f"AS {name}_seeds"
+    )
     return (
         f"avg({expr}) FILTER (WHERE {ok}) AS {name}_mean, "
-        f"stddev_samp({expr}) FILTER (WHERE {ok}) AS {name}_std"
+        f"stddev_samp({expr}) FILTER (WHERE {ok}) AS {name}_std" + (per if seeds else "")
     )
 
 
@@ -284,10 +290,10 @@ def generalization_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> 
             FROM sel s
         )
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
-               {_stat("best_val_loss", "min_val_loss")},
-               {_stat("best_val_acc", "best_val_acc")},
+               {_stat("best_val_loss", "min_val_loss", seeds=True)},
+               {_stat("best_val_acc", "best_val_acc", seeds=True)},
                {_stat("train_loss_at_best", "train_loss_at_best")},
-               {_stat("gap_loss", "gap_loss")},
+               {_stat("gap_loss", "gap_loss", seeds=True)},
                {_stat("gap_acc", "gap_acc")},
                count(*) AS n_seeds
         FROM per GROUP BY ALL ORDER BY {_KEY}
@@ -348,9 +354,9 @@ def time_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFra
             FROM sel s
         )
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
-               {_stat("epoch_time_s", "epoch_time_s")},
-               {_stat("epochs_to_min", "epochs_to_min")},
-               {_stat("time_to_min_s", "time_to_min_s")},
+               {_stat("epoch_time_s", "epoch_time_s", seeds=True)},
+               {_stat("epochs_to_min", "epochs_to_min", seeds=True)},
+               {_stat("time_to_min_s", "time_to_min_s", seeds=True)},
                {_stat("train_time_s", "train_time_s")},
                {_stat("wall_time_s", "wall_time_s")},
                {_stat("examples_per_s", "examples_per_s")},
@@ -393,7 +399,7 @@ def distance_by_batch_size(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.Dat
         WITH {sel},
         per AS (SELECT s.*, s.at_best_dist_from_init AS dist_at_best FROM sel s)
         SELECT {_KEY}, avg(scaled_lr) AS scaled_lr,
-               {_stat("final_dist_from_init", "dist_from_init")},
+               {_stat("final_dist_from_init", "dist_from_init", seeds=True)},
                {_stat("dist_at_best", "dist_at_best")},
                {_stat("mean_epoch_distance", "mean_epoch_distance")},
                count(*) AS n_seeds
@@ -636,7 +642,8 @@ def _probe_summary(
         f"""
         WITH {sel},
         p AS (
-            SELECT s.{", s.".join(KEY)}, s.scaled_lr, s.trial_id, p.probe, {_PROBE_EPS} AS eps,
+            SELECT s.{", s.".join(KEY)}, s.scaled_lr, s.trial_id, s.seed, p.probe,
+                   {_PROBE_EPS} AS eps,
                    p.epoch, p.value
             FROM sel s JOIN probes_raw p USING (experiment, trial_id)
             WHERE p.probe IN (SELECT unnest($probes)) AND coalesce(p.status, 'ok') = 'ok'
@@ -645,7 +652,7 @@ def _probe_summary(
             QUALIFY p.epoch = max(p.epoch) OVER (PARTITION BY s.experiment, s.trial_id, p.probe)
         )
         SELECT {_KEY}, probe, eps, avg(scaled_lr) AS scaled_lr, max(epoch) AS epoch,
-               {_stat("value", "value")}, count(*) AS n_seeds
+               {_stat("value", "value", seeds=True)}, count(*) AS n_seeds
         FROM p GROUP BY ALL ORDER BY probe, eps, {_KEY}
         """,
         {**params, "probes": list(probes)},

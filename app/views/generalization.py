@@ -13,8 +13,8 @@ st.title("Generalization gap by batch size")
 st.caption(
     "F-2: the larger the batch, the higher the minimum validation loss. F-18: with a tuned lr "
     "the remaining gap is small. F-26: compare train and validation loss. F-27/F-28: without "
-    "BatchNorm moderate batches are best; with it, larger is better. Points: mean over seeds; "
-    "bars: +-1 std."
+    "BatchNorm moderate batches are best; with it, larger is better. Line: mean over seeds; "
+    "bars: +-1 std; hollow points: each seed (hover for its seed)."
 )
 require_data()
 f = filters()

@@ -72,7 +72,9 @@ def test_curve_chart_every_x_axis(con):
 def test_batch_chart_log2_axis_and_error_bars(con):
     df = q.generalization_by_batch_size(con, F)
     df = df.assign(series=series_label(df))
-    (bars, rows), (line, _) = marks(charts.batch_chart(df, "min_val_loss", "min val loss (nats)"))
+    (bars, rows), (line, _), (dots, seeds) = marks(
+        charts.batch_chart(df, "min_val_loss", "min val loss (nats)")
+    )
     x = line["encoding"]["x"]
     assert x["field"] == "batch_size" and x["scale"] == {"base": 2, "type": "log"}
     assert "examples" in x["title"]
@@ -86,6 +88,16 @@ def test_batch_chart_log2_axis_and_error_bars(con):
         if r["series"] == "mlp, fixed lr, lr 0.01, 1 worker" and r["batch_size"] == 64
     ]
     assert a and a[0]["min_val_loss_mean"] == pytest.approx(0.35)
+    # every seed's own value is a point; their mean is the line, their count n_seeds
+    assert mark_type(dots) == "point" and dots["encoding"]["y"]["field"] == "min_val_loss"
+    assert {"seed", "min_val_loss"} <= set(dots["encoding"]["tooltip"][i]["field"] for i in (2, 3))
+    for r in rows:
+        mine = [
+            p for p in seeds if (p["series"], p["batch_size"]) == (r["series"], r["batch_size"])
+        ]
+        assert len(mine) == r["n_seeds"] and len({p["seed"] for p in mine}) == len(mine)
+        got = np.mean([p["min_val_loss"] for p in mine])
+        assert got == pytest.approx(r["min_val_loss_mean"])
 
 
 def test_series_label_names_only_varying_settings():

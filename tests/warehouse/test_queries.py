@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -55,8 +56,19 @@ def con(fx_root):
     c.close()
 
 
+def _seed_text(v):
+    if not isinstance(v, (list, np.ndarray)):
+        return v
+    return ";".join(f"{int(p['seed'])}:{float(p['value']):.10g}" for p in v)
+
+
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
-    """Round-trip through the CSV form the golden files use, rows in a canonical order."""
+    """Round-trip through the CSV form the golden files use, rows in a canonical order;
+    per-seed lists (`<x>_seeds`) as 'seed:value;...' text."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+            df[c] = df[c].map(_seed_text)
     text = df.to_csv(index=False, float_format="%.10g")
     out = pd.read_csv(io.StringIO(text)) if len(df.columns) else df
     if len(out):
