@@ -38,7 +38,7 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 
 EXIT_OK = 0
-EXIT_PROBLEMS = 1  # `batchlab check` found problems (also Python's code for a traceback)
+EXIT_PROBLEMS = 1  # `check` found problems, `report` incomplete trials (also a traceback's code)
 EXIT_USAGE = 2  # bad arguments, grid spec, input or SQL (argparse's own code too)
 EXIT_NO_WAREHOUSE = 3  # no warehouse at the root, or an experiment it does not hold
 EXIT_TRIALS_FAILED = 4  # `run` / `demo`: at least one trial failed
@@ -496,15 +496,24 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from warehouse.queries import Filters
-    from warehouse.report import render_report
+    from warehouse.report import incomplete, render_report
 
     layout = require_warehouse(args.storage, args.experiment)
-    text = render_report(layout, Filters(experiment=tuple(args.experiment)))
+    f = Filters(experiment=tuple(args.experiment))
+    text = render_report(layout, f)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")
     else:
         print(text)
+    gone = incomplete(layout, f)
+    if gone:  # the report is written, and says so; the request did not fully succeed
+        print(
+            f"warning: {len(gone)} trial(s) incomplete (rows lost; `batchlab check` lists "
+            "them): re-run their grids; the verdicts are judged without them",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
     return 0
 
 

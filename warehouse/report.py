@@ -16,6 +16,7 @@ from warehouse import queries as q
 from warehouse import stats
 from warehouse.db import connect
 from warehouse.findings.data import TRAIN_ACC_CONVERGED
+from warehouse.invalidation import Invalidated, incomplete_trials
 from warehouse.layout import Layout
 
 
@@ -72,6 +73,9 @@ def render_report(
         "Wall time is from the first trial's start to the last trial's end; trials run "
         "concurrently, so it is less than the sum of trial times.",
         "",
+    ]
+    lines += _incomplete_section(layout, f)
+    lines += [
         "## Verdicts",
         "",
         ", ".join(f"{counts.get(v, 0)} {v}" for v in fnd.VERDICTS)
@@ -116,6 +120,31 @@ def render_report(
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def incomplete(layout: Layout, f: q.Filters | None = None) -> list[Invalidated]:
+    """The trials of `f`'s experiments whose rows were lost (quarantined or missing files)
+    and that wait for a re-run (`warehouse.invalidation.incomplete_trials`)."""
+    exps = set((f or q.Filters()).experiment)
+    return [i for i in incomplete_trials(layout) if not exps or i.experiment in exps]
+
+
+def _incomplete_section(layout: Layout, f: q.Filters) -> list[str]:
+    gone = incomplete(layout, f)
+    if not gone:
+        return []
+    per = Counter(i.experiment for i in gone)
+    out = [
+        "## Incomplete trials",
+        "",
+        f"**{len(gone)} trial{'s' if len(gone) > 1 else ''} lost rows** (a damaged or missing "
+        "table file; `batchlab check` lists them) and are not counted below until a re-run of "
+        "their grid replaces them: " + ", ".join(f"{e}: {n}" for e, n in sorted(per.items()))
+        + ". The verdicts below are judged without them.",
+        "",
+    ]  # fmt: skip
+    out += [f"- {_md(i.experiment)} / {i.trial_id}: {_md(i.reason)}" for i in gone]
+    return [*out, ""]
 
 
 def _reasons(v: fnd.Verdict) -> str:

@@ -60,6 +60,26 @@ def test_1_check_found_problems(tmp_path, capsys) -> None:
     assert "corrupt_file" in capsys.readouterr().out
 
 
+def test_1_report_on_incomplete_trials(tmp_path, capsys) -> None:
+    """A damaged file quarantined by `check --repair` leaves its trial incomplete: `report`
+    still writes the report, lists the trial in it, warns and exits 1 (not a silent 0)."""
+    layout = _warehouse(tmp_path / "runs")
+    out = tmp_path / "REPORT.md"
+    assert main(["report", "--storage", layout.root, "--output", str(out)]) == 0
+    assert "Incomplete trials" not in out.read_text()
+    Path(layout.table_file("epochs", "alpha", "alpha0")).write_bytes(b"not parquet at all")
+    main(["check", "--repair", "--storage", layout.root])
+    capsys.readouterr()
+    assert main(["report", "--storage", layout.root, "--output", str(out)]) == 1
+    assert "1 trial(s) incomplete" in capsys.readouterr().err
+    text = out.read_text()
+    assert "## Incomplete trials" in text and "- alpha / alpha0: " in text
+    assert "| alpha | 1 | 1 |" in text  # its trials row is invalidated: not counted
+    # only the experiments asked for
+    assert main(["report", "--storage", layout.root, "--experiment", "beta"]) == 0
+    assert "Incomplete trials" not in capsys.readouterr().out
+
+
 def test_2_bad_spec_or_input(tmp_path, capsys) -> None:
     bad = write_grid(tmp_path / "bad.yaml", {**tiny_grid("x", [0]), "max_epochs": -3})
     assert main(["run", str(bad), "--storage", str(tmp_path / "runs")]) == 2
