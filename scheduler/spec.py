@@ -41,6 +41,7 @@ from workers.config import (
     MeasureConfig,
     ModelConfig,
     OptimizerConfig,
+    PerformanceConfig,
     PlateauDecayConfig,
     StopConfig,
     TrialConfig,
@@ -204,6 +205,8 @@ class GridSpec(_Strict):
     loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     trainable: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # How the device executes the trials (workers/config.py PerformanceConfig, docs/grid.md).
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     grid: GridAxes = Field(default_factory=GridAxes)
     resources: Resources = Field(default_factory=Resources)
     # Directory with official data set files (mnist, fashion-mnist, cifar10); relative

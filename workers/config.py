@@ -53,12 +53,32 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("until",), None),
     (("measure", "at"), ["final"]),
     (("measure", "sharpness", "restarts"), 0),
+    (("performance", "tf32"), None),
+    (("performance",), {}),  # after the execution keys below are dropped: {} at defaults
+)
+
+# Settings that change how a trial is executed, not the arithmetic it computes: never part
+# of its identity (docs/grid.md, `performance`). torch.compile, channels_last, CUDA graphs and
+# cuDNN autotuning run the same fp32 maths; they may round differently at the last bit, as a
+# different GPU or cuDNN version does (neither is part of identity either). TF32 is not here:
+# it computes matmuls/convolutions from 10-bit mantissas, a different experiment.
+_EXECUTION_KEYS: tuple[tuple[str, ...], ...] = (
+    ("performance", "compile"),
+    ("performance", "channels_last"),
+    ("performance", "cuda_graphs"),
+    ("performance", "cudnn_benchmark"),
 )
 
 
 def identity_dump(dumped: dict[str, Any]) -> dict[str, Any]:
-    """The dumped TrialConfig without the later keys that hold their defaults (a copy)."""
+    """The dumped TrialConfig without the execution-only keys and the later keys that hold
+    their defaults (a copy)."""
     out = dict(dumped)
+    perf = out.get("performance")
+    if isinstance(perf, dict):
+        out["performance"] = {
+            k: v for k, v in perf.items() if ("performance", k) not in _EXECUTION_KEYS
+        }
     for path, default in _LATER_KEYS:
         parent: dict[str, Any] | None = out
         for part in path[:-1]:
@@ -322,6 +342,47 @@ class MeasureConfig(_Strict):
         return v
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class PerformanceConfig(_Strict):
+    """How the device executes a trial (workers/perf.py applies it; docs/grid.md,
+    `performance`). Every default leaves torch as it is: a trial without this section trains
+    bit-identically to one from before it existed. Each switch has a CPU fallback, and what
+    was in effect is recorded in the trial's `perf_json`."""
+
+    # TF32 tensor cores for fp32 matmuls and cuDNN convolutions (CUDA, Ampere and later):
+    # inputs rounded to 10-bit mantissas. None = torch's defaults untouched (matmuls full
+    # fp32, cuDNN convolutions TF32); true = both TF32; false = both full fp32. Part of the
+    # trial id when set (it changes the numerics). No effect on CPU.
+    tf32: bool | None = None
+    # torch.compile the training forward (and so its backward): false, true (mode "default")
+    # or a mode name. Falls back to eager, with the reason recorded, when compiling fails.
+    compile: bool | str = False
+    # NHWC memory format for models with Conv2d layers (weights and input batches); a
+    # recorded no-op for MLPs and 1-D convolutions.
+    channels_last: bool = False
+    # Capture the lone trial's full-batch forward + backward in CUDA graphs (static shapes;
+    # the last partial batch runs eagerly). CUDA only: a recorded no-op on CPU.
+    cuda_graphs: bool = False
+    # torch.backends.cudnn.benchmark: let cuDNN time its algorithms per input shape (CUDA).
+    cudnn_benchmark: bool = False
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v in COMPILE_MODES:
+            return v
+        raise ValueError(
+            f"{v!r} is not allowed: false, true or a torch.compile mode "
+            f"({', '.join(map(repr, COMPILE_MODES))})"
+        )
+
+    @property
+    def is_default(self) -> bool:
+        return self == PerformanceConfig()
+
+
 class TrialConfig(_Strict):
     """One fully resolved trial. Its hash is the trial's identity."""
 
@@ -366,6 +427,9 @@ class TrialConfig(_Strict):
     # Hyperparameters batchlab does not know: passed to the user's code as trial.params
     # (grid axes `params.<name>`), part of the trial's identity.
     params: dict[str, Any] = Field(default_factory=dict)
+    # How the device executes the trial: TF32, torch.compile, channels_last, CUDA graphs,
+    # cuDNN autotuning (PerformanceConfig). Only `tf32` is part of the trial's identity.
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
@@ -494,4 +558,8 @@ class TrialConfig(_Strict):
             "loss": [self.loss, self.loss_kwargs],
             "trainable": self.trainable,
         }
+        # Members of a pack share one execution (global TF32 flags, one memory format): the
+        # settings split packs, and leave the shape keys of default trials as they were.
+        if not self.performance.is_default:
+            key["performance"] = self.performance.model_dump(mode="json")
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
