@@ -93,7 +93,7 @@ _SUMMARY_COLUMNS = (
     "best_val_acc", "best_epoch", "best_step", "steps_to_target", "diverged_step",
     "final_train_loss", "final_val_loss", "final_dist_from_init", "train_time_s",
     "wall_time_s", "peak_memory_mb", "resumed_from_epoch", "torch_version", "cuda_version",
-    "python_version", "host", "device", "device_name",
+    "python_version", "host", "device", "device_name", "perf_json",
 )  # fmt: skip
 
 

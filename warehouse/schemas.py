@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: the trials row's step_* summary columns; 3: user code, `metrics`
+SCHEMA_VERSION = 4  # 2: the trials row's step_* summary columns; 3: user code, `metrics`;
+# 4: the trials row's perf_json (the `performance:` settings in effect)
 # Every file records the schema version it was written with (Parquet key-value metadata),
 # so `warehouse.check` can tell a file from a newer batchlab apart.
 SCHEMA_VERSION_KEY = "batchlab.schema_version"
@@ -128,6 +129,10 @@ TRIALS = pa.schema(
         pa.field("params_json", s),  # the free hyperparameters (trial.params) as JSON
         pa.field("user_code_hash", s),  # 16 hex digits over the user's sources ("" if none)
         pa.field("user_code_version", s),  # per path: sha256 prefix and installed version
+        # Since schema version 4: what of `performance:` (TF32, torch.compile, channels_last,
+        # CUDA graphs, cuDNN autotuning) was in effect, and why not (workers/perf.py); NULL
+        # in older rows.
+        pa.field("perf_json", s),
     ],
     metadata=_META,
 )

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import stack_module_state
 
+from workers import perf
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import Loss, loss_of
@@ -410,24 +411,28 @@ def run_pack(
         raise ValueError(f"run_pack: {problem}")
     dev = resolve_device(device)
     results: dict[str, TrialResult] = {}
+    # One execution for the whole pack (the performance settings are part of the shape key):
+    # TF32 / cuDNN flags for the pack's duration, its record in every member's perf_json.
+    with perf.applied(cfgs[0].performance, dev) as rec:
 
-    def done(r: TrialResult) -> None:
-        results[r.trial_id] = r
-        if on_done is not None:
-            on_done(r)
+        def done(r: TrialResult) -> None:
+            r.summary["perf_json"] = perf.to_json(rec)
+            results[r.trial_id] = r
+            if on_done is not None:
+                on_done(r)
 
-    try:
-        _train_pack(cfgs, dev, data, data_dir, checkpoints, on_epoch, done)
-    except Exception as exc:  # recorded as data, the grid goes on
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            raise
-        tb = traceback.format_exc()
-        for c in cfgs:
-            if c.trial_id not in results:
-                done(TrialResult(
-                    trial_id=c.trial_id, config_hash=c.config_hash, status="failed",
-                    stop_reason="error", summary={**provenance(dev)}, error=tb,
-                ))  # fmt: skip
+        try:
+            _train_pack(cfgs, dev, data, data_dir, checkpoints, on_epoch, done, rec)
+        except Exception as exc:  # recorded as data, the grid goes on
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            tb = traceback.format_exc()
+            for c in cfgs:
+                if c.trial_id not in results:
+                    done(TrialResult(
+                        trial_id=c.trial_id, config_hash=c.config_hash, status="failed",
+                        stop_reason="error", summary={**provenance(dev)}, error=tb,
+                    ))  # fmt: skip
     return [results[c.trial_id] for c in cfgs]
 
 
@@ -439,6 +444,7 @@ def _train_pack(
     checkpoints: Sequence[CheckpointIO | None] | None,
     on_epoch: Callable[[str, dict[str, Any]], None] | None,
     done: Callable[[TrialResult], None],
+    perf_rec: dict[str, Any] | None = None,
 ) -> None:
     t_start = time.perf_counter()
     c0 = cfgs[0]
@@ -454,6 +460,8 @@ def _train_pack(
         lone_models.append(build_model(cfg.model, data.input_shape, data.num_classes))
     template = copy.deepcopy(lone_models[0]).to(dev)
     net = make_pack_net(template)
+    rec = perf_rec if perf_rec is not None else perf.new_record(c0.performance, dev)
+    perf.prepare_pack(c0.performance, rec, net)  # channels_last; the rest is recorded
     params, buffers = stack_module_state(lone_models)
     P = len(cfgs)
     flat = torch.cat([params[k].detach().reshape(P, -1) for k in net.param_names], dim=1).to(dev)

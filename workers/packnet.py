@@ -82,6 +82,9 @@ class PackNet:
         # (channels, spatial) when the first op wants the conv layout: `gather` then builds
         # it directly (no transpose copy of the batch).
         self.entry: tuple[int, tuple[int, ...]] | None = None
+        # performance.channels_last (workers/perf.py): 2-D convolutions in NHWC; set after
+        # construction, read at every call.
+        self.has_conv2d, self.channels_last = False, False
         self.out_layout = self._compile(model, "", "pb")
 
     # ------------------------------------------------------------------ compile
@@ -139,11 +142,17 @@ class PackNet:
             iw = self._p[prefix + "weight"]
             ib = self._p.get(prefix + "bias")
             stride, padding, dilation, groups = mod.stride, mod.padding, mod.dilation, mod.groups
+            self.has_conv2d = self.has_conv2d or conv is F.conv2d
 
             def conv_op(h, P, ps, bs, training):
                 w = ps[iw]
                 # (P, Cout, Cin/g, *k) -> (P*Cout, Cin/g, *k): member p owns groups p*g...
                 w = w.reshape(P * w.shape[1], *w.shape[2:])
+                if self.channels_last and h.dim() == 4:
+                    # NHWC input and weights (the weights' copy is the only extra work; the
+                    # gradient flows back through it into the stacked parameters).
+                    h = h.contiguous(memory_format=torch.channels_last)
+                    w = w.contiguous(memory_format=torch.channels_last)
                 b = None if ib is None else ps[ib].reshape(-1)
                 return conv(h, w, b, stride, padding, dilation, P * groups)
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from workers import perf
 from workers.budget import cap_reached, target_reached
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
@@ -288,23 +289,30 @@ def run_trial(
     traceback (the scheduler decides whether to retry). With `dist`, this process is one
     rank of a data-parallel trial (see DistContext)."""
     dev = resolve_device(device)
-    try:
-        if cfg.trainable is not None:
-            from workers.trial_api import run_user_trial
+    # TF32 / cuDNN flags for this trial only (restored after it); `rec` records what was in
+    # effect for every performance switch (the trials row's perf_json).
+    with perf.applied(cfg.performance, dev) as rec:
+        try:
+            if cfg.trainable is not None:
+                from workers.trial_api import run_user_trial
 
-            return run_user_trial(cfg, dev, data_dir, checkpoints, on_epoch)
-        return _train(cfg, dev, data, data_dir, checkpoints, on_epoch, dist)
-    except Exception as exc:  # recorded as data, the grid goes on
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            raise  # the scheduler splits packs / retries on OOM: let it see the real type
-        return TrialResult(
-            trial_id=cfg.trial_id,
-            config_hash=cfg.config_hash,
-            status="failed",
-            stop_reason="error",
-            summary={**provenance(dev)},
-            error=traceback.format_exc(),
-        )
+                perf.not_applied(rec, cfg.performance, "not applied: a trainable runs its own loop")
+                result = run_user_trial(cfg, dev, data_dir, checkpoints, on_epoch)
+            else:
+                result = _train(cfg, dev, data, data_dir, checkpoints, on_epoch, dist, rec)
+        except Exception as exc:  # recorded as data, the grid goes on
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise  # the scheduler splits packs / retries on OOM: let it see the real type
+            result = TrialResult(
+                trial_id=cfg.trial_id,
+                config_hash=cfg.config_hash,
+                status="failed",
+                stop_reason="error",
+                summary={**provenance(dev)},
+                error=traceback.format_exc(),
+            )
+    result.summary["perf_json"] = perf.to_json(rec)
+    return result
 
 
 def _train(
@@ -315,6 +323,7 @@ def _train(
     checkpoints: CheckpointIO | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
     dist: DistContext | None = None,
+    perf_rec: dict[str, Any] | None = None,
 ) -> TrialResult:
     t_start = time.perf_counter()
     main = dist is None or dist.is_main
@@ -374,6 +383,13 @@ def _train(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     model.train()
+    # The step's forward under `performance:` (channels_last, torch.compile, CUDA graphs,
+    # each with its eager fallback: workers/perf.py); `net` itself when they are all off.
+    fwd = perf.training_forward(
+        cfg.performance, perf_rec if perf_rec is not None else perf.new_record(cfg.performance, dev),
+        model, net, data.x_train, data.y_train, lossf, cfg.batch_size, n, dev,
+        data_parallel=dist is not None and dist.world_size > 1,
+    )  # fmt: skip
     stop_reason = "max_epochs"
     prev_epoch_params = [p.detach().clone() for p in params]
 
@@ -414,7 +430,7 @@ def _train(
                 lrs.append(lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                loss = lossf(net(xb), yb)
+                loss = lossf(fwd(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grads = [p.grad for p in params]
