@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import streamlit as st
 
+from app.disk_cache import persisted
 from app.filters import Selection
 from app.filters import sidebar as filter_sidebar
 from app.labels import series_label  # noqa: F401 (re-exported: the pages' import)
@@ -105,7 +106,23 @@ def refresh_version() -> str:
     root = storage_root()
     v = data_version(root)
     st.session_state[_VERSION_KEY] = (root, v, time.monotonic())
+    if _SEEN.get(root) != v:
+        _SEEN[root] = v
+        _warm_in_background(root, v)
     return v
+
+
+_SEEN: dict[str, str] = {}  # this server's last data version per root
+
+
+def _warm_in_background(root: str, version: str) -> None:
+    """A version this server has not seen (its start, or new data): fill the disk cache for
+    every page in a background process (app/warm.py), so the other pages' first renders
+    read it. Only in a real server (not AppTest, not inside a warmer)."""
+    if st.runtime.exists():
+        from app.warm import start_background
+
+        start_background(root, version)
 
 
 def version() -> str:
@@ -123,6 +140,7 @@ def con() -> duckdb.DuckDBPyConnection:
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
+@persisted
 def _cached(
     name: str, root: str, version: str, filters: q.Filters | None, kwargs_key: tuple
 ) -> pd.DataFrame:
@@ -151,6 +169,7 @@ def _retrying(fn: Callable[[], Any]) -> Any:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+@persisted
 def _cached_findings(root: str, version: str, filters: q.Filters) -> list[fnd.Verdict]:
     return fnd.evaluate(_connection(root, version).cursor(), filters)
 
@@ -163,10 +182,15 @@ def findings(filters: q.Filters) -> list[fnd.Verdict]:
 
 def options(experiment: tuple[str, ...] = ()) -> dict[str, list]:
     root, v = storage_root(), version()
+    if experiment:  # every experiment: the same answer as no experiment filter
+        every = options()
+        if set(experiment) == set(every["experiment"]):
+            return every
     return _retrying(lambda: _cached_options(root, v, experiment))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+@persisted
 def _cached_options(root: str, version: str, experiment: tuple[str, ...]) -> dict[str, list]:
     return q.filter_options(_connection(root, version).cursor(), experiment)
 

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.common import _connection, storage_root, version
+from app.disk_cache import persisted
 from warehouse import queries as q
 
 VIEW = "metrics"
@@ -32,6 +33,7 @@ def _usable(c: duckdb.DuckDBPyConnection) -> bool:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+@persisted
 def _names(root: str, v: str, f: q.Filters) -> list[str]:
     c = _connection(root, v).cursor()
     if not _usable(c):
@@ -53,6 +55,7 @@ def metric_names(f: q.Filters) -> list[str]:
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
+@persisted
 def _curves(root: str, v: str, f: q.Filters, name: str) -> pd.DataFrame:
     c = _connection(root, v).cursor()
     sel, params = q._sel(f)
@@ -80,6 +83,7 @@ def metric_curves(f: q.Filters, name: str) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
+@persisted
 def _trial_metrics(root: str, v: str, trial_ids: tuple[str, ...]) -> pd.DataFrame:
     c = _connection(root, v).cursor()
     if not _usable(c):

@@ -8,10 +8,12 @@ import html
 import streamlit as st
 
 from app.common import storage_root, version
+from app.disk_cache import persisted
 from warehouse import queries as q
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
+@persisted
 def report_markdown(root: str, v: str, f: q.Filters) -> str:
     from warehouse.report import render_report
 

@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 import streamlit as st
 
 from app.common import _connection, storage_root, version
+from app.disk_cache import persisted
 from warehouse import queries as q
 from warehouse.layout import Layout
 from warehouse.schemas import SCHEMAS
@@ -57,6 +58,7 @@ def _config_columns(configs: pd.Series) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+@persisted
 def _runs(root: str, v: str, f: q.Filters) -> pd.DataFrame:
     cond, params = f.where("t")
     scalar = [
@@ -101,6 +103,7 @@ def varying(df: pd.DataFrame, cols: list[str] | None = None) -> list[str]:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
+@persisted
 def _table(root: str, v: str, table: str, trial_ids: tuple[str, ...]) -> pd.DataFrame:
     order = {"epochs": "epoch", "steps": "step", "layers": "epoch, layer", "probes": "epoch"}
     return (
@@ -121,6 +124,7 @@ def rows(table: str, trial_ids: list[str]) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
+@persisted
 def _trial(root: str, v: str, experiment: str, trial_id: str) -> dict:
     got = (
         _connection(root, v)

@@ -18,6 +18,7 @@ import streamlit as st
 import streamlit.elements.vega_charts as _vega
 
 from app.common import current_filters, version
+from app.disk_cache import persisted
 from app.labels import series_label
 
 # More settings than this in one chart: one chart per experiment instead.
@@ -80,6 +81,7 @@ def _cached_spec(name: str, _fn: Callable[..., alt.TopLevelMixin], args: tuple, 
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
+@persisted
 def _keyed_spec(name: str, key: tuple, _fn: Callable[..., alt.TopLevelMixin], _a: tuple, _k: dict):
     return to_spec(_fn(*_a, **_k))
 

@@ -30,3 +30,20 @@ def fixture_root(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def empty_root(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("app-empty") / "runs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_app_cache(tmp_path_factory):
+    """The app's disk cache (app/disk_cache.py) in a private folder, not the user's, and no
+    background warm-up processes from the servers the browser tests start."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("BATCHLAB_APP_CACHE", "BATCHLAB_APP_WARM")}
+    os.environ["BATCHLAB_APP_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
+    os.environ["BATCHLAB_APP_WARM"] = "0"
+    yield os.environ["BATCHLAB_APP_CACHE"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

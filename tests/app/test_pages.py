@@ -11,6 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.common import PAGES
+from app.screens import TITLES
+from app.warm import page_test
 from warehouse.db import connect
 from warehouse.findings import CONTRADICTED, FINDINGS, NOT_ENOUGH, SUPPORTED, VERDICTS, evaluate
 from warehouse.queries import Filters
@@ -22,9 +24,10 @@ TIMEOUT_S = 120
 def open_page(monkeypatch, root: str, page: str) -> AppTest:
     """The whole app (app/main.py) on `root`, showing `page` (a file under app/views/)."""
     monkeypatch.setenv("BATCHLAB_STORAGE", root)
-    at = AppTest.from_file(str(APP / "main.py"), default_timeout=TIMEOUT_S)
-    at.switch_page(f"views/{page}")
-    return at.run()
+    # page_test: switch_page alone opens the default page for a file whose name is not
+    # its url path (timing.py is /time) on the first run.
+    url = next(p.url_path for p in PAGES if p.file == page)
+    return page_test(url, TIMEOUT_S).run()
 
 
 def assert_clean(at: AppTest, where: str) -> None:
@@ -42,6 +45,8 @@ def test_page_renders_on_fixture(monkeypatch, fixture_root, page):
     at = open_page(monkeypatch, fixture_root, page)
     assert_clean(at, page)
     assert at.title, f"{page}: no title"
+    url = next(p.url_path for p in PAGES if p.file == page)
+    assert at.title[0].value == TITLES[url], f"{page}: another page rendered"
     if page != "sql.py":  # default: every experiment of the warehouse
         assert at.sidebar.multiselect(key="f_experiment").value == [
             "contradict",
