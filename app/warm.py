@@ -113,12 +113,17 @@ def start_background(root: str, version: str | None = None) -> subprocess.Popen 
     when `BATCHLAB_APP_WARM=0`, or when `version` is warm already."""
     if os.environ.get(WARMING_ENV) or os.environ.get("BATCHLAB_APP_WARM", "1") == "0":
         return None
-    if version is not None and is_warm(root, version):
-        return None
-    env = {**os.environ, WARMING_ENV: "1"}
+    if version is not None:
+        lock = _marker(root, version, "lock")
+        busy = lock is not None and lock.exists()
+        if is_warm(root, version) or (busy and time.time() - lock.stat().st_mtime < LOCK_STALE_S):
+            return None
+    # The caller's working directory (a relative root means the same folder), the repo on
+    # the path (`app` importable from there).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, WARMING_ENV: "1", "PYTHONPATH": path}
     return subprocess.Popen(
         [sys.executable, "-m", "app.warm", "--storage", root],
-        cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

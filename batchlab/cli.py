@@ -478,11 +478,18 @@ def cmd_app(args: argparse.Namespace) -> int:
         )
     elif args.storage:
         env["BATCHLAB_STORAGE"] = args.storage
+    warm = True
     if not args.demo:
         try:  # a server: it starts on an empty root (a run into it shows up on reload)
             require_warehouse(env.get("BATCHLAB_STORAGE"))
         except NoWarehouse as exc:
+            warm = False
             print(f"note: {exc}", file=sys.stderr)
+    if warm:  # every page rendered once in the background: first visits read the disk cache
+        from app.warm import start_background
+        from warehouse.layout import default_root
+
+        start_background(env.get("BATCHLAB_STORAGE") or default_root())
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(entry),
         "--server.address", args.host, "--server.port", str(args.port),

@@ -195,3 +195,19 @@ def test_warm_fills_every_page(monkeypatch, cache, fixture_root):
         misses = disk_cache.STATS["misses"]
         _render(monkeypatch, fixture_root, url)
         assert disk_cache.STATS["misses"] == misses, f"{url}: computed after the warm-up"
+
+
+def test_background_warmer_with_a_relative_root(monkeypatch, cache, fixture_root):
+    """`batchlab app` and a server start it detached; a relative root means the caller's."""
+    from app.warm import start_background
+
+    monkeypatch.delenv("BATCHLAB_APP_WARM", raising=False)
+    monkeypatch.delenv("BATCHLAB_APP_WARMING", raising=False)
+    root = Path(fixture_root)
+    monkeypatch.chdir(root.parent)
+    proc = start_background(root.name)
+    assert proc is not None and proc.wait(timeout=600) == 0
+    assert is_warm(root.name, data_version(root.name))
+    assert start_background(root.name, data_version(root.name)) is None  # warm already
+    monkeypatch.setenv("BATCHLAB_APP_WARM", "0")
+    assert start_background(root.name) is None
