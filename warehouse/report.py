@@ -155,7 +155,8 @@ def _reasons(v: fnd.Verdict) -> str:
     for g in v.groups:
         if g.verdict == fnd.UNDECIDED:
             for part in (g.note or "no test").split("; "):
-                reasons[part.split(":")[0] if part.startswith("left out") else part] += 1
+                short = part.startswith(("left out", "precondition not met"))
+                reasons[part.split(":")[0] if short else part] += 1
     return "; ".join(f"{r} ({n} group{'s' if n > 1 else ''})" for r, n in reasons.most_common())
 
 

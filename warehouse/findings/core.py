@@ -117,7 +117,10 @@ def judge(results: list[GroupResult]) -> list[GroupResult]:
         notes = [p.note for p in new if p.note]
         if any(p.verdict != SUPPORTED for p in pre):
             verdict = UNDECIDED
-            notes.append("precondition not met: " + "; ".join(p.what for p in pre))
+            # (one note: "; " separates a group's notes, so the details use ", ")
+            notes.append(
+                "precondition not met: " + ", ".join(p.what.replace("; ", ", ") for p in pre)
+            )
         statistic = "; ".join(p.what for p in new if p.what)
         more = [p for p in new if not p.what and p.test is not None]  # sub-tests (layers)
         if more:
