@@ -13,6 +13,7 @@ version, code) at a time: a lock file in the cache directory; a second one exits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", default="", help="comma-separated url paths (default: all)")
     ap.add_argument("--verbose", action="store_true", help="print each page's time")
     args = ap.parse_args(argv)
+    with contextlib.suppress(OSError):  # in the background: the server's renders go first
+        os.nice(10)
     if not args.storage:
         from warehouse.layout import default_root
 
