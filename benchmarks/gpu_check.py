@@ -18,6 +18,12 @@ runs over is killed and recorded; the next one still runs), all limits inside `-
    local Ray): seed-004 LeNet with Adam, batch sizes 16/32/64 x 2 seeds, --study-epochs
    epochs, default measurements + the Hessian probe, then `warehouse.compact.compact`
    -> study.json and the compacted warehouse in study/.
+6. perf: the `performance:` switches (workers/perf.py) on the reference model, in-process:
+   one lone LeNet trial (bs 64) and one pack of 8 (bs 64), 2 epochs on 10,000 MNIST examples,
+   under the defaults, then tf32 + channels_last + cudnn_benchmark (lone and pack), then
+   cuda_graphs (lone), then compile (lone, only when >= 35 s of the part are left): each
+   run's epoch times, examples/s, memory peak, its final losses against the defaults', and
+   its perf_json record (what was in effect, why not) -> perf.json, written after every run.
 
 Finally gpu_check.json: every part's status, return code, seconds, and the headline numbers.
 The exit code is 0 only when every part succeeded.
@@ -47,7 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # Seconds per part on the GPU (the sum stays under 9 minutes with ~60 s for the set-up).
-LIMITS = {"env": 25, "grid": 270, "probes": 40, "surface": 45, "study": 100}
+LIMITS = {"env": 25, "grid": 240, "probes": 40, "surface": 40, "study": 80, "perf": 55}
 
 
 def data_dir() -> str | None:
@@ -270,12 +276,96 @@ def part_study(args) -> dict[str, Any]:
     }
 
 
+# The settings of the perf part, in order; the lone-only ones do not apply to packs.
+PERF_SETTINGS: list[tuple[str, dict[str, Any], bool]] = [
+    ("default", {}, True),
+    ("tf32+channels_last+cudnn_benchmark",
+     {"tf32": True, "channels_last": True, "cudnn_benchmark": True}, True),
+    ("cuda_graphs", {"cuda_graphs": True}, False),
+    ("compile", {"compile": True}, False),
+]  # fmt: skip
+PERF_COMPILE_MIN_S = 35.0  # compile (inductor, cold cache) is tried only with this much left
+
+
+def part_perf(args) -> dict[str, Any]:
+    import torch
+
+    from workers.config import DatasetConfig, TrialConfig
+    from workers.data import Dataset, load_dataset
+    from workers.pack import run_pack
+    from workers.train import resolve_device, run_trial
+
+    t_part = time.perf_counter()
+    dev = resolve_device("cpu" if args.tiny else "cuda")
+    name = "digits" if args.tiny else "mnist"
+    full = load_dataset(DatasetConfig(name=name), str(dev), None if args.tiny else data_dir())
+    n, n_val = (256, 128) if args.tiny else (10_000, 2_000)
+    data = Dataset(name, full.x_train[:n], full.y_train[:n], full.x_val[:n_val],
+                   full.y_val[:n_val], full.num_classes, full.input_shape)  # fmt: skip
+    del full
+    base = {
+        "dataset": {"name": name}, "model": {"name": "lenet"}, "batch_size": 64, "max_epochs": 2,
+        "lr": 0.01, "measure": {"layers": False, "checkpoints": False, "train_eval": False},
+    }  # fmt: skip
+    lrs = [0.01, 0.1] if args.tiny else [float(10**e) for e in range(-3, 1)] * 2
+    seeds = [0] * len(lrs) if args.tiny else [0] * 4 + [1] * 4
+    out: dict[str, Any] = {"device": str(dev), "n_train": n, "n_val": n_val,
+                           "model": "lenet", "batch_size": 64, "epochs": 2,
+                           "pack_size": len(lrs), "runs": {}}  # fmt: skip
+    path = Path(args.out) / "perf.json"
+
+    def measure(results) -> dict[str, Any]:
+        r0 = results[0]
+        ep = [e["epoch_time_s"] for e in r0.epochs]
+        return {
+            "status": [r.status for r in results],
+            "epoch_time_s": ep,
+            "examples_per_s_last_epoch": len(results) * n / ep[-1] if ep else None,
+            "peak_memory_mb": r0.summary.get("peak_memory_mb"),
+            "val_loss": [r.epochs[-1]["val_loss"] if r.epochs else None for r in results],
+            "perf": json.loads(r0.summary.get("perf_json") or "{}"),
+            "error": next((r.error[-800:] for r in results if r.error), None),
+        }
+
+    # Warm-up: CUDA context, cuDNN handles and the data on the device are paid here once.
+    run_trial(TrialConfig.model_validate({**base, "max_epochs": 1}), device=str(dev), data=data)
+    for label, settings, packs in PERF_SETTINGS:
+        left = args.limit_s - (time.perf_counter() - t_part)
+        if label == "compile" and (args.tiny or left < PERF_COMPILE_MIN_S):
+            why = "--tiny (a CPU compile takes minutes)" if args.tiny else f"{left:.0f} s left"
+            out["runs"][label] = {"skipped": why}
+            continue
+        cfg = {**base, "performance": settings}
+        t0 = time.perf_counter()
+        rec = {"lone": measure([run_trial(TrialConfig.model_validate(cfg), device=str(dev),
+                                          data=data)])}  # fmt: skip
+        if packs:
+            cfgs = [TrialConfig.model_validate({**cfg, "lr": lr, "seed": sd})
+                    for lr, sd in zip(lrs, seeds, strict=True)]  # fmt: skip
+            rec["pack"] = measure(run_pack(cfgs, device=str(dev), data=data))
+        rec["seconds"] = time.perf_counter() - t0
+        out["runs"][label] = rec
+        path.write_text(json.dumps(out, indent=2, default=str))  # partial results survive a kill
+    ref = out["runs"]["default"]
+    for rec in out["runs"].values():
+        for kind in ("lone", "pack"):
+            if kind in rec and rec[kind]["val_loss"] and ref[kind]["val_loss"]:
+                rec[kind]["max_abs_val_loss_diff_vs_default"] = max(
+                    abs(a - b) for a, b in zip(rec[kind]["val_loss"], ref[kind]["val_loss"],
+                                               strict=True) if a is not None and b is not None
+                )  # fmt: skip
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    return out
+
+
 PARTS = {
     "env": part_env,
     "grid": part_grid,
     "probes": part_probes,
     "surface": part_surface,
     "study": part_study,
+    "perf": part_perf,
 }
 
 
@@ -296,6 +386,8 @@ def run_part(name: str, args, limit: float) -> dict[str, Any]:
         str(args.surface_examples),
         "--study-epochs",
         str(args.study_epochs),
+        "--limit-s",
+        str(limit),
     ] + (["--tiny"] if args.tiny else [])
     t0 = time.perf_counter()
     log = out / f"{name}.log"
@@ -332,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--surface-examples", type=int, default=10_000, help="per split")
     ap.add_argument("--study-epochs", type=int, default=3)
     ap.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
+    ap.add_argument("--limit-s", type=float, default=600.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def test_tiny_gpu_check_completes_and_writes_its_outputs(tmp_path, data_cache):
     summary = json.loads((out / "gpu_check.json").read_text())
     assert proc.returncode == 0, (proc.stdout[-2000:], json.dumps(summary)[-3000:])
     parts = summary["parts"]
-    assert list(parts) == ["env", "grid", "probes", "surface", "study"]
+    assert list(parts) == ["env", "grid", "probes", "surface", "study", "perf"]
     assert all(p["status"] == "ok" and p["rc"] == 0 for p in parts.values()), parts
     assert parts["env"]["result"]["torch"] and "cuda_available" in parts["env"]["result"]
     grid = json.loads((out / "grid_throughput.json").read_text())
@@ -40,6 +40,18 @@ def test_tiny_gpu_check_completes_and_writes_its_outputs(tmp_path, data_cache):
     assert study["counts"]["completed"] == 2 and study["probe_rows"] > 0
     assert [t["batch_size"] for t in study["trials"]] == [32, 64]
     assert all(t["status"] == "completed" for t in study["trials"])
+    # The performance switches: each run completed and recorded what was in effect.
+    perf = parts["perf"]["result"]
+    assert perf == json.loads((out / "perf.json").read_text())
+    assert list(perf["runs"]) == ["default", "tf32+channels_last+cudnn_benchmark", "cuda_graphs",
+                                  "compile"]  # fmt: skip
+    fast = perf["runs"]["tf32+channels_last+cudnn_benchmark"]
+    assert fast["lone"]["status"] == ["completed"]
+    assert fast["pack"]["status"] == ["completed"] * perf["pack_size"]
+    assert fast["lone"]["perf"]["in_effect"]["channels_last"] is True  # LeNet has Conv2d
+    assert fast["pack"]["perf"]["in_effect"]["channels_last"] is True
+    assert perf["runs"]["cuda_graphs"]["lone"]["perf"]["notes"]["cuda_graphs"].startswith("cpu:")
+    assert "skipped" in perf["runs"]["compile"]
     # The compacted study warehouse is a real one: DuckDB reads its trials table.
     db = out / "study" / "batchlab.duckdb"
     assert db.exists(), sorted(p.name for p in (out / "study").iterdir())
