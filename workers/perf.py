@@ -256,6 +256,8 @@ def _compiled(
                 if mode in _GRAPHING_MODES:
                     torch.compiler.cudagraph_mark_step_begin()
                 loss_fn(compiled(prep(xb) if prep else xb), yb).backward()
+    except torch.cuda.OutOfMemoryError:
+        raise  # the scheduler splits packs / retries on OOM: never hidden by a fallback
     except Exception as exc:  # no compiler, unsupported op, no C++ toolchain...
         rec["notes"]["compile"] = f"fell back to eager: {_reason(exc)}"
         return net
@@ -272,6 +274,8 @@ def _compiled(
                 # A new training iteration: the previous step's graph outputs may be reused.
                 torch.compiler.cudagraph_mark_step_begin()
             return fn(xb)
+        except torch.cuda.OutOfMemoryError:
+            raise
         except Exception as exc:  # a recompilation that fails (a shape not seen above)
             rec["in_effect"]["compile"] = False
             rec["notes"]["compile"] = f"fell back to eager during training: {_reason(exc)}"
@@ -311,6 +315,8 @@ def _graphed(
             graphed = torch.cuda.make_graphed_callables(_Whole(net), (xs.clone(),))
             loss_fn(graphed(xs), sample[1]).backward()  # one replay: fails here, not mid-run
             torch.cuda.synchronize(dev)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except Exception as exc:
         rec["notes"]["cuda_graphs"] = f"fell back to eager: {_reason(exc)}"
         return net
