@@ -118,8 +118,13 @@ _SEEN: dict[str, str] = {}  # this server's last data version per root
 def _warm_in_background(root: str, version: str) -> None:
     """A version this server has not seen (its start, or new data): fill the disk cache for
     every page in a background process (app/warm.py), so the other pages' first renders
-    read it. Only in a real server (not AppTest, not inside a warmer)."""
-    if st.runtime.exists():
+    read it. Only in a real server: not inside a warmer, not under AppTest (whose runtime
+    is a mock)."""
+    from unittest.mock import Mock
+
+    from streamlit.runtime import Runtime
+
+    if Runtime.exists() and not isinstance(Runtime.instance(), Mock):
         from app.warm import start_background
 
         start_background(root, version)
