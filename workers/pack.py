@@ -52,6 +52,7 @@ from workers.data import Dataset, load_dataset_cached
 from workers.losses import Loss, loss_of
 from workers.models import build_model
 from workers.packnet import PackNet, PackUnsupported, VmapNet, make_pack_net
+from workers.resume_rows import compact_rows, expand_rows
 from workers.train import (
     EVAL_BATCH,
     CheckpointIO,
@@ -795,7 +796,7 @@ def _resume_state(
         "init": [t.reshape(s).cpu().clone() for t, s in zip(
             torch.split(stack.init[row], stack.sizes), stack.net.param_shapes, strict=True)],
         "rng_cpu": torch.get_rng_state(),
-        "state": {k: v for k, v in m.st.items()},
+        "state": compact_rows(m.st),  # row lists as columns (workers/resume_rows.py)
     }  # fmt: skip
     if dev.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(dev)
@@ -822,7 +823,7 @@ def _load_resume(
                     buf[r] = torch.cat(
                         [opt_state[i][key].reshape(-1) for i in range(len(names))]
                     ).to(dev)
-            m.st.update(s["state"])
+            m.st.update(expand_rows(s["state"]))
             m.st["resumed_from_epoch"] = m.st["epoch"]
         stack.prev = stack.flat.clone()
     torch.set_rng_state(saved[0]["rng_cpu"])

@@ -34,6 +34,7 @@ from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import CROSS_ENTROPY, Loss, loss_of
 from workers.models import build_model
+from workers.resume_rows import compact_rows, expand_rows
 
 EVAL_BATCH = 4096  # examples per forward pass when evaluating a whole split
 
@@ -375,7 +376,7 @@ def _train(
             torch.set_rng_state(saved["rng_cpu"])
             if dev.type == "cuda" and "rng_cuda" in saved:
                 torch.cuda.set_rng_state(saved["rng_cuda"], dev)
-            st.update(saved["state"])
+            st.update(expand_rows(saved["state"]))
             st["resumed_from_epoch"] = st["epoch"]
         elif m.checkpoints:
             checkpoints.save("init", {k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -743,7 +744,7 @@ def _resume_state(model, opt, init, st, dev, best_state=None) -> dict[str, Any]:
         "optimizer": opt.state_dict(),
         "init": [t.cpu() for t in init],
         "rng_cpu": torch.get_rng_state(),
-        "state": {k: v for k, v in st.items()},
+        "state": compact_rows(st),  # row lists as columns: fast to save (workers/resume_rows.py)
     }
     if best_state is not None:
         state["best_model"] = {k: v.cpu() for k, v in best_state.items()}

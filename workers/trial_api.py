@@ -41,6 +41,7 @@ from torch import nn
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import Loss, loss_of
+from workers.resume_rows import compact_rows, expand_rows
 
 # Columns of the `epochs` table log_epoch fills from its keyword arguments; the rest of the
 # table (distances, norms, times) batchlab computes itself.
@@ -115,7 +116,7 @@ class Trial:
         self._probe_s = 0.0
         self.resumed_from_epoch = 0
         if checkpoints is not None and (saved := checkpoints.load("resume")) is not None:
-            self.st.update(saved["trial"])
+            self.st.update(expand_rows(saved["trial"]))
             self._user_state = saved["user"]
             self._saved_init = saved.get("init")
             self._saved_prev = saved.get("prev")
@@ -359,7 +360,7 @@ class Trial:
             raise TrialAPIError(
                 f"trial.save_checkpoint: state is a {type(state).__name__}; expected a dict"
             )
-        saved = {"user": state, "trial": {k: v for k, v in self.st.items()}}
+        saved = {"user": state, "trial": compact_rows(self.st)}  # workers/resume_rows.py
         if self._init:
             saved["init"] = [t.cpu() for t in self._init]
             saved["prev"] = [t.cpu() for t in self._params()]
