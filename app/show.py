@@ -9,6 +9,7 @@ download buttons under the chart, built only when clicked.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,8 +53,18 @@ def to_spec(chart: alt.TopLevelMixin, *, arrow: bool = True) -> dict:
         with theme or contextlib.nullcontext():
             if to_arrow is None:
                 return chart.to_dict(validate=False)
-            alt.data_transformers.register("to_arrow_dataset", to_arrow)
-            with alt.data_transformers.enable("to_arrow_dataset", datasets=datasets):
+            # The spec without its data first: the columns it names are all the browser
+            # needs (the CSV button keeps every column). A query's other columns would
+            # travel to the browser with every chart: megabytes per chart at 10k trials.
+            alt.data_transformers.register("batchlab_no_data", lambda data: {"values": []})
+            with alt.data_transformers.enable("batchlab_no_data"):
+                text = json.dumps(chart.to_dict(validate=False), default=str).replace("\\", "")
+
+            def trimmed(data: Any, datasets: dict) -> Any:
+                return to_arrow(_used_columns(data, text), datasets=datasets)
+
+            alt.data_transformers.register("batchlab_arrow", trimmed)
+            with alt.data_transformers.enable("batchlab_arrow", datasets=datasets):
                 spec = chart.to_dict(validate=False)
     spec["datasets"] = {**spec.get("datasets", {}), **datasets}
     if _small(chart):
@@ -62,6 +73,15 @@ def to_spec(chart: alt.TopLevelMixin, *, arrow: bool = True) -> dict:
         meta = spec.setdefault("usermeta", {})
         meta.setdefault("embedOptions", {})["renderer"] = "svg"
     return spec
+
+
+def _used_columns(data: Any, spec_text: str) -> Any:
+    """`data` without the columns whose names the spec never mentions (names are matched
+    as text anywhere in the spec: fields, tooltips, expressions)."""
+    if not isinstance(data, pd.DataFrame):
+        return data
+    keep = [c for c in data.columns if not isinstance(c, str) or c in spec_text]
+    return data if len(keep) == len(data.columns) else data[keep]
 
 
 def _small(chart: alt.TopLevelMixin, limit: int = SVG_MAX_ROWS) -> bool:
