@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     warm_s = _warm(root)
     _apptest_warm(pages, rows, args.repeat)
     loads["after_apptest"] = _load()
+    if not args.no_browser:
+        loads["before_browser"] = _wait_quiet(args.max_load, args.wait_s)
     browser, why = ({}, "--no-browser") if args.no_browser else _browser(root, pages)
     loads["after_browser"] = _load()
     for r in rows:
