@@ -25,6 +25,7 @@ time, the ratios against the plain loop and Ray Tune measured in this run, the m
     python benchmarks/cpu_grid.py --tiny                # 4 trials x 2 epochs (a smoke run)
     python benchmarks/cpu_grid.py --only packs plain    # a subset
     python benchmarks/cpu_grid.py --profile             # torch.profiler over the bs-16 pack
+    python benchmarks/cpu_grid.py --only plain packs --epochs 50 --json out.json  # longer trials
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def run_batchlab(grid: dict, pack: bool | None, num_cpus: int, keep: str | None)
     if ray.is_initialized():
         ray.shutdown()
     log = io.StringIO()
+    began = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     report = run_grid(spec, root, num_cpus=num_cpus, progress=False, out=log)
     wall = time.perf_counter() - t0
@@ -167,13 +169,22 @@ def run_batchlab(grid: dict, pack: bool | None, num_cpus: int, keep: str | None)
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("epochs", "steps", "layers")}  # fmt: skip
     evals = con.execute("SELECT count(*) FROM epochs WHERE isfinite(train_loss_eval)").fetchone()
+    # Where the wall time goes: before the first trial (or pack) started training in a
+    # worker (Ray start, worker processes, imports, data), the trials, and after the last.
+    first, last = con.execute("SELECT min(started_at), max(finished_at) FROM trials").fetchone()
+    phases = {
+        "startup_s": (first - began).total_seconds(),
+        "trials_s": (last - first).total_seconds(),
+        "tail_s": wall - (last - began).total_seconds(),
+    }
     con.close()
     if keep is None:
         shutil.rmtree(root, ignore_errors=True)
     return {
         "wall_time_s": wall, "counts": report.counts, "trials": n, "steps_run": steps,
         "max_pack_size": max_pack, "packs": packs, "sum_train_time_s": train_s,
-        "rows": counts, "epochs_with_train_eval": evals[0], "resources": spec.resources.model_dump(),
+        "phases": phases, "rows": counts, "epochs_with_train_eval": evals[0],
+        "resources": spec.resources.model_dump(),
         "measure": spec.measure.model_dump(), "log": log.getvalue(),
     }  # fmt: skip
 
@@ -290,6 +301,7 @@ def profile(grid: dict, rows: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="4 trials x 2 epochs")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 10)")
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
     ap.add_argument("--packs-setting", choices=["default", "true"], default="default",
@@ -299,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/grid_throughput_cpu.json"))
     args = ap.parse_args(argv)
     grid = dict(TINY if args.tiny else GRID)
+    if args.epochs:
+        grid["epochs"] = args.epochs
     if args.profile:
         profile(grid, 25)
         return 0
@@ -336,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             pack = False if part == "lone" else (True if args.packs_setting == "true" else None)
             r = run_batchlab(grid, pack, args.num_cpus, args.keep_storage if pack is None else None)
         out[part] = r
-        print(f"{part}: {r['wall_time_s']:.1f} s", flush=True)
+        phases = "".join(f", {k} {v:.1f}" for k, v in r.get("phases", {}).items())
+        print(f"{part}: {r['wall_time_s']:.1f} s{phases}", flush=True)
         _finish(out, args.json)
     return _finish(out, args.json, final=True)
 

@@ -27,7 +27,9 @@ SLOW = {
     **copy.deepcopy(TINY_GRID),
     "experiment": "live",
     "model": {"name": "mlp", "hidden": [64]},
-    "max_epochs": 4,
+    # Long enough that a poll every 0.5 s sees two running epochs on a fast, idle machine
+    # (at 4 epochs a pack of the two trials finished in ~2 s and the test was flaky).
+    "max_epochs": 12,
     "grid": {"batch_size": [16], "lr": [0.05], "seed": [0, 1]},
 }
 
