@@ -37,6 +37,10 @@ BS_X = alt.X(
     "batch_size:Q", title="batch size (examples, log2)", scale=alt.Scale(type="log", base=2)
 )
 _POINT = alt.OverlayMarkDef(size=18, filled=True)  # hover targets on every line
+# Above this many rows a curve chart draws no hover point per row (the line keeps its
+# tooltip): at 10,000 trials a Curves chart had 24,400 points and the page took 28 s to draw
+# in Chromium, about half of it the points (benchmarks/app_pages.py --bench-10k).
+MAX_HOVER_POINTS = 5000
 
 
 def x_encoding(x: str) -> alt.X:
@@ -63,7 +67,8 @@ def curve_chart(
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     base = alt.Chart(data).encode(x=x_encoding(x), color=BS_COLOR)
     tip = ["batch_size", "series", "epoch", xcol, f"{y}_mean", f"{y}_std", "n_seeds"]
-    line = base.mark_line(point=_POINT).encode(
+    point = _POINT if len(data) <= MAX_HOVER_POINTS else False
+    line = base.mark_line(point=point).encode(
         y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=yscale),
         strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
         detail="series:N",

@@ -3,6 +3,7 @@ expected fields, axis titles with units, and one series per batch size / setting
 
 from __future__ import annotations
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import pytest
@@ -364,3 +365,13 @@ def test_svg_export(con):
     df = q.lr_batch_table(con, F).assign(series="s")
     svg = _svg(to_spec(charts.lr_heatmap(df), arrow=False)).decode()
     assert svg.startswith("<svg") and "min val loss (nats)" in svg
+
+
+def test_curve_chart_drops_hover_points_on_large_data(con):
+    df = q.curves(con, F).assign(series=lambda d: series_label(d))
+    small = marks(charts.curve_chart(df, "val_loss"))[1][0]
+    assert small["mark"]["point"]  # a hover point per row
+    big = pd.concat([df] * (charts.MAX_HOVER_POINTS // len(df) + 1), ignore_index=True)
+    with alt.data_transformers.disable_max_rows():  # (the app sends data its own way)
+        line = marks(charts.curve_chart(big, "val_loss"))[1][0]
+    assert line["mark"].get("point") is False and line["encoding"]["tooltip"]
