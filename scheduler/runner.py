@@ -124,17 +124,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, log_to_driver=not quiet)
         return f"Ray cluster at {address}"
-    # Worker processes need the project importable (a source checkout that is not
-    # installed) and the BATCHLAB_* settings. The embedded instance's processes inherit the
-    # driver's environment when they start, so both are in it while Ray starts (not in a
-    # runtime_env: a job with one cannot use the workers Ray prestarts, and its first tasks
-    # waited 1.3-3 s longer for fresh ones on the 2-core box).
+    # Worker processes need the project importable; in a source checkout that is not
+    # installed, ship the path through the runtime environment.
     project = str(Path(__file__).resolve().parent.parent)
     env = {
         "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH", "")) if p)
     }
-    with _localhost_only(), _environ(env):
-        ray.init(num_cpus=num_cpus, **kwargs)
+    for k, v in os.environ.items():
+        if k.startswith("BATCHLAB_"):
+            env[k] = v
+    with _localhost_only():
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env}, **kwargs)
     from scheduler.watchdog import start_watchdog
 
     start_watchdog()
@@ -147,21 +147,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 # .ENABLE_RAY_CLUSTER, from $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER) makes the node IP 127.0.0.1,
 # and every agent then binds 127.0.0.1 (ray/dashboard/agent.py, reporter_agent.py).
 _LOCAL_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    """`values` in os.environ for the block (the processes started in it inherit them)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -201,7 +201,9 @@ MULTINODE_GRID = {
     "experiment": "multinode",
     "dataset": "mnist1d",
     "model": {"name": "mlp", "hidden": [32]},
-    "max_epochs": 6,
+    # Long enough for the harness to catch a node running a checkpointed trial on a fast, idle
+    # machine (at 6 epochs a trial took ~1 s and the grid could finish before it looked).
+    "max_epochs": 20,
     "grid": {"batch_size": [32], "lr": [0.05], "seed": [0, 1, 2, 3]},
     # Lone trials: the test follows one trial moving to the surviving node (packs: test_packing).
     "resources": {"cpus_per_trial": 1, "max_retries": 3, "pack": False},
@@ -507,7 +509,7 @@ def test_grid_survives_a_killed_worker_node_with_one_set_of_rows_per_trial(multi
     nodes = {r[2] for r in rows}
     assert nodes == {killed, survivor}, rows  # trials ran on both worker nodes, none on the head
     resumed = [r for r in rows if r[4] >= 2]
-    assert resumed, f"no trial was retried after the node was killed: {rows}"
+    assert resumed, f"no trial was retried after the node was killed: {rows}\n" + _why(result)
     for r in resumed:
         assert r[2] == survivor and r[5] >= 1, r  # retried elsewhere, from its checkpoint
     assert all(r[6] == n_epochs for r in rows)
