@@ -317,7 +317,21 @@ def _multinode_main(cfg_path: str) -> None:
             victim = _victim(cfg["root"], MULTINODE_GRID["experiment"], out["worker_node_ids"])
             if victim is not None:
                 node = next(w for w in workers if w.node_id == victim)
+                # A lost machine takes its processes with it: the node's worker processes die
+                # with its raylet (left alone, a worker busy in PyTorch finished and committed
+                # its trial from the dead node before it noticed, and nothing was retried).
+                from ray.util.state import list_workers
+
+                try:
+                    pids = [w.pid for w in list_workers(
+                        filters=[("node_id", "=", victim)], raise_on_missing_output=False
+                    ) if w.worker_type == "WORKER" and w.pid]  # fmt: skip
+                except Exception:  # the state API timed out: try again next poll
+                    return
                 cluster.remove_node(node, allow_graceful=False)
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
                 killed["node_id"] = victim
                 event(f"killed worker node {victim[:8]} while it ran a checkpointed trial")
 
