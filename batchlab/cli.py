@@ -327,7 +327,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     grid = EXAMPLES / "quick.yaml"
     spec = load_spec(grid)
-    print(f"batchlab demo: {grid.name}, {spec.n_trials} trials of an MLP on MNIST-1D (CPU)")
+    print(f"batchlab demo: {grid.name}, {len(spec.trials())} trials of an MLP on MNIST-1D (CPU)")
     rc = _run(spec, args.storage, None, args.num_cpus, False, True, allow_failed=args.allow_failed)
     if rc:
         return rc
