@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--until-decided", metavar="F-2,F-11", default=None, help="add seeds to the groups of these findings still undecided after each round (scheduler/decide.py)")  # fmt: skip
     p.add_argument("--max-seeds", type=int, default=8, help="--until-decided: seeds per setting at most (default 8)")  # fmt: skip
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap every trial at N epochs (a smoke test of the grid; a changed config, so "
+        "new trial ids: docs/cli.md)",
+    )
 
     p = sub.add_parser("demo", help="run the built-in quick grid on CPU and summarize it")
     _storage_arg(p)
@@ -216,6 +224,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scheduler.spec import load_spec
 
     spec = load_spec(args.grid)
+    if args.max_epochs is not None:  # docs/cli.md: every trial capped, so new trial ids
+        if args.max_epochs < 1:
+            raise ValueError(f"--max-epochs: {args.max_epochs} is not allowed: at least 1")
+        spec = spec.model_copy(update={"max_epochs": min(spec.max_epochs, args.max_epochs)})
     preflight(spec, args.storage)  # user code and data-set sizes, before anything is queued
     if args.until_decided and not args.dry_run:
         from scheduler.decide import run_cli
