@@ -11,10 +11,8 @@ path of the field, the value, and what is allowed.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
-import reprlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +33,8 @@ from pydantic import (
 )
 
 from scheduler.analyses import AnalysisSpec
+from scheduler.grid_yaml import Marks, read_yaml, yaml_marks
+from scheduler.spec_errors import SpecError, huge_ints, position, problems_of
 from workers.config import (
     DatasetConfig,
     EarlyStoppingConfig,
@@ -48,17 +48,6 @@ from workers.config import (
     UntilConfig,
     config_hash_of,
 )
-
-
-class SpecError(ValueError):
-    """An invalid grid spec; `str()` lists every problem, one per line."""
-
-    def __init__(self, problems: list[str], source: str = "grid"):
-        self.problems = problems
-        head = (
-            f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the grid spec"
-        )
-        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
 class _Strict(BaseModel):
@@ -221,6 +210,10 @@ class GridSpec(_Strict):
     # The largest grid planned (the product of the axes' lengths, checked before anything is
     # expanded: planning costs ~65 us and ~4 KB per trial). Not part of trial identity.
     max_trials: PositiveInt = 200_000
+    # The time limit of each call into the user's code by the preflight (a loader, a factory,
+    # a loss; seconds): a call still running then fails the preflight, naming its key
+    # (scheduler/preflight.py). $BATCHLAB_PREFLIGHT_TIMEOUT_S overrides it. Not identity.
+    preflight_timeout_s: PositiveFloat = 120.0
     _trials: list[TrialConfig] | None = PrivateAttr(default=None)
 
     @field_validator("experiment")
@@ -262,6 +255,7 @@ class GridSpec(_Strict):
                 "analyses",
                 "code_dir",
                 "max_trials",
+                "preflight_timeout_s",
             },
         )
         return d
@@ -292,7 +286,7 @@ class GridSpec(_Strict):
                     base = TrialConfig.model_validate(d)
                 except ValidationError as exc:
                     where = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
-                    raise SpecError(_problems(exc, prefix=f"grid[{where}]")) from None
+                    raise SpecError(problems_of(exc, GridSpec, prefix=f"grid[{where}]")) from None
                 base_dump = base.model_dump(mode="json")
                 yield base
                 continue
@@ -328,7 +322,7 @@ class GridSpec(_Strict):
                 yield TrialConfig.model_validate(d)
             except ValidationError as exc:
                 where = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
-                raise SpecError(_problems(exc, prefix=f"grid[{where}]")) from None
+                raise SpecError(problems_of(exc, GridSpec, prefix=f"grid[{where}]")) from None
 
     def trials(self) -> list[TrialConfig]:
         """The unique trials: two axis combinations resolving to one config, or to configs
@@ -342,136 +336,6 @@ class GridSpec(_Strict):
         return list(self._trials)
 
 
-def _model_for(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model whose field set applies at `loc` (for 'did you mean')."""
-    model: Any = GridSpec
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        nxt = None
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                nxt = cand
-        model = nxt
-    return model
-
-
-_SHOW = reprlib.Repr()
-_SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 80
-
-
-Marks = dict[tuple, tuple[int, int]]
-
-
-def yaml_marks(text: str, max_nodes: int = 100_000) -> Marks:
-    """(line, column), 1-based, of every key and value in a YAML text, by path: a mapping
-    value at ("grid", "lr"), a list item at ("grid", "lr", 2), and the key itself at
-    ("grid", "lr", "<key>"). Each node is visited once (an alias bomb costs nothing)."""
-    out: Marks = {}
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    stack: list[tuple[tuple, Any]] = [((), root)] if root is not None else []
-    seen: set[int] = set()
-    while stack and len(seen) < max_nodes:
-        path, node = stack.pop()
-        out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = k.value if isinstance(k, yaml.ScalarNode) else None
-                if key is not None:
-                    out.setdefault(
-                        (*path, key, "<key>"), (k.start_mark.line + 1, k.start_mark.column + 1)
-                    )
-                    stack.append(((*path, key), v))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(((*path, i), v) for i, v in enumerate(node.value))
-    return out
-
-
-def _where(marks: Marks | None, loc: tuple, key: bool = False) -> str:
-    """' (line L, column C)' of `loc` in the YAML text (its key's position with `key`; the
-    nearest enclosing node when `loc` itself is absent, e.g. a missing key)."""
-    if not marks:
-        return ""
-    if key and (*loc, "<key>") in marks:
-        line, col = marks[(*loc, "<key>")]
-        return f" (line {line}, column {col})"
-    for n in range(len(loc), -1, -1):
-        if n and loc[:n] in marks:
-            line, col = marks[loc[:n]]
-            return f" (line {line}, column {col})"
-    return ""
-
-
-def _problems(exc: ValidationError, prefix: str = "", marks: Marks | None = None) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = tuple(
-            p
-            for p in err["loc"]
-            if not (isinstance(p, str) and ("[" in p or p in ("function-after",)))
-        )
-        if err["type"] == "extra_forbidden" and err["loc"] and loc[-1:] != err["loc"][-1:]:
-            loc = (*loc, err["loc"][-1])  # the user's key itself, even one that contains "["
-        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-        path = path.lstrip(".") or "(top level)"
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            model = _model_for(loc)
-            valid = sorted(model.model_fields) if model else []
-            key = loc[-1] if loc else "?"
-            hint = difflib.get_close_matches(str(key), valid, n=1)
-            msg = f"{path}: unknown key {key!r}"
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
-            if valid:
-                msg += f"; valid keys: {', '.join(valid)}"
-            out.append(msg + _where(marks, loc, key=True))
-            continue
-        if err["type"] == "missing":
-            out.append(f"{path}: required key is missing" + _where(marks, loc[:-1]))
-            continue
-        text = err["msg"].removeprefix("Value error, ")
-        # reprlib: bounded depth and length (a value nested thousands deep, or a YAML alias
-        # bomb, must not blow the recursion limit or the memory while printing it).
-        shown = _SHOW.repr(value) if not isinstance(value, dict) else "{...}"
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        out.append(f"{path}: {shown} is not allowed: {text}" + _where(marks, loc))
-    return out
-
-
-def _huge_ints(data: Any, limit: int = 20) -> list[str]:
-    """Problems for integers outside the 64-bit range anywhere in `data` (the trial hash,
-    Parquet columns and torch all need int64). Iterative and visiting each list or mapping
-    once, so input nested thousands deep or a YAML alias bomb costs nothing."""
-    out: list[str] = []
-    seen: set[int] = set()
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack and len(out) < limit:
-        path, v = stack.pop()
-        if isinstance(v, Mapping | list | tuple):
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            items = v.items() if isinstance(v, Mapping) else enumerate(v)
-            for k, x in items:
-                if not isinstance(v, Mapping):
-                    sub = f"{path}[{k}]"
-                else:
-                    sub = f"{path}.{k}" if path else str(k)
-                stack.append((sub, x))
-        elif isinstance(v, int) and not -(2**63) <= v < 2**63:
-            out.append(f"{path}: {_SHOW.repr(v)} is not allowed: integers must fit in 64 bits")
-    return sorted(out)
-
-
 def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> GridSpec:
     """Validate already-parsed YAML data into a GridSpec (raises SpecError). With `marks`
     (`yaml_marks` of the text), each problem also says its line and column."""
@@ -482,15 +346,15 @@ def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> G
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_problems(exc, marks=marks), source) from None
-    if huge := _huge_ints(data):
+        raise SpecError(problems_of(exc, GridSpec, marks=marks), source) from None
+    if huge := huge_ints(data):
         raise SpecError(huge, source)
     if spec.n_trials > spec.max_trials:
         sizes = " x ".join(f"{k} {len(v)}" for k, v in spec.axes().items())
         raise SpecError(
             [f"grid: {spec.n_trials:,} trials ({sizes}) exceed max_trials {spec.max_trials:,}; "
              "set a larger max_trials: in grid.yaml to plan more (about 65 us and 4 KB per "
-             "trial)" + _where(marks, ("grid",))],
+             "trial)" + position(marks, ("grid",))],
             source,
         )  # fmt: skip
     # Building every trial validates combinations (e.g. nesterov with adam) up front.
@@ -500,40 +364,13 @@ def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> G
     return spec
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the
-    last one silently)."""
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            line = seen.get(key)
-        except TypeError:  # an unhashable key: the constructor reports it
-            continue
-        if line is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None,
-                f"duplicate key {key!r}: first at line {line}, again at line "
-                f"{key_node.start_mark.line + 1}",
-                key_node.start_mark,
-            )  # fmt: skip
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 def load_spec(path: str | Path) -> GridSpec:
     """Read and validate a grid.yaml (raises SpecError, never a bare traceback)."""
     p = Path(path)
     if not p.is_file():
         raise SpecError([f"file {str(p)!r} does not exist or is not a file"], str(p))
     try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        data = read_yaml(p.read_text())  # duplicate keys refused, YAML 1.2 floats
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
