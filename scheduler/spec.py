@@ -167,6 +167,10 @@ class Resources(_Strict):
     # Most trials in one pack; None = automatic (GPU: as many as fit the measured free
     # memory, at most 64; CPU: 8).
     max_pack_size: PositiveInt | None = None
+    # Wall-clock limit of one trial (seconds; null: none): past it the trial's worker is
+    # killed and the trial recorded `failed`, not retried (scheduler/guards.py). Trials
+    # then run alone, not in packs.
+    trial_timeout_s: PositiveFloat | None = None
 
 
 class GridSpec(_Strict):
