@@ -7,6 +7,8 @@ docs/science.md, section "Probes") on a fixed evaluation set:
 - `keskar_sharpness`: Keskar et al. (ICLR 2017) Metric 2.1, by L-BFGS-B or projected gradient ascent.
 - `noise_scale_two_batch`: McCandlish et al. (2018) B_simple, unbiased two-batch estimator.
 - `noise_scale_exact`: B_simple from per-example gradients (torch.func vmap(grad)).
+- `batch_sharpness`: Andreyev & Beneventano (2024), E_B[g_B' H_B g_B / |g_B|^2].
+- `adaptive_sharpness`: Kwon et al. (2021) / Andriushchenko et al. (2023), worst and average case.
 - `run_probes`: runs the probes a `MeasureConfig` enables and returns warehouse rows.
 
 Common rules, shared by every probe:
@@ -27,11 +29,13 @@ Common rules, shared by every probe:
   does): the full-set loss is assembled from chunks as a size-weighted mean of chunk means.
 
 The package: `_common` (shared helpers), `hessian`, `sharpness` (one run, and the maximum over
-solvers and restarts), `noise`, `runner` (`run_probes` and the row format). Pure PyTorch +
+solvers and restarts), `noise`, `curvature` (batch and adaptive sharpness), `settings` (their
+configuration), `runner` (`run_probes` and the row format). Pure PyTorch +
 SciPy; no Ray.
 """
 
 from workers.probes._common import LossFn, _eval_mode, _NonFinite, _trainable
+from workers.probes.curvature import adaptive_sharpness, batch_indices, batch_sharpness
 from workers.probes.hessian import hessian_top_eigenvalue
 from workers.probes.noise import noise_scale_exact, noise_scale_two_batch
 from workers.probes.runner import PROBES, ROW_KEYS, _jsonable, _row, _subset, run_probes
@@ -47,6 +51,9 @@ __all__ = [
     "_row",
     "_subset",
     "_trainable",
+    "adaptive_sharpness",
+    "batch_indices",
+    "batch_sharpness",
     "hessian_top_eigenvalue",
     "keskar_sharpness",
     "keskar_sharpness_max",

@@ -13,11 +13,27 @@ from torch import Tensor, nn
 
 from workers.config import MeasureConfig
 from workers.probes._common import LossFn
+from workers.probes.curvature import adaptive_sharpness, batch_sharpness
 from workers.probes.hessian import hessian_top_eigenvalue
 from workers.probes.noise import noise_scale_exact, noise_scale_two_batch
 from workers.probes.sharpness import keskar_sharpness, keskar_sharpness_max
 
-PROBES = ("keskar_sharpness", "hessian_top_eig", "noise_scale_two_batch", "noise_scale_exact")
+PROBES = (
+    "keskar_sharpness",
+    "hessian_top_eig",
+    "noise_scale_two_batch",
+    "noise_scale_exact",
+    "batch_sharpness",
+    "adaptive_sharpness_worst_linf",
+    "adaptive_sharpness_worst_l2",
+    "adaptive_sharpness_average",
+)
+# (probe name, settings field of AdaptiveSharpnessConfig with its rho grid, kind, norm)
+ADAPTIVE = (
+    ("adaptive_sharpness_worst_linf", "worst_linf_rho", "worst", "linf"),
+    ("adaptive_sharpness_worst_l2", "worst_l2_rho", "worst", "l2"),
+    ("adaptive_sharpness_average", "average_rho", "average", "l2"),
+)
 ROW_KEYS = ("probe", "epoch", "value", "seconds", "n_examples", "settings_json", "status")
 
 
@@ -73,6 +89,7 @@ def run_probes(
     seed: int,
     epoch: int,
     loss_fn: LossFn = F.cross_entropy,
+    batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every probe `measure` enables and return one warehouse row per measurement.
 
@@ -81,6 +98,11 @@ def run_probes(
     - measure.noise_scale: one "noise_scale_two_batch" row (batches drawn from the whole
       training set: the config names no subset for it), plus "noise_scale_exact" when the model
       has <= exact_max_params trainable parameters.
+    - measure.batch_sharpness (when the MeasureConfig has that field; workers/probes/settings.py):
+      one "batch_sharpness" row, mini-batches of its batch_size or else `batch_size` (the
+      trial's training batch size; the probe is skipped when neither is given).
+    - measure.adaptive_sharpness (likewise): one "adaptive_sharpness_<kind>[_<norm>]" row per
+      rho of each non-empty grid.
 
     Each probe uses a fixed subset of the training set: the first n_examples of a permutation
     seeded with `seed` (recorded as "subset_seed"); probe randomness also uses `seed`. Rows have
@@ -135,4 +157,39 @@ def run_probes(
             xs, ys = _subset(x_train, y_train, cfg_n.exact_n_examples, seed)
             res = noise_scale_exact(model, xs, ys, loss_fn=loss_fn)
             rows.append(_row("noise_scale_exact", epoch, res, {**common, "n_params": n_params}))
+
+    cfg_b = getattr(measure, "batch_sharpness", None)
+    bs = None if cfg_b is None else (cfg_b.batch_size or batch_size)
+    if cfg_b is not None and bs is not None:
+        xs, ys = _subset(x_train, y_train, cfg_b.n_examples, seed)
+        res = batch_sharpness(
+            model,
+            xs,
+            ys,
+            batch_size=min(int(bs), int(xs.shape[0])),
+            n_batches=cfg_b.n_batches,
+            seed=seed,
+            loss_fn=loss_fn,
+        )
+        rows.append(_row("batch_sharpness", epoch, res, common))
+
+    cfg_a = getattr(measure, "adaptive_sharpness", None)
+    if cfg_a is not None:
+        xs, ys = _subset(x_train, y_train, cfg_a.n_examples, seed)
+        for probe, field, kind, norm in ADAPTIVE:
+            for rho in getattr(cfg_a, field):
+                res = adaptive_sharpness(
+                    model,
+                    xs,
+                    ys,
+                    rho=rho,
+                    norm=norm,
+                    kind=kind,
+                    n_iter=cfg_a.n_iter,
+                    n_samples=cfg_a.n_samples,
+                    eta=cfg_a.eta,
+                    seed=seed,
+                    loss_fn=loss_fn,
+                )
+                rows.append(_row(probe, epoch, res, common))
     return rows
