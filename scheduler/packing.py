@@ -12,7 +12,10 @@ Pack size: at most `resources.max_pack_size`, and
   results).
 A group larger than the size is cut into equal packs. The Ray request of a pack: on a GPU,
 the larger of (gpus_per_trial x members) and the pack's share of the GPU's memory, at most 1;
-CPUs: cpus_per_trial x members on CPU (the pack's threads), cpus_per_trial on a GPU.
+CPUs: cpus_per_trial. A pack's torch threads are `trial_threads(cpus_per_trial)`, as a lone
+trial's: never a function of the cluster's CPUs or of the packs running beside it (CPU
+reductions sum in an order set by the thread count, so a trial's numbers would depend on
+the grid it ran in).
 A CUDA out-of-memory error re-queues the pack's unfinished members as two halves.
 
 The planning functions here are pure (tested without Ray); `execute_packs` is the Ray loop,
@@ -181,22 +184,25 @@ def plan_packs(
     return sorted(packs, key=lambda p: -p.cost())
 
 
+def trial_threads(cpus_per_trial: float) -> int:
+    """The intra-op torch threads of a lone trial and of a pack: from `cpus_per_trial`
+    only, so a trial computes the same numbers in any grid, pack, cluster or resume."""
+    return max(1, int(cpus_per_trial))
+
+
 def pack_resources(
-    pack: Pack, cpus_per_trial: float, gpus_per_trial: float, device: str,
-    gpu: GpuFacts | None, max_node_cpus: float, cpu_share: float | None = None,
-) -> tuple[float, float]:  # fmt: skip
+    pack: Pack, cpus_per_trial: float, gpus_per_trial: float, device: str, gpu: GpuFacts | None
+) -> tuple[float, float]:
     """(num_cpus, num_gpus) a pack asks Ray for (see the module docstring).
 
-    On CPU: `cpus_per_trial x members`, at most `cpu_share` (the cluster's CPUs over the
-    number of packs, at least cpus_per_trial) and one node's CPUs. The CPUs are also the
-    pack's torch threads: with more packs than cores, one single-threaded pack per core
-    (small ops do not scale over threads: docs/packs.md, the CPU profile)."""
+    On CPU: `cpus_per_trial`, the pack's threads (`trial_threads`), whatever the pack's
+    size, the cluster's CPUs or the number of packs: one single-threaded pack per core by
+    default (small ops do not scale over threads: docs/packs.md, the CPU profile). It used to be cpus_per_trial x
+    members, at most the cluster's CPUs over the packs, and the same number of threads,
+    which made a trial's numbers depend on the grid it ran in (issue 24)."""
     n = len(pack)
     if device == "cpu":
-        cpus = cpus_per_trial * n
-        if cpu_share is not None:
-            cpus = min(cpus, max(cpus_per_trial, math.floor(cpu_share)))
-        return min(cpus, max(max_node_cpus, cpus_per_trial)), 0.0
+        return cpus_per_trial, 0.0
     share = gpus_per_trial * n
     if gpu is not None and gpu.total_bytes > 0:
         need = gpu.pack_bytes(pack.trials[0], n) + CUDA_CONTEXT_BYTES
@@ -220,9 +226,6 @@ def execute_packs(
     from scheduler.progress import EpochBar
 
     r = spec.resources
-    max_node_cpus = max(
-        (n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1
-    )
     gpu: GpuFacts | None = None
     if device != "cpu":
         if not ray.cluster_resources().get("GPU"):
@@ -244,7 +247,6 @@ def execute_packs(
             file=out,
         )
     packs = plan_packs(trials, device, r.max_pack_size, gpu)
-    total_cpus = ray.cluster_resources().get("CPU", max_node_cpus)
     print(
         f"{len(trials)} trials in {len(packs)} packs (sizes "
         f"{', '.join(str(len(p)) for p in packs)})",
@@ -260,15 +262,7 @@ def execute_packs(
     def submit(p: Pack) -> None:
         for t in p.trials:
             tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
-        cpus, gpus = pack_resources(
-            p,
-            r.cpus_per_trial,
-            r.gpus_per_trial,
-            device,
-            gpu,
-            max_node_cpus,
-            cpu_share=total_cpus / max(1, len(packs)),
-        )
+        cpus, gpus = pack_resources(p, r.cpus_per_trial, r.gpus_per_trial, device, gpu)
         opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": r.max_retries,
                                 "retry_exceptions": False}  # fmt: skip
         if faults:  # fault-injection tests: reach the worker processes of this run only
@@ -277,7 +271,8 @@ def execute_packs(
         ref = remote.remote(
             execute_pack, [t.model_dump_json() for t in p.trials], spec.experiment, layout.root,
             pack_id=p.pack_id, code_version=code_version, device=device,
-            resume=r.resume_checkpoints, num_threads=max(1, int(cpus)), data_dir=spec.data_dir, code_dir=spec.code_dir,
+            resume=r.resume_checkpoints, num_threads=trial_threads(r.cpus_per_trial),
+            data_dir=spec.data_dir, code_dir=spec.code_dir,
         )  # fmt: skip
         pending[ref] = p
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import stack_module_state
 
-from workers import perf
+from workers import perf, torch_state
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import Loss, loss_of
@@ -414,7 +414,8 @@ def run_pack(
     results: dict[str, TrialResult] = {}
     # One execution for the whole pack (the performance settings are part of the shape key):
     # TF32 / cuDNN flags for the pack's duration, its record in every member's perf_json.
-    with perf.applied(cfgs[0].performance, dev) as rec:
+    with torch_state.isolated() as ts, perf.applied(cfgs[0].performance, dev) as rec:
+        rec["torch_threads"] = ts["torch_threads"]
 
         def done(r: TrialResult) -> None:
             r.summary["perf_json"] = perf.to_json(rec)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from workers import perf
+from workers import perf, torch_state
 from workers.budget import cap_reached, target_reached
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
@@ -292,7 +292,10 @@ def run_trial(
     dev = resolve_device(device)
     # TF32 / cuDNN flags for this trial only (restored after it); `rec` records what was in
     # effect for every performance switch (the trials row's perf_json).
-    with perf.applied(cfg.performance, dev) as rec:
+    # Every global torch setting (default dtype, threads, ...) put back after the trial, so
+    # user code cannot change the numbers of the next trial in this process.
+    with torch_state.isolated() as ts, perf.applied(cfg.performance, dev) as rec:
+        rec["torch_threads"] = ts["torch_threads"]
         try:
             if cfg.trainable is not None:
                 from workers.trial_api import run_user_trial
@@ -312,6 +315,8 @@ def run_trial(
                 summary={**provenance(dev)},
                 error=traceback.format_exc(),
             )
+    if ts["restored"]:
+        rec["torch_settings_restored"] = ts["restored"]
     result.summary["perf_json"] = perf.to_json(rec)
     return result
 

@@ -16,6 +16,7 @@ from scheduler.packing import (
     pack_size,
     plan_packs,
     split_for_packs,
+    trial_threads,
 )
 from scheduler.runner import run_grid
 from scheduler.spec import SpecError, parse_spec
@@ -85,24 +86,25 @@ def test_pack_size_from_measured_memory_and_caps():
     assert pack_size(trials, "cuda", 10, gpu) == 10
     # A pack asks Ray for the larger of its per-trial share and its memory share, <= 1 GPU.
     p10 = Pack(tuple(trials[:10]))
-    assert pack_resources(p10, 1.0, 0.01, "cuda", None, 16)[1] == pytest.approx(0.1)
-    cpus, gpus = pack_resources(p10, 1.0, 0.01, "cuda", gpu, 16)
+    assert pack_resources(p10, 1.0, 0.01, "cuda", None)[1] == pytest.approx(0.1)
+    cpus, gpus = pack_resources(p10, 1.0, 0.01, "cuda", gpu)
     assert cpus == 1.0 and 0.3 < gpus < 0.4  # (1 + 0.5 + 2.5 GiB + context) / (0.85 * 16)
-    assert pack_resources(Pack(tuple(trials[:64])), 1.0, 0.1, "cuda", gpu, 16)[1] == 1.0
-    # On CPU a pack's threads are its members' CPUs, at most one node's.
-    assert pack_resources(Pack(tuple(trials[:4])), 1.0, 0.0, "cpu", None, 2) == (2, 0.0)
+    assert pack_resources(Pack(tuple(trials[:64])), 1.0, 0.1, "cuda", gpu)[1] == 1.0
+    # On CPU a pack asks for cpus_per_trial: its threads (trial_threads), whatever its size.
+    assert pack_resources(Pack(tuple(trials[:4])), 1.0, 0.0, "cpu", None) == (1.0, 0.0)
     plan = plan_packs(_trials(), "cpu", 2, None)
     assert [len(p) for p in plan] == [2, 2, 2, 2] and plan[0].trials[0].batch_size == 64
 
 
-def test_cpu_packs_share_the_cluster_cpus():
-    """On CPU a pack asks for cpus_per_trial x members, at most its share of the cluster's
-    CPUs (one single-threaded pack per core when there are more packs than cores)."""
-    p8 = Pack(tuple(_trials(lr=[0.01, 0.02, 0.05, 0.1])[:8]))
-    assert pack_resources(p8, 1.0, 0.0, "cpu", None, 2, cpu_share=2 / 5) == (1.0, 0.0)
-    assert pack_resources(p8, 1.0, 0.0, "cpu", None, 64, cpu_share=64 / 5) == (8.0, 0.0)
-    assert pack_resources(p8, 1.0, 0.0, "cpu", None, 64, cpu_share=64 / 20) == (3.0, 0.0)
-    assert pack_resources(p8, 2.0, 0.0, "cpu", None, 2, cpu_share=0.5) == (2.0, 0.0)
+def test_cpu_pack_threads_depend_on_cpus_per_trial_only():
+    """On CPU a pack asks Ray for cpus_per_trial CPUs and trains with trial_threads of them,
+    whatever its size or the number of packs beside it (issue 24: threads set by the
+    cluster's CPUs over the packs made a trial's numbers depend on the grid it ran in)."""
+    for n in (1, 2, 8):
+        p = Pack(tuple(_trials(lr=[0.01, 0.02, 0.05, 0.1])[:n]))
+        assert pack_resources(p, 1.0, 0.0, "cpu", None) == (1.0, 0.0)
+        assert pack_resources(p, 2.0, 0.0, "cpu", None) == (2.0, 0.0)
+    assert [trial_threads(c) for c in (0.25, 1.0, 1.5, 2.0, 4.0)] == [1, 1, 1, 2, 4]
 
 
 def test_auto_packs_only_groups_a_pack_can_train(monkeypatch):
