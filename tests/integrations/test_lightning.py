@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("lightning")
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from batchlab.integrations.lightning import BatchlabCallback, BatchlabLogger  # noqa: E402
-from tests.integrations.conftest import rows  # noqa: E402
+from batchlab.integrations.lightning import BatchlabCallback, BatchlabLogger
+from tests.integrations.conftest import rows
 
 
 class Tiny(L.LightningModule):
@@ -75,7 +74,12 @@ def test_lightning_run_is_a_committed_batchlab_trial_with_measurements(tmp_path,
     assert [s["step"] for s in steps] == list(range(1, 13))
     assert all(s["update_norm"] > 0 for s in steps[1:]) and all(s["lr"] == 0.1 for s in steps)
     layers = rows(root, "SELECT DISTINCT layer FROM layers ORDER BY layer")
-    assert [r["layer"] for r in layers] == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]
+    assert [r["layer"] for r in layers] == [
+        "net.0.bias",
+        "net.0.weight",
+        "net.2.bias",
+        "net.2.weight",
+    ]
 
 
 def test_logger_alone_writes_epochs_and_two_batch_sizes_are_two_trials(tmp_path, blobs):
@@ -97,7 +101,6 @@ def test_a_crashing_script_commits_a_failed_trial(tmp_path, blobs):
             if self.current_epoch == 1:
                 raise RuntimeError("user bug at epoch 2")
 
-    sys.modules[__name__].Boom = Boom
     x, y = blobs
     logger = BatchlabLogger(tmp_path / "runs", experiment="lit")
     trainer = L.Trainer(max_epochs=3, logger=logger, callbacks=[BatchlabCallback()],
@@ -107,3 +110,31 @@ def test_a_crashing_script_commits_a_failed_trial(tmp_path, blobs):
         trainer.fit(Boom(), DataLoader(TensorDataset(x, y), batch_size=16))
     (t,) = rows(tmp_path / "runs", "SELECT status, error, epochs_run FROM trials")
     assert t["status"] == "failed" and "user bug at epoch 2" in t["error"]
+
+
+def grid_main(trial) -> None:
+    """A batchlab trainable whose loop is Lightning (the grid's trial id, no second trial)."""
+    g = torch.Generator().manual_seed(trial.seed)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = Tiny(lr=trial.lr, batch_size=trial.batch_size)
+    trainer = L.Trainer(max_epochs=trial.max_epochs, logger=BatchlabLogger(experiment="ignored"),
+                        callbacks=[BatchlabCallback()], enable_checkpointing=False,
+                        enable_progress_bar=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=trial.batch_size),
+                DataLoader(TensorDataset(x, y), batch_size=64))  # fmt: skip
+
+
+def test_inside_a_batchlab_grid_it_logs_to_the_grids_trial(tmp_path):
+    from scheduler.tasks import execute_trial
+    from workers.config import TrialConfig
+
+    cfg = TrialConfig.model_validate({
+        "trainable": f"{__name__}:grid_main", "batch_size": 16, "lr": 0.05, "max_epochs": 2,
+    })  # fmt: skip
+    out = execute_trial(cfg.canonical_json(), "grid", str(tmp_path), code_version="t")
+    assert out["status"] == "completed"
+    ts = rows(tmp_path, "SELECT trial_id, experiment, epochs_run, steps_run FROM trials")
+    assert ts == [{"trial_id": cfg.trial_id, "experiment": "grid", "epochs_run": 2, "steps_run": 8}]
+    eps = rows(tmp_path, "SELECT val_loss, dist_from_init FROM epochs ORDER BY epoch")
+    assert len(eps) == 2 and all(e["dist_from_init"] > 0 for e in eps)
