@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,9 @@ EXIT_PROBLEMS = 1  # `check` found problems, `report` incomplete trials (also a 
 EXIT_USAGE = 2  # bad arguments, grid spec, input or SQL (argparse's own code too)
 EXIT_NO_WAREHOUSE = 3  # no warehouse at the root, or an experiment it does not hold
 EXIT_TRIALS_FAILED = 4  # `run` / `demo`: at least one trial failed
+EXIT_STORAGE = 5  # the storage root (or a file under it) cannot be written: full, read-only
 EXIT_INTERRUPTED = 130  # Ctrl-C, or a run cancelled by it (128 + SIGINT, like a shell)
+# SIGTERM / SIGHUP: 143 / 129, 128 + the signal (scheduler/interrupts.py)
 
 
 class NoWarehouse(Exception):
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
     p.add_argument("--timeout-s", type=float, default=60.0, help="stop the query after this long")
+    _output_args(p, "replace an existing --output file")
 
     p = sub.add_parser("export", help="every table to one file each, plus a README")
     _storage_arg(p)
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiment", action="append", default=[], help="only these experiments (repeatable)"
     )
+    _output_args(p, "write into a non-empty folder batchlab did not make")
 
     p = sub.add_parser("import", help="a study run elsewhere into the warehouse")
     p.add_argument("source", choices=["ray-tune", "tensorboard", "csv"])
@@ -200,19 +205,37 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _output_args(p: argparse.ArgumentParser, force_help: str) -> None:
+    """--force and --no-formula-escape of `sql` and `export` (warehouse/export.py)."""
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument(
+        "--no-formula-escape",
+        action="store_true",
+        help="CSV: write text cells starting with = + - @ as they are (default: a leading ')",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from scheduler import interrupts
+    from scheduler.storage_errors import describe
+
     args = build_parser().parse_args(argv)
+    interrupts.install()  # SIGTERM / SIGHUP stop a command as Ctrl-C does, exit 143 / 129
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        sig = interrupts.received()
+        print(f"interrupted{f' ({signal.Signals(sig).name})' if sig else ''}", file=sys.stderr)
+        return interrupts.exit_code(EXIT_INTERRUPTED)
     except NoWarehouse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_WAREHOUSE
     except Exception as exc:
         from scheduler.spec import SpecError
 
+        if (line := describe(exc)) is not None:  # full disk, read-only, a file in the way
+            print(line, file=sys.stderr)
+            return EXIT_STORAGE
         if isinstance(exc, (SpecError, ValueError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -260,12 +283,15 @@ def _run(
     compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
     allow_failed: bool = False,
 ) -> int:
-    from scheduler.runner import plan, run_grid
+    from scheduler.runner import check_feasible, plan, run_grid
+    from scheduler.storage_errors import check_writable
     from warehouse.layout import Layout
 
     layout = Layout.open(storage)
     if dry_run:
+        check_writable(layout, create=False)  # what the run checks first, writing nothing
         p = plan(spec, layout)
+        check_feasible(spec, p.to_run, address, num_cpus)  # the run's own resource check
         print(p.describe())
         for t in p.to_run[:20]:
             print(
@@ -283,13 +309,10 @@ def _run(
         storage_shared=storage_shared,
     )
     c = report.counts
-    print(
+    print(  # the failed trials were listed by run_grid, before any post-processing
         f"done in {report.wall_time_s:.1f} s: {c.get('completed', 0)} completed, "
         f"{c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed, {report.skipped} skipped"
     )
-    for r in report.results:
-        if r["status"] == "failed":
-            print(f"  failed {r['trial_id']}: {r.get('error')}")
     if compact_threshold > 0 and not report.cancelled:
         _compact_if_many(layout, spec.experiment, compact_threshold)
     print(f"results: {layout.root}  (DuckDB file: {layout.duckdb_file})")
@@ -300,8 +323,12 @@ def _run_exit_code(report, allow_failed: bool) -> int:
     """A run's exit code from its RunReport: interrupted, else trials failed (unless
     allowed), else 0. Diverged trials are results, not failures."""
     if report.cancelled:
-        print("run interrupted: not every trial ran (run it again to resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        from scheduler import interrupts
+
+        sig = interrupts.received()
+        by = f" by {signal.Signals(sig).name}" if sig else ""
+        print(f"run interrupted{by}: not every trial ran (run it again to resume)", file=sys.stderr)
+        return interrupts.exit_code(EXIT_INTERRUPTED)
     failed = report.counts.get("failed", 0)
     if failed and not allow_failed:
         print(
@@ -371,6 +398,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from warehouse.sql import run_readonly
 
+    if args.output:  # refused before the query runs (warehouse/export.py)
+        from warehouse.export import check_output_file
+        from warehouse.layout import Layout
+
+        check_output_file(Layout.open(args.storage), Path(args.output), args.force)
     query = args.query
     if query in (None, "-"):
         query = sys.stdin.read()
@@ -392,10 +424,18 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.output:
         raise ValueError("--format parquet needs --output FILE (Parquet is not for a terminal)")
     if args.output:
-        _write_result(df, args.format, args.output)
+        from warehouse.export import OutputUnwritable
+
+        try:
+            _write_result(df, args.format, args.output, args)
+        except OutputUnwritable as exc:  # the output's disk, not the storage root's
+            print(exc, file=sys.stderr)
+            return EXIT_STORAGE
         print(f"wrote {len(df)} rows to {args.output}", file=sys.stderr)
     elif args.format == "csv":
-        df.to_csv(sys.stdout, index=False)
+        from warehouse.export import escape_formula_cells
+
+        (df if args.no_formula_escape else escape_formula_cells(df)).to_csv(sys.stdout, index=False)
     elif args.format == "json":
         df.to_json(sys.stdout, orient="records", date_format="iso")
         print()
@@ -409,24 +449,34 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_result(df, fmt: str, output: str) -> None:
-    from warehouse.export import write_dataframe_parquet
+def _write_result(df, fmt: str, output: str, args: argparse.Namespace | None = None) -> None:
+    from warehouse.export import write_result
+    from warehouse.layout import Layout
 
-    if fmt == "parquet":
-        write_dataframe_parquet(df, output)
-    elif fmt == "csv":
-        df.to_csv(output, index=False)
-    elif fmt == "json":
-        df.to_json(output, orient="records", date_format="iso")
-    else:
-        Path(output).write_text(df.to_string(index=False) + "\n")
+    force = bool(args and args.force)
+    escape = not (args and args.no_formula_escape)
+    storage = args.storage if args else None
+    write_result(Layout.open(storage), df, fmt, output, force=force, escape_formulas=escape)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from warehouse.export import export
+    from warehouse.export import OutputUnwritable, export
 
     layout = require_warehouse(args.storage, args.experiment)
-    print(export(layout, args.format, args.output, args.experiment).summary())
+    escape = not args.no_formula_escape
+    try:
+        report = export(
+            layout,
+            args.format,
+            args.output,
+            args.experiment,
+            force=args.force,
+            escape_formulas=escape,
+        )
+    except OutputUnwritable as exc:  # the output's disk, not the storage root's
+        print(exc, file=sys.stderr)
+        return EXIT_STORAGE
+    print(report.summary())
     return EXIT_OK
 
 

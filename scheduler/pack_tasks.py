@@ -87,7 +87,9 @@ def execute_pack(
     """
     import torch
 
-    from scheduler.tasks import live_trial, next_attempt, trial_row
+    from scheduler import guards
+    from scheduler.runner import ray_attempt
+    from scheduler.tasks import exit_result, live_trial, next_attempt, trial_row
     from workers.train import resolve_device, run_trial
     from workers.user import use_code_dir
 
@@ -112,7 +114,13 @@ def execute_pack(
     if not todo:
         return out
     ckpts = {c.trial_id: TrialCheckpoints(layout, experiment, c.trial_id) for c in todo}
-    attempts = {c.trial_id: next_attempt(ckpts[c.trial_id]) for c in todo}
+    for c in todo:
+        next_attempt(
+            ckpts[c.trial_id]
+        )  # marks the member in flight (checkpoints/.../attempts.json)
+    # Counted per run, as a lone trial's: Ray's executions of this pack's task (a member
+    # re-run by a later `batchlab run` starts at 1 again; tests/reliability/test_round3_exits.py).
+    attempts = dict.fromkeys((c.trial_id for c in todo), ray_attempt())
     started = dt.datetime.now(dt.timezone.utc)
     lives = {
         c.trial_id: live_trial(layout, experiment, c, attempt=attempts[c.trial_id],
@@ -144,8 +152,15 @@ def execute_pack(
     def lone(c: TrialConfig, data=None) -> None:
         ck = ckpts[c.trial_id] if resume else None
         hook = functools.partial(publish, c.trial_id)
-        result = run_trial(c, device=str(dev), data=data, data_dir=data_dir, checkpoints=ck,
-                           on_epoch=hook)  # fmt: skip
+        try:
+            with guards.no_os_exit():
+                result = run_trial(
+                    c, device=str(dev), data=data, data_dir=data_dir, checkpoints=ck, on_epoch=hook
+                )
+        except BaseException as exc:  # the user's code exiting: a failed trial (guards.py)
+            if (cause := guards.user_exit(exc)) is None:
+                raise
+            result = exit_result(c, exc, cause, str(dev))
         commit(c, result, in_pack=False)
 
     try:
@@ -173,7 +188,8 @@ def _run_members(
 ) -> dict[str, Any]:
     import torch
 
-    from scheduler.tasks import chain
+    from scheduler import guards
+    from scheduler.tasks import chain, exit_result
     from workers.pack import run_pack
     from workers.packnet import PackUnsupported, make_pack_net
 
@@ -219,14 +235,22 @@ def _run_members(
         try:
             if oom_above and len(group) > oom_above:
                 raise torch.cuda.OutOfMemoryError(f"injected: {len(group)} members > {oom_above}")
-            run_pack(
-                group, device=str(dev), data=data,
-                checkpoints=[ckpts[c.trial_id] for c in group] if resume else None,
-                on_epoch=chain(publish, _fault_hooks(group, attempts)),
-                on_done=lambda r: commit(by_id[r.trial_id], r, in_pack=True),
-            )  # fmt: skip
+            with guards.no_os_exit():
+                run_pack(
+                    group, device=str(dev), data=data,
+                    checkpoints=[ckpts[c.trial_id] for c in group] if resume else None,
+                    on_epoch=chain(publish, _fault_hooks(group, attempts)),
+                    on_done=lambda r: commit(by_id[r.trial_id], r, in_pack=True),
+                )  # fmt: skip
         except torch.cuda.OutOfMemoryError:
             oom = True
+        except BaseException as exc:  # user code (a loss, a model factory) exiting: failed
+            if (cause := guards.user_exit(exc)) is None:
+                raise
+            finished = {m["trial_id"] for m in out["members"]}
+            for c in group:
+                if c.trial_id not in finished:
+                    commit(c, exit_result(c, exc, cause, str(dev)), in_pack=True)
         if oom:
             break
     if oom:

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.ray_setup import embedded_node, init_ray
 from scheduler.spec import GridSpec
+from scheduler.storage_errors import check_writable
 from warehouse.db import write_duckdb_file
 from warehouse.layout import Layout
 from warehouse.store import read_trial_rows, write_run_record
@@ -112,62 +114,6 @@ def _device_for(spec: GridSpec) -> str:
     return "cuda" if r.gpus_per_trial > 0 else "cpu"
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
-    """Connect to `address` / $RAY_ADDRESS, or start the embedded local Ray instance.
-    Returns a description of what it connected to."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return "already connected"
-    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "include_dashboard": False}
-    if address:
-        ray.init(address=address, log_to_driver=not quiet)
-        return f"Ray cluster at {address}"
-    # Worker processes need the project importable; in a source checkout that is not
-    # installed, ship the path through the runtime environment.
-    project = str(Path(__file__).resolve().parent.parent)
-    env = {
-        "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH", "")) if p)
-    }
-    for k, v in os.environ.items():
-        if k.startswith("BATCHLAB_"):
-            env[k] = v
-    with _localhost_only():
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env}, **kwargs)
-    from scheduler.watchdog import start_watchdog
-
-    start_watchdog()
-    return "embedded local Ray instance"
-
-
-# Ray picks a "remotely reachable" node IP even for a one-machine instance, so its agents
-# (metrics export, dashboard agent, runtime-env agent) listen on the machine's network
-# address, unauthenticated. Its own switch for one-machine mode (ray_constants
-# .ENABLE_RAY_CLUSTER, from $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER) makes the node IP 127.0.0.1,
-# and every agent then binds 127.0.0.1 (ray/dashboard/agent.py, reporter_agent.py).
-_LOCAL_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@contextlib.contextmanager
-def _localhost_only():
-    """While the embedded instance starts: node IP 127.0.0.1 for it and the processes it
-    spawns (they inherit the environment), then the driver's settings back."""
-    from ray._private import ray_constants
-
-    old_env, old_flag = os.environ.get(_LOCAL_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_LOCAL_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = old_flag
-        if old_env is None:
-            os.environ.pop(_LOCAL_ENV, None)
-        else:
-            os.environ[_LOCAL_ENV] = old_env
-
-
 def run_grid(
     spec: GridSpec,
     root: str | None = None,
@@ -184,6 +130,7 @@ def run_grid(
     None reads $BATCHLAB_STORAGE_SHARED); see `scheduler.cluster.check_cluster`."""
 
     layout = Layout.open(root)
+    check_writable(layout)  # before Ray starts: a read-only or full root fails here
     cleaned = layout.clean_temporaries()
     p = plan(spec, layout)
     print(p.describe(), file=out)
@@ -201,39 +148,26 @@ def run_grid(
     if p.to_run and live.enabled():
         planned = [{"trial_id": t.trial_id, "max_epochs": t.max_epochs} for t in p.to_run]
         live_run = live.LiveRun(layout, spec.experiment, run_id, planned)
-    if p.to_run:
-        if num_cpus is not None and num_cpus < 1:
-            raise ValueError(
-                f"--num-cpus: {num_cpus} is not allowed: the embedded Ray instance needs at "
-                "least 1 CPU to run a trial"
+    try:
+        if p.to_run:
+            _start_and_execute(
+                spec, p, layout, report, address, num_cpus, storage_shared, progress, out
             )
-        from scheduler.cluster import alive_nodes, check_cluster, check_resources
+        # Listed before any post-processing: a failing analysis, compaction or DuckDB
+        # rebuild never hides them.
+        record_lost_trials(spec, layout, report, out)
+        if spec.analyses and not report.cancelled:
+            # A barrier: every trial of this run has ended (committed or failed) before any
+            # analysis starts, so an analysis always reads its inputs' final checkpoints.
+            from scheduler.analyses import run_analyses
 
-        r = spec.resources
-        need = {
-            "cpus_per_trial": r.cpus_per_trial, "gpus_per_trial": r.gpus_per_trial,
-            "data_parallel_workers": max(t.data_parallel_workers for t in p.to_run),
-        }  # fmt: skip
-        existing = bool(address or os.environ.get("RAY_ADDRESS"))
-        if not existing:  # the embedded instance's size is known: refuse before starting it
-            check_resources([_embedded_node(num_cpus, r.gpus_per_trial)], **need)
-        where = init_ray(address, num_cpus)
-        print(f"scheduling on the {where}", file=out)
-        check_resources(alive_nodes(), **need, existing_cluster=existing)
-
-        layout = check_cluster(
-            spec, layout, address=address, storage_shared=storage_shared, out=out
-        )
-        _execute(spec, p.to_run, layout, report, progress, out)
-    if spec.analyses and not report.cancelled:
-        # A barrier: every trial of this run has ended (committed or failed) before any
-        # analysis starts, so an analysis always reads its inputs' final checkpoints.
-        from scheduler.analyses import run_analyses
-
-        init_ray(address, num_cpus)
-        report.analyses = run_analyses(
-            spec, layout, code_version=code_version(), device=_device_for(spec), out=out
-        )
+            init_ray(address, num_cpus)
+            report.analyses = run_analyses(
+                spec, layout, code_version=code_version(), device=_device_for(spec), out=out
+            )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP outside the trial loop
+        report.cancelled = True
+        print("\ncancelled. Run the same command again to resume.", file=out)
     report.wall_time_s = time.perf_counter() - t0
     if live_run is not None:
         live_run.finish("cancelled" if report.cancelled else "finished")
@@ -248,6 +182,80 @@ def run_grid(
     return report
 
 
+def check_feasible(
+    spec: GridSpec, to_run: list[TrialConfig], address: str | None, num_cpus: int | None
+) -> dict[str, Any]:
+    """Refuse (ValueError / scheduler.cluster's error) resources no node can give, before
+    Ray starts; `--dry-run` calls it too. On a cluster (`address` / $RAY_ADDRESS) the nodes
+    are checked once connected (`_start_and_execute`). Returns what a trial needs."""
+    from scheduler.cluster import check_resources
+
+    if num_cpus is not None and num_cpus < 1:
+        raise ValueError(
+            f"--num-cpus: {num_cpus} is not allowed: the embedded Ray instance needs at "
+            "least 1 CPU to run a trial"
+        )
+    r = spec.resources
+    need = {
+        "cpus_per_trial": r.cpus_per_trial,
+        "gpus_per_trial": r.gpus_per_trial,
+        "data_parallel_workers": max((t.data_parallel_workers for t in to_run), default=1),
+    }
+    if to_run and not (address or os.environ.get("RAY_ADDRESS")):
+        check_resources([embedded_node(num_cpus, r.gpus_per_trial)], **need)
+    return need
+
+
+def _start_and_execute(
+    spec: GridSpec,
+    p: Plan,
+    layout: Layout,
+    report: RunReport,
+    address: str | None,
+    num_cpus: int | None,
+    storage_shared: bool | None,
+    progress: bool,
+    out,
+) -> None:
+    from scheduler.cluster import alive_nodes, check_cluster, check_resources
+
+    need = check_feasible(spec, p.to_run, address, num_cpus)
+    where = init_ray(address, num_cpus)
+    print(f"scheduling on the {where}", file=out)
+    existing = bool(address or os.environ.get("RAY_ADDRESS"))
+    check_resources(alive_nodes(), **need, existing_cluster=existing)
+    layout = check_cluster(spec, layout, address=address, storage_shared=storage_shared, out=out)
+    _execute(spec, p.to_run, layout, report, progress, out)
+
+
+def record_lost_trials(spec: GridSpec, layout: Layout, report: RunReport, out) -> None:
+    """Give a `failed` row to every failed trial of this run that has none (its worker died
+    each time Ray ran it: os._exit, a crash), then list every failed trial (id: cause)."""
+    from scheduler.guards import worker_died_error
+    from scheduler.tasks import record_lost_trial
+
+    by_id = {t.trial_id: t for t in spec.trials()} if report.results else {}
+    failed = [r for r in report.results if r["status"] == "failed"]
+    for r in failed:
+        err = r.get("error") or ""
+        if r.get("worker_died", err.startswith(("WorkerCrashedError", "NodeDiedError"))):
+            times = r.get("attempt") or spec.resources.max_retries + 1
+            r["error"] = worker_died_error(times, err)
+            if (t := by_id.get(r["trial_id"])) is not None:
+                record_lost_trial(
+                    t,
+                    layout,
+                    spec.experiment,
+                    error=r["error"],
+                    attempt=times,
+                    code_version=code_version(),
+                )
+    if failed:
+        print(f"{len(failed)} trial(s) failed:", file=out)
+        for r in failed:
+            print(f"  failed {r['trial_id']}: {r.get('error')}", file=out)
+
+
 def _execute(
     spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: RunReport, progress, out
 ):
@@ -260,6 +268,13 @@ def _execute(
     r = spec.resources
     device = _device_for(spec)
     version = code_version()
+    if r.pack and r.trial_timeout_s:  # a timeout kills a worker: one trial's, not a pack's
+        print(
+            f"resources.trial_timeout_s={r.trial_timeout_s:g}: every trial runs alone (no packs)",
+            file=out,
+        )
+        spec = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})
+        r = spec.resources
     if r.pack:  # trial packs (docs/packs.md); data-parallel trials still run one by one
         from scheduler.packing import execute_packs, split_for_packs
 
@@ -299,6 +314,7 @@ def _execute(
     pending: dict[Any, TrialConfig] = {}
     tries: dict[str, int] = {}
     executions: dict[str, int] = {}  # executions of earlier submissions of a trial (this run)
+    tokens: dict[Any, str] = {}  # a submission's token (a timed-out task's retry finds it)
 
     def submit(t: TrialConfig) -> None:
         tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
@@ -312,13 +328,15 @@ def _execute(
             )  # fmt: skip
             pending[ref] = t
             return
+        token = uuid.uuid4().hex
         ref = remote.remote(
             execute_trial, t.model_dump_json(), spec.experiment, layout.root,
             attempt_base=executions.get(t.trial_id, 0),
             code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,
-            data_dir=spec.data_dir, code_dir=spec.code_dir,
+            data_dir=spec.data_dir, code_dir=spec.code_dir, timeout_s=r.trial_timeout_s,
+            token=token,
         )  # fmt: skip
-        pending[ref] = t
+        pending[ref], tokens[ref] = t, token
 
     for t in trials:
         submit(t)
@@ -329,14 +347,18 @@ def _execute(
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             bar.poll()
             for ref in done:
-                t = pending.pop(ref)
+                t, token = pending.pop(ref), tokens.pop(ref, None)
                 try:
                     res = ray.get(ref)
-                except (
-                    Exception
-                ) as exc:  # the task itself failed: worker died too often, storage error
-                    res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc),
-                           "attempt": executions.get(t.trial_id, 0) + r.max_retries + 1}  # fmt: skip
+                except Exception as exc:  # the task failed: its worker died too often
+                    res = _task_failed(
+                        t,
+                        exc,
+                        layout,
+                        spec.experiment,
+                        token,
+                        executions.get(t.trial_id, 0) + r.max_retries + 1,
+                    )
                 executions[t.trial_id] = res.get("attempt") or executions.get(t.trial_id, 0) + 1
                 if res["status"] == "failed" and tries[t.trial_id] <= r.retry_failed:
                     submit(t)
@@ -344,14 +366,15 @@ def _execute(
                 counts[res["status"]] = counts.get(res["status"], 0) + 1
                 report.results.append(res)
                 bar.finished(res)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (scheduler/interrupts.py)
         report.cancelled = True
         # Not force=True: force-cancelling a task whose result is already on its way makes
         # Ray 2.60's driver abort ("Tried to complete task that was not pending") before the
         # run record is written (tests/reliability/test_driver_interrupts.py). A plain cancel
         # interrupts the running trials; whatever is left dies with the driver's job.
         for ref in pending:
-            ray.cancel(ref)
+            with contextlib.suppress(Exception):  # after SIGTERM the raylet may be gone too
+                ray.cancel(ref)
         print(
             "\ncancelled: running trials were stopped; nothing half-written is visible. "
             "Run the same command again to resume.",
@@ -362,34 +385,25 @@ def _execute(
         report.counts = counts
 
 
-def _embedded_node(num_cpus: int | None, gpus_wanted: float):
-    """The one node an embedded Ray instance would have (Ray's own CPU count, which honours
-    cgroup limits; GPUs as torch sees them, looked up only when the grid wants some)."""
-    from scheduler.cluster import NodeInfo
+def _task_failed(
+    t: TrialConfig,
+    exc: Exception,
+    layout: Layout,
+    experiment: str,
+    token: str | None,
+    attempts: int,
+) -> dict[str, Any]:
+    """The driver's record of a task that raised instead of returning: a trial_timeout_s
+    kill (the worker committed the row), else a worker that died on every execution."""
+    from scheduler.tasks import timed_out
+    from warehouse.store import TrialCheckpoints
 
-    if num_cpus is None:
-        try:
-            from ray._private.utils import get_num_cpus
+    res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc), "attempt": attempts}
+    if token and (error := timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)):
+        return {**res, "error": error, "stop_reason": "timeout"}
+    from ray.exceptions import NodeDiedError, WorkerCrashedError
 
-            num_cpus = get_num_cpus()
-        except Exception:
-            num_cpus = len(os.sched_getaffinity(0))
-    gpus = 0
-    if gpus_wanted > 0:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    return NodeInfo("embedded", "127.0.0.1", "localhost", float(num_cpus), float(gpus))
-
-
-def _slots(r) -> int:
-    import ray
-
-    res = ray.cluster_resources()
-    cpu = res.get("CPU", 0) / r.cpus_per_trial
-    return (
-        int(cpu) if r.gpus_per_trial == 0 else int(min(cpu, res.get("GPU", 0) / r.gpus_per_trial))
-    )
+    return {**res, "worker_died": isinstance(exc, (WorkerCrashedError, NodeDiedError))}
 
 
 def _short(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ import json
 import traceback
 from typing import Any
 
-from scheduler import faults
+from scheduler import faults, guards
 from warehouse.layout import Layout
 from warehouse.store import TrialCheckpoints, write_trial
 from workers.config import TrialConfig
@@ -152,6 +152,70 @@ def out_of_memory_result(cfg: TrialConfig, exc: BaseException, device: str) -> T
     )
 
 
+def exit_result(cfg: TrialConfig, exc: BaseException, cause: str, device: str) -> TrialResult:
+    """A trial whose code exited (sys.exit, KeyboardInterrupt, os._exit): `failed`, with the
+    cause as the error's last line (what the driver shows)."""
+    return TrialResult(
+        trial_id=cfg.trial_id,
+        config_hash=cfg.config_hash,
+        status="failed",
+        stop_reason="error",
+        summary={**provenance(resolve_device(device))},
+        error="".join(traceback.format_exception(exc)) + cause,
+    )
+
+
+def _timeout_marker(ckpt: TrialCheckpoints) -> str:
+    return ckpt.path("timed-out").removesuffix(".pt") + ".json"
+
+
+def timed_out(ckpt: TrialCheckpoints, token: str) -> str | None:
+    """The error of a trial_timeout_s kill of the submission `token`, or None."""
+    data = ckpt.layout.get_bytes(_timeout_marker(ckpt))
+    if data is None:
+        return None
+    try:
+        mark = json.loads(data)
+    except ValueError:
+        return None
+    return mark.get("error") if mark.get("token") == token else None
+
+
+def record_lost_trial(
+    cfg: TrialConfig,
+    layout: Layout,
+    experiment: str,
+    *,
+    error: str,
+    attempt: int,
+    code_version: str,
+) -> bool:
+    """Commit a `failed` row for a trial whose task ended without committing one (its worker
+    died every time Ray ran it). Nothing is written when the trial has a committed row (a
+    worker may have committed it before dying). Returns whether it wrote."""
+    from scheduler.pack_tasks import committed_status
+
+    if committed_status(layout, experiment, cfg.trial_id) is not None:
+        return False
+    lost = TrialResult(
+        trial_id=cfg.trial_id,
+        config_hash=cfg.config_hash,
+        status="failed",
+        stop_reason="worker_died",
+        summary={},
+        error=error,
+    )
+    row = trial_row(
+        cfg,
+        lost,
+        code_version=code_version,
+        attempt=attempt,
+        started_at=dt.datetime.now(dt.timezone.utc),
+    )
+    write_trial(layout, experiment, row, {})
+    return True
+
+
 def execute_trial(
     cfg_json: str,
     experiment: str,
@@ -166,10 +230,15 @@ def execute_trial(
     data_dir: str | None = None,
     code_dir: str | None = None,
     attempt: int | None = None,
+    timeout_s: float | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Train one trial and commit its rows; returns a small status record for the driver.
     `attempt`: this run's count of executions of the trial (the driver's, from Ray's task
-    attempt number: scheduler/runner.py ray_attempt); None counts in the checkpoint folder."""
+    attempt number: scheduler/runner.py ray_attempt); None counts in the checkpoint folder.
+    `timeout_s` (resources.trial_timeout_s): past it the trial is committed `failed` and
+    this process ends (scheduler/guards.py); `token` names the driver's submission, so a
+    Ray retry of a timed-out task returns its failed record instead of training again."""
     import torch
 
     from workers.user import use_code_dir
@@ -180,13 +249,49 @@ def execute_trial(
     cfg = TrialConfig.model_validate_json(cfg_json)
     layout = Layout.open(root)
     ckpt = TrialCheckpoints(layout, experiment, cfg.trial_id)
+    if token and (error := timed_out(ckpt, token)):
+        return {
+            "trial_id": cfg.trial_id,
+            "status": "failed",
+            "stop_reason": "timeout",
+            "best_val_loss": None,
+            "epochs_run": None,
+            "error": error,
+            "attempt": attempt,
+        }
     counted = next_attempt(ckpt)  # also marks the trial in flight (checkpoints/.../attempts.json)
     attempt = attempt or counted
     started = dt.datetime.now(dt.timezone.utc)
     live = live_trial(layout, experiment, cfg, attempt=attempt, node_id=node_id)
+
+    def expire(elapsed: float) -> None:  # in the timer thread: commit `failed`, then exit
+        error = guards.timeout_error(timeout_s or 0.0, elapsed)
+        lost = TrialResult(
+            trial_id=cfg.trial_id,
+            config_hash=cfg.config_hash,
+            status="failed",
+            stop_reason="timeout",
+            summary={**provenance(resolve_device(device))},
+            error=error,
+        )
+        row = trial_row(
+            cfg,
+            lost,
+            code_version=code_version,
+            attempt=attempt,
+            started_at=started,
+            node_id=node_id,
+            ray_version=ray_version,
+        )
+        write_trial(layout, experiment, row, {})
+        layout.put_bytes(
+            _timeout_marker(ckpt), json.dumps({"token": token, "error": error}).encode()
+        )
+
+    deadline = guards.Deadline(timeout_s, expire)
     try:
         # Fault injection for the reliability tests: a no-op unless BATCHLAB_FAULT_* is set.
-        with faults.inject(cfg.trial_id, attempt) as fault_hook:
+        with faults.inject(cfg.trial_id, attempt) as fault_hook, guards.no_os_exit():
             result = run_trial(
                 cfg,
                 device=device,
@@ -196,9 +301,15 @@ def execute_trial(
             )
     except torch.cuda.OutOfMemoryError as exc:
         result = out_of_memory_result(cfg, exc, device)
+    except BaseException as exc:  # the user's code exiting: a failed trial, not a dead worker
+        if (cause := guards.user_exit(exc)) is None:
+            deadline.finish()
+            raise
+        result = exit_result(cfg, exc, cause, device)
     finally:
         if live is not None:
             live.close()
+    deadline.finish()
     row = trial_row(
         cfg, result, code_version=code_version, attempt=attempt, started_at=started,
         node_id=node_id, ray_version=ray_version,
