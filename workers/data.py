@@ -94,7 +94,7 @@ def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
     return x[idx[n_val:]], y[idx[n_val:]], x[idx[:n_val]], y[idx[:n_val]]
 
 
-def _raw(cfg: DatasetConfig, data_dir: str | None):
+def _raw(cfg: DatasetConfig, data_dir: str | None, download: bool = True):
     """(x_train, y_train, x_val, y_val, num_classes, input_shape, source) as numpy."""
     if cfg.name == "mnist1d":
         x, y, xt, yt, src = _mnist1d_arrays()
@@ -108,19 +108,23 @@ def _raw(cfg: DatasetConfig, data_dir: str | None):
         return xtr, ytr, xv, yv, 10, (1, 8, 8), {"source": "sklearn.datasets.load_digits"}
     from workers import downloads
 
-    return downloads.load_official(cfg.name, data_dir)
+    return downloads.load_official(cfg.name, data_dir, download=download)
 
 
 def load_dataset(
-    cfg: DatasetConfig, device: torch.device | str = "cpu", data_dir: str | None = None
+    cfg: DatasetConfig,
+    device: torch.device | str = "cpu",
+    data_dir: str | None = None,
+    download: bool = True,
 ) -> Dataset:
     """Load `cfg` onto `device`: a built-in data set normalized with the training split's
-    mean and std, or the user's loader's data as it returns it (workers/user_data.py)."""
+    mean and std, or the user's loader's data as it returns it (workers/user_data.py).
+    `download=False`: official files missing here raise DownloadError (the preflight)."""
     if cfg.loader is not None:
         from workers.user_data import load_user_dataset
 
         return load_user_dataset(cfg, device, data_dir)
-    xtr, ytr, xv, yv, num_classes, shape, source = _raw(cfg, data_dir)
+    xtr, ytr, xv, yv, num_classes, shape, source = _raw(cfg, data_dir, download)
     if cfg.n_train is not None:
         if cfg.n_train > len(xtr):
             raise ValueError(

@@ -82,16 +82,42 @@ def _unpack(out: Any, path: str) -> tuple[list[Any], dict[str, Any]]:
     )
 
 
-def _num_classes(y: torch.Tensor, y2: torch.Tensor, given: Any, path: str) -> int:
+# Without `num_classes` from the loader, more classes than this is a typo in a label, not a
+# data set: the model would silently get one output per number up to the largest label.
+MAX_INFERRED_CLASSES = 100_000
+
+
+def _num_classes(
+    y: torch.Tensor, y2: torch.Tensor, given: Any, path: str
+) -> tuple[int, str | None]:
+    """(num_classes, a warning or None): as given, else the largest label + 1."""
     if given is not None:
-        if not isinstance(given, int) or given < 1:
+        if not isinstance(given, int) or isinstance(given, bool) or given < 1:
             raise UserCodeError(
                 f"dataset.loader: {path!r} returned num_classes={given!r}; expected a positive int"
             )
-        return given
-    if not torch.is_floating_point(y):
-        return int(max(int(y.max()), int(y2.max()) if len(y2) else 0)) + 1 if len(y) else 1
-    return int(y.shape[1]) if y.dim() == 2 else 1
+        return given, None
+    if torch.is_floating_point(y):
+        return (int(y.shape[1]) if y.dim() == 2 else 1), None
+    if not len(y):
+        return 1, None
+    n = max(int(y.max()), int(y2.max()) if len(y2) else 0) + 1
+    distinct = int(torch.unique(torch.cat([y.flatten(), y2.flatten()])).numel())
+    if n > MAX_INFERRED_CLASSES:
+        raise UserCodeError(
+            f"dataset.loader: {path!r}: the largest label is {n - 1:,}, so num_classes would be "
+            f"{n:,} (the largest label + 1) for {distinct:,} distinct labels: a typo in a label? "
+            f"Allowed: labels below {MAX_INFERRED_CLASSES:,}, or return a dict with num_classes "
+            "to have more classes (docs/custom.md)"
+        )
+    if n - distinct >= 100 and n > 2 * distinct:
+        return n, (
+            f"dataset.loader: {path!r}: num_classes is inferred as {n:,} (the largest label + 1) "
+            f"but the labels take {distinct:,} distinct values, so the model gets {n - distinct:,} "
+            "classes no example has: a typo in a label? (return num_classes in a dict to say "
+            "it is meant)"
+        )
+    return n, None
 
 
 def check_tensors(
@@ -178,8 +204,10 @@ def load_user_dataset(
         )
     if not torch.is_floating_point(y):
         y, yv = y.long(), yv.long()
-    num_classes = _num_classes(y, yv, extras.get("num_classes"), path)
+    num_classes, warning = _num_classes(y, yv, extras.get("num_classes"), path)
     check_tensors(x, y, xv, yv, num_classes, path)
+    if warning:
+        source["warning"] = warning  # said by the preflight
     if cfg.n_train is not None:
         if cfg.n_train > len(x):
             raise UserCodeError(
@@ -218,8 +246,10 @@ def _streaming(
     xvs, yvs = _stack(val, vsub, path)
     if not torch.is_floating_point(ys):
         ys, yvs = ys.long(), yvs.long()
-    num_classes = _num_classes(ys, yvs, extras.get("num_classes"), path)
+    num_classes, warning = _num_classes(ys, yvs, extras.get("num_classes"), path)
     check_tensors(xs, ys, xvs, yvs, num_classes, path)
+    if warning:
+        source = {**source, "warning": warning}  # said by the preflight
     return Dataset(
         name=cfg.name, x_train=xs.to(dev), y_train=ys.to(dev), x_val=xvs.to(dev), y_val=yvs.to(dev),
         num_classes=num_classes, input_shape=tuple(extras.get("input_shape") or xs.shape[1:]),
