@@ -38,14 +38,23 @@ from batchlab.integrations.session import (
     running_trial,
     trial_config,
 )
+from warehouse.layout import check_experiment
 
 FRAMEWORK = "transformers"
 # TrainingArguments that change the arithmetic: free axes of the trial (when set).
 AXES = (
-    "weight_decay", "lr_scheduler_type", "warmup_ratio", "warmup_steps",
-    "gradient_accumulation_steps", "max_grad_norm", "adam_beta1", "adam_beta2",
-    "adam_epsilon", "optim", "label_smoothing_factor",
-)  # fmt: skip
+    "weight_decay",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "optim",
+    "label_smoothing_factor",
+)
 
 
 class BatchlabCallback(TrainerCallback):
@@ -61,7 +70,7 @@ class BatchlabCallback(TrainerCallback):
         *,
         params: Mapping[str, Any] | None = None,
     ) -> None:
-        self.storage, self.experiment = storage, experiment
+        self.storage, self.experiment = storage, check_experiment(experiment)
         self.params = dict(params or {})
         self._rec: Recorder | None = None
         self._pending: int | None = None  # an epoch that ended, logged at its evaluation
@@ -78,17 +87,25 @@ class BatchlabCallback(TrainerCallback):
             hp = {k: (v.value if hasattr(v, "value") else v) for k, v in hp.items()}
             bs = args.per_device_train_batch_size * max(1, args.world_size)
             cfg = trial_config(
-                {**hp, **self.params}, framework=FRAMEWORK, seed=args.seed,
-                batch_size=bs * args.gradient_accumulation_steps, lr=args.learning_rate,
+                {**hp, **self.params},
+                framework=FRAMEWORK,
+                seed=args.seed,
+                batch_size=bs * args.gradient_accumulation_steps,
+                lr=args.learning_rate,
                 max_epochs=math.ceil(state.num_train_epochs or args.num_train_epochs),
                 model=type(model).__name__ if model is not None else None,
                 optimizer=type(opt).__name__ if opt is not None else None,
-            )  # fmt: skip
+            )
             device = str(next(model.parameters()).device) if model is not None else "cpu"
-            self._rec = Recorder(session=TrialSession(
-                cfg, storage=self.storage, experiment=self.experiment, device=device,
-                code_version=f"integration:{FRAMEWORK}=={transformers.__version__}",
-            ))  # fmt: skip
+            self._rec = Recorder(
+                session=TrialSession(
+                    cfg,
+                    storage=self.storage,
+                    experiment=self.experiment,
+                    device=device,
+                    code_version=f"integration:{FRAMEWORK}=={transformers.__version__}",
+                )
+            )
         self._pending, self._losses = None, []
         if model is not None:
             self._rec.call("watch", model)

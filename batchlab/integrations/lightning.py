@@ -38,6 +38,7 @@ from batchlab.integrations.session import (
     running_trial,
     trial_config,
 )
+from warehouse.layout import check_experiment
 
 FRAMEWORK = "lightning"
 
@@ -60,7 +61,7 @@ class BatchlabLogger(Logger):
         params: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.storage, self.experiment = storage, experiment
+        self.storage, self.experiment = storage, check_experiment(experiment)
         self._given = {"batch_size": batch_size, "lr": lr, "seed": seed}
         self._hparams: dict[str, Any] = dict(params or {})
         self._rec: Recorder | None = None
@@ -136,15 +137,21 @@ class BatchlabLogger(Logger):
             if k not in given and not any(n in hp for n in _NAMES[k]) and k in found:
                 given[k] = found[k]
         cfg = trial_config(
-            hp, framework=FRAMEWORK, **given, max_epochs=found.get("max_epochs"),
+            hp,
+            framework=FRAMEWORK,
+            **given,
+            max_epochs=found.get("max_epochs"),
             model=type(module).__name__ if module is not None else None,
             optimizer=found.get("optimizer"),
-        )  # fmt: skip
+        )
         device = str(module.device) if module is not None else "cpu"
         return TrialSession(
-            cfg, storage=self.storage, experiment=self.experiment, device=device,
+            cfg,
+            storage=self.storage,
+            experiment=self.experiment,
+            device=device,
             code_version=f"integration:{FRAMEWORK}=={lightning.__version__}",
-        )  # fmt: skip
+        )
 
     def _log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
         values = dict(values)

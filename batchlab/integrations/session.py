@@ -190,9 +190,13 @@ class TrialSession:
         _channels[threading.get_ident()] = self._ch
         try:
             self.result = execute_trial(
-                self.cfg.canonical_json(), self.experiment, self.root,
-                code_version=self.code_version, device=self.device, resume=False,
-            )  # fmt: skip
+                self.cfg.canonical_json(),
+                self.experiment,
+                self.root,
+                code_version=self.code_version,
+                device=self.device,
+                resume=False,
+            )
         except BaseException as exc:  # storage errors: raised again by finish()
             self._error = exc
         finally:

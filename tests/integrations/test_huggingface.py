@@ -51,13 +51,29 @@ def train(tmp_path, blobs, epochs: int = 2, lr: float = 0.1, **cb) -> BatchlabCa
     x, y = blobs
     callback = BatchlabCallback(tmp_path / "runs", experiment="hf", **cb)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=lr,
-        num_train_epochs=epochs, eval_strategy="epoch", logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, seed=3, optim="sgd", lr_scheduler_type="constant",
-        disable_tqdm=True, dataloader_num_workers=0,
-    )  # fmt: skip
-    trainer = Trainer(model=Net(), args=args, train_dataset=Pairs(x, y),
-                      eval_dataset=Pairs(x, y), compute_metrics=accuracy, callbacks=[callback])  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        learning_rate=lr,
+        num_train_epochs=epochs,
+        eval_strategy="epoch",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=3,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=Net(),
+        args=args,
+        train_dataset=Pairs(x, y),
+        eval_dataset=Pairs(x, y),
+        compute_metrics=accuracy,
+        callbacks=[callback],
+    )
     trainer.train()
     return callback
 

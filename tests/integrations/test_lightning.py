@@ -48,10 +48,16 @@ def fit(tmp_path: Path, blobs, *, callback: bool = True, epochs: int = 3, **kw) 
     val = DataLoader(TensorDataset(x, y), batch_size=64)
     logger = BatchlabLogger(tmp_path / "runs", experiment="lit")
     trainer = L.Trainer(
-        max_epochs=epochs, logger=logger, callbacks=[BatchlabCallback()] if callback else [],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        accelerator="cpu", default_root_dir=tmp_path, log_every_n_steps=1,
-    )  # fmt: skip
+        max_epochs=epochs,
+        logger=logger,
+        callbacks=[BatchlabCallback()] if callback else [],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        log_every_n_steps=1,
+    )
     trainer.fit(model, train, val)
     return logger
 
@@ -103,9 +109,15 @@ def test_a_crashing_script_commits_a_failed_trial(tmp_path, blobs):
 
     x, y = blobs
     logger = BatchlabLogger(tmp_path / "runs", experiment="lit")
-    trainer = L.Trainer(max_epochs=3, logger=logger, callbacks=[BatchlabCallback()],
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        accelerator="cpu", default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=logger,
+        callbacks=[BatchlabCallback()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(RuntimeError, match="user bug"):
         trainer.fit(Boom(), DataLoader(TensorDataset(x, y), batch_size=16))
     (t,) = rows(tmp_path / "runs", "SELECT status, error, epochs_run FROM trials")
@@ -118,20 +130,33 @@ def grid_main(trial) -> None:
     x = torch.randn(64, 4, generator=g)
     y = (x[:, 0] > 0).long()
     model = Tiny(lr=trial.lr, batch_size=trial.batch_size)
-    trainer = L.Trainer(max_epochs=trial.max_epochs, logger=BatchlabLogger(experiment="ignored"),
-                        callbacks=[BatchlabCallback()], enable_checkpointing=False,
-                        enable_progress_bar=False, accelerator="cpu")  # fmt: skip
-    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=trial.batch_size),
-                DataLoader(TensorDataset(x, y), batch_size=64))  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=trial.max_epochs,
+        logger=BatchlabLogger(experiment="ignored"),
+        callbacks=[BatchlabCallback()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    trainer.fit(
+        model,
+        DataLoader(TensorDataset(x, y), batch_size=trial.batch_size),
+        DataLoader(TensorDataset(x, y), batch_size=64),
+    )
 
 
 def test_inside_a_batchlab_grid_it_logs_to_the_grids_trial(tmp_path):
     from scheduler.tasks import execute_trial
     from workers.config import TrialConfig
 
-    cfg = TrialConfig.model_validate({
-        "trainable": f"{__name__}:grid_main", "batch_size": 16, "lr": 0.05, "max_epochs": 2,
-    })  # fmt: skip
+    cfg = TrialConfig.model_validate(
+        {
+            "trainable": f"{__name__}:grid_main",
+            "batch_size": 16,
+            "lr": 0.05,
+            "max_epochs": 2,
+        }
+    )
     out = execute_trial(cfg.canonical_json(), "grid", str(tmp_path), code_version="t")
     assert out["status"] == "completed"
     ts = rows(tmp_path, "SELECT trial_id, experiment, epochs_run, steps_run FROM trials")
