@@ -28,9 +28,17 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from warehouse.importers.reading import (
+    MAX_EXACT,
+    ImportError_,
+    drop_secrets,
+    is_secret_key,
+    number,
+    whole,
+)
 from warehouse.layout import EXPERIMENT_RE, Layout, check_experiment
 from warehouse.schemas import SCHEMAS
 from warehouse.store import read_trial_rows, write_trial
@@ -67,16 +75,14 @@ RUN_FIELD = ("run", "run_id", "run_name", "Name", "name", "trial_id", "trial")
 MAPPABLE = (*TRIAL_FIELDS, *EPOCH_FIELDS, "run")
 
 
-class ImportError_(ValueError):
-    """A source that cannot be imported as asked (the message says why and what to pass)."""
-
-
 @dataclass
 class SourceTrial:
     key: str  # stable identity inside the source (a relative path, a run id)
     params: dict[str, Any]
     epochs: list[dict[str, Any]]  # per epoch: metric name -> value (source names)
-    info: dict[str, Any] = field(default_factory=dict)  # host, started_at, finished_at, error
+    # host, started_at, finished_at, error; "file": the file (or run folder) read
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the reader left out, and why
 
 
 @dataclass
@@ -85,12 +91,19 @@ class ImportReport:
     experiment: str
     imported: list[str] = field(default_factory=list)  # trial ids written
     unchanged: list[str] = field(default_factory=list)  # already in the warehouse, same content
+    notes: list[str] = field(default_factory=list)  # left out: secret-looking keys, links out
+    removed_temporaries: int = 0  # hidden temporaries of crashed writers removed first
 
     def summary(self) -> str:
-        return (
+        lines = [
             f"imported {len(self.imported)} trials from {self.source} into experiment "
             f"{self.experiment!r} ({len(self.unchanged)} already there, unchanged)"
-        )
+        ]
+        if self.removed_temporaries:
+            lines.append(
+                f"  removed {self.removed_temporaries} temporary files left by crashed writers"
+            )
+        return "\n".join([*lines, *(f"  note: {n}" for n in self.notes)])
 
 
 def parse_mapping(items: Iterable[str]) -> dict[str, str]:
@@ -111,17 +124,6 @@ def experiment_name(text: str) -> str:
     """A valid experiment name from a folder or file name."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-._")[:128] or "imported"
     return name if EXPERIMENT_RE.match(name) else f"x{name}"[:128]
-
-
-def _num(v: Any) -> float | None:
-    """`v` as a float (NaN and inf kept: they are data), None when not a number."""
-    if isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f
 
 
 def _pick(values: Mapping[str, Any], fld: str, names: tuple[str, ...], mapping: Mapping[str, str]):
@@ -149,15 +151,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return {**leaves, **out}
 
 
-def _as_int(v: Any, what: str, where: str) -> int:
-    f = _num(v)
-    if f is None or not math.isfinite(f) or f != int(f) or f <= 0:
-        raise ImportError_(f"{where}: {what} {v!r} is not a positive whole number")
-    return int(f)
-
-
-def _epoch_rows(st: SourceTrial, mapping: Mapping[str, str]) -> tuple[list[dict], list[dict]]:
-    """(epochs rows, metrics rows) of one source trial, epochs numbered from 1."""
+def _epoch_rows(
+    st: SourceTrial, mapping: Mapping[str, str], where: str
+) -> tuple[list[dict], list[dict]]:
+    """(epochs rows, metrics rows) of one source trial, epochs numbered from 1. Linear in
+    the rows; a bad epoch or step number is a one-line error naming `where`."""
     rows, extra = [], []
     used_names: set[str] = set()
     for i, raw in enumerate(st.epochs):
@@ -166,38 +164,38 @@ def _epoch_rows(st: SourceTrial, mapping: Mapping[str, str]) -> tuple[list[dict]
             v, n = _pick(raw, fld, names, mapping)
             if n is not None:
                 used_names.add(n)
-                row[fld] = _num(v)
+                row[fld] = v if fld in ("epoch", "step") else number(v)
         ep = row.pop("epoch", None)
-        row["epoch"] = int(ep) if ep is not None and math.isfinite(ep) else i + 1
+        row["epoch"] = (
+            i + 1 if ep is None else whole(ep, f"epoch {i + 1}: epoch", where, 0, MAX_EXACT)
+        )
         if row.get("step") is not None:
-            row["step"] = int(row["step"]) if math.isfinite(row["step"]) else None
+            row["step"] = whole(row["step"], f"epoch {row['epoch']}: step", where, 0, MAX_EXACT)
         rows.append(row)
-    if rows and min(r["epoch"] for r in rows) == 0:  # 0-based epochs -> batchlab's 1-based
-        for r in rows:
-            r["epoch"] += 1
+    shift = 1 if rows and min(r["epoch"] for r in rows) == 0 else 0  # 0-based -> 1-based
+    raw_epochs = [r["epoch"] + shift for r in rows]
+    for r, e in zip(rows, raw_epochs, strict=True):
+        r["epoch"] = e
     # One row per epoch: a source that logged an epoch twice keeps its last value.
     by_epoch = {r["epoch"]: r for r in rows}
     rows = [by_epoch[e] for e in sorted(by_epoch)]
+    total, known = 0.0, True  # elapsed_s = the running sum of epoch times, while all known
     for r in rows:
-        if r.get("elapsed_s") is None and r.get("epoch_time_s") is not None:
-            prev = [x for x in rows if x["epoch"] < r["epoch"]]
-            known = [x.get("epoch_time_s") for x in [*prev, r]]
-            if all(k is not None for k in known):
-                r["elapsed_s"] = sum(known)
+        t = r.get("epoch_time_s")
+        known = known and t is not None
+        total += t if known else 0.0
+        if r.get("elapsed_s") is None and t is not None and known:
+            r["elapsed_s"] = total
     if "metrics" in SCHEMAS:
         names = SCHEMAS["metrics"].names
-        for i, raw in enumerate(st.epochs):
-            epoch = rows[min(i, len(rows) - 1)]["epoch"] if rows else i + 1
+        seen = {}  # one value per (epoch, name): the last
+        for raw, epoch in zip(st.epochs, raw_epochs, strict=True):
             for n, v in raw.items():
-                f = _num(v)
+                f = number(v)
                 if n in used_names or f is None:
                     continue
-                extra.append(
-                    {k: x for k, x in {"epoch": epoch, "name": n, "value": f}.items() if k in names}
-                )
-        seen = {}
-        for m in extra:  # one value per (epoch, name): the last
-            seen[(m["epoch"], m["name"])] = m
+                m = {"epoch": epoch, "name": n, "value": f}
+                seen[(epoch, n)] = {k: x for k, x in m.items() if k in names}
         extra = list(seen.values())
     return rows, extra
 
@@ -218,7 +216,7 @@ def _trial_row(
                 f"{where}: no {need} in its params {sorted(params) or '(none)'}; "
                 f"pass --map {need}=<param name>"
             )
-    lr = _num(got["lr"])
+    lr = number(got["lr"])
     if lr is None or not math.isfinite(lr) or lr <= 0:
         raise ImportError_(f"{where}: lr {got['lr']!r} is not a positive number")
     vl = [(r["epoch"], r.get("val_loss")) for r in epochs]
@@ -245,12 +243,12 @@ def _trial_row(
         "dataset": UNKNOWN if got["dataset"] is None else str(got["dataset"]),
         "model": UNKNOWN if got["model"] is None else str(got["model"]),
         "optimizer": UNKNOWN if got["optimizer"] is None else str(got["optimizer"]),
-        "momentum": _num(got["momentum"]),
-        "batch_size": _as_int(got["batch_size"], "batch_size", where),
+        "momentum": number(got["momentum"]),
+        "batch_size": whole(got["batch_size"], "batch_size", where, 1),
         "lr": lr,
         "scaled_lr": lr,
         "lr_scaling": "none",
-        "seed": None if got["seed"] is None else int(_num(got["seed"]) or 0),
+        "seed": None if got["seed"] is None else whole(got["seed"], "seed", where),
         "epochs_run": len(epochs),
         "steps_run": max(steps) if steps else None,
         "best_val_loss": best,
@@ -261,11 +259,11 @@ def _trial_row(
         "final_train_loss": last.get("train_loss"),
         "final_val_loss": last.get("val_loss"),
         "train_time_s": sum(times) if times and all(t is not None for t in times) else None,
-        "wall_time_s": _num(st.info.get("wall_time_s")),
+        "wall_time_s": number(st.info.get("wall_time_s")),
         "attempt": 1,
         "data_parallel_workers": 1,
         "config_json": json.dumps(config, sort_keys=True, default=str),
-        "host": st.info.get("host"),
+        "host": None if st.info.get("host") is None else str(st.info["host"]),
         "device": None,
         "started_at": st.info.get("started_at"),
         "finished_at": st.info.get("finished_at"),
@@ -295,10 +293,23 @@ def import_trials(
     if not trials:
         raise ImportError_(f"{origin}: no {source} trials found there")
     prepared = []
+    notes: list[str] = []
     seeds: dict[tuple, int] = {}
     for st in sorted(trials, key=lambda t: t.key):
-        where = f"{source} trial {st.key!r}"
-        epochs, extra = _epoch_rows(st, mapping)
+        st, dropped = _without_secrets(st)
+        where = f"{source} trial {st.key!r} ({st.info.get('file') or origin})"
+        notes += [f"{where}: {n}" for n in st.notes]
+        if dropped:
+            notes.append(f"{where}: dropped secret-looking keys {', '.join(sorted(dropped))}")
+        epochs, extra = _epoch_rows(st, mapping, where)
+        measured = extra or any(
+            v is not None for r in epochs for k, v in r.items() if k not in ("epoch", "step")
+        )
+        if not measured and not st.info.get("error"):
+            raise ImportError_(
+                f"{where}: no metrics in it (no epochs, no scalars: empty, still being "
+                "written, or not a results file); nothing imported: move it aside or fix it"
+            )
         row = _trial_row(source, st, epochs, mapping, where, origin)
         if row["seed"] is None:  # replicates of one configuration: numbered, in key order
             cfg = (row["batch_size"], row["lr"], row["dataset"], row["model"], row["optimizer"])
@@ -318,8 +329,9 @@ def import_trials(
             "code_version": f"import:{source}",
         }
         prepared.append((row, epochs, extra))
+    report = ImportReport(source, experiment, notes=notes)
+    report.removed_temporaries = layout.clean_temporaries()  # crashed writers' (as `run` does)
     have = {r["trial_id"]: r["config_hash"] for r in read_trial_rows(layout, experiment)}
-    report = ImportReport(source, experiment)
     for row, epochs, extra in prepared:
         if have.get(row["trial_id"]) == row["config_hash"]:
             report.unchanged.append(row["trial_id"])
@@ -336,7 +348,23 @@ def import_trials(
     return report
 
 
-def timestamp(seconds: float | None) -> dt.datetime | None:
-    if seconds is None or not math.isfinite(seconds):
+def _without_secrets(st: SourceTrial) -> tuple[SourceTrial, set[str]]:
+    """`st` without secret-looking parameter or metric names; and the names dropped."""
+    params, dropped = drop_secrets(st.params)
+    names = {k for raw in st.epochs for k in raw}
+    bad = {k for k in names if is_secret_key(k)}
+    if not bad:
+        return replace(st, params=params), set(dropped)
+    epochs = [{k: v for k, v in raw.items() if k not in bad} for raw in st.epochs]
+    return replace(st, params=params, epochs=epochs), {*dropped, *bad}
+
+
+def timestamp(seconds: Any) -> dt.datetime | None:
+    """A UTC time from Unix seconds; None when absent, not finite or out of range."""
+    f = number(seconds)
+    if f is None or not math.isfinite(f):
         return None
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+    try:
+        return dt.datetime.fromtimestamp(f, tz=dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -12,12 +12,12 @@ id>`, so importing the same study from its folder or from one above gives the sa
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
-from warehouse.importers import ImportError_, SourceTrial, timestamp
+from warehouse.importers import SourceTrial, timestamp
+from warehouse.importers.reading import ImportError_, inside, read_csv, read_json, read_text
 
 # Ray's bookkeeping fields of a result: not metrics of the trial.
 _BOOKKEEPING = {
@@ -27,43 +27,54 @@ _BOOKKEEPING = {
 }  # fmt: skip
 
 
-def _results(trial_dir: Path) -> list[dict[str, Any]]:
+def _results(trial_dir: Path, root: Path) -> tuple[list[dict[str, Any]], Path]:
+    """The trial's reported results (result.json, else progress.csv) and the file read."""
     rj = trial_dir / "result.json"
     if rj.exists() and rj.stat().st_size:
         out = []
-        for n, line in enumerate(rj.read_text().splitlines(), 1):
+        lines = read_text(rj, root).splitlines()
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if n == len(rj.read_text().splitlines()):  # a trial still writing its last line
+                value = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                if n == len(lines):  # a trial still writing its last line
                     break
-                raise ImportError_(f"{rj}: line {n} is not JSON ({exc})") from exc
-        return out
+                raise ImportError_(f"{rj}: line {n} is not JSON ({str(exc)[:200]})") from None
+            if not isinstance(value, dict):
+                raise ImportError_(f"{rj}: line {n}: {str(value)[:60]!r} is not a JSON object")
+            out.append(value)
+        return out, rj
     pc = trial_dir / "progress.csv"
     if pc.exists():
-        with pc.open(newline="") as fh:
-            return list(csv.DictReader(fh))
-    return []
+        return read_csv(pc, root)[0], pc
+    return [], rj
 
 
 def read(path: str | Path) -> list[SourceTrial]:
-    """Every Ray Tune trial under `path`."""
+    """Every Ray Tune trial under `path`. Files are read only from inside `path`: a link
+    that leads out of it is not followed (its trial gets a note, or an error for results)."""
     root = Path(path)
     if not root.is_dir():
         raise ImportError_(f"{root}: not a directory (give a Ray Tune experiment folder)")
+    real = root.resolve()
     dirs = sorted({p.parent for pat in ("result.json", "progress.csv") for p in root.rglob(pat)})
     trials = []
     for d in dirs:
-        results = _results(d)
+        results, source = _results(d, real)
+        notes: list[str] = []
         params_file = d / "params.json"
-        if params_file.exists():
-            params = json.loads(params_file.read_text())
-        elif results and isinstance(results[0].get("config"), dict):
-            params = results[0]["config"]
-        else:
-            params = {}
+        params: Any = None
+        if params_file.exists() and not inside(params_file, real):
+            notes.append(f"{params_file} not read: a link out of the imported folder")
+        elif params_file.exists():
+            params = read_json(params_file, real)
+            if not isinstance(params, dict):
+                raise ImportError_(f"{params_file}: not a JSON object of hyperparameters")
+        if params is None:
+            config = results[0].get("config") if results else None
+            params = config if isinstance(config, dict) else {}
         epochs = []
         for r in results:
             row = {k: v for k, v in r.items() if k not in _BOOKKEEPING and not isinstance(v, dict)}
@@ -74,18 +85,25 @@ def read(path: str | Path) -> list[SourceTrial]:
         last = results[-1] if results else {}
         ray_id = str(last.get("trial_id") or d.name)
         err = d / "error.txt"
+        error = None
+        if err.exists() and not inside(err, real):
+            notes.append(f"{err} not read: a link out of the imported folder")
+            error = "failed (error.txt)"
+        elif err.exists():
+            error = read_text(err, real).strip() or "failed (error.txt)"
         info = {
+            "file": str(source),
             "host": last.get("hostname") or None,
             "wall_time_s": last.get("time_total_s"),
-            "error": err.read_text().strip() or "failed (error.txt)" if err.exists() else None,
+            "error": error,
         }
         try:
             end = float(last.get("timestamp"))
             info["finished_at"] = timestamp(end)
             info["started_at"] = timestamp(end - float(last.get("time_total_s")))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
-        trials.append(SourceTrial(f"{d.parent.name}/{ray_id}", params, epochs, info))
+        trials.append(SourceTrial(f"{d.parent.name}/{ray_id}", params, epochs, info, notes))
     return trials
 
 

@@ -9,10 +9,10 @@ is a per-epoch metric (`epoch` numbers the epochs, else the rows' order in the f
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from warehouse.importers import RUN_FIELD, TRIAL_FIELDS, ImportError_, SourceTrial
+from warehouse.importers import RUN_FIELD, TRIAL_FIELDS, SourceTrial
+from warehouse.importers.reading import ImportError_, read_csv
 
 
 def read(path: str | Path, mapping: dict[str, str] | None = None) -> list[SourceTrial]:
@@ -20,10 +20,7 @@ def read(path: str | Path, mapping: dict[str, str] | None = None) -> list[Source
     if not f.is_file():
         raise ImportError_(f"{f}: not a file (give a CSV file)")
     mapping = mapping or {}
-    with f.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        cols = reader.fieldnames or []
+    rows, cols = read_csv(f)
     if not rows:
         raise ImportError_(f"{f}: no rows")
     run_col = next((c for c in (mapping.get("run"), *RUN_FIELD) if c and c in cols), None)
@@ -52,7 +49,7 @@ def read(path: str | Path, mapping: dict[str, str] | None = None) -> list[Source
     trials = []
     for run, rs in runs.items():
         epochs = [{k: v for k, v in r.items() if k not in skip} for r in rs]
-        trials.append(SourceTrial(f"{f.name}/{run}", params[run], epochs, {}))
+        trials.append(SourceTrial(f"{f.name}/{run}", params[run], epochs, {"file": str(f)}))
     return trials
 
 

@@ -16,13 +16,26 @@ import re
 from pathlib import Path
 from typing import Any
 
-from warehouse.importers import ImportError_, SourceTrial, timestamp
+from warehouse.importers import SourceTrial, timestamp
+from warehouse.importers.reading import ImportError_, inside
 
 _KV = re.compile(r"([A-Za-z][A-Za-z0-9_.]*?)=([^,/=]+?)(?=,|_[A-Za-z][A-Za-z0-9_.]*=|/|$)")
 
 
 def _event_dirs(root: Path) -> list[Path]:
-    return sorted({p.parent for p in root.rglob("events.out.tfevents.*") if p.is_file()})
+    """Run folders: those holding event files. An event file that is a link out of `root`
+    is an error (the reader reads every event file of a folder: it cannot skip one)."""
+    real = root.resolve()
+    out = set()
+    for p in root.rglob("events.out.tfevents.*"):
+        if not inside(p, real):
+            raise ImportError_(
+                f"{p}: a link out of the imported folder {real}; links out of it are not "
+                "followed (copy the file in, or move the link aside)"
+            )
+        if p.is_file():
+            out.add(p.parent)
+    return sorted(out)
 
 
 def _load(d: Path):
@@ -119,6 +132,7 @@ def read(path: str | Path) -> list[SourceTrial]:
             "finished_at": timestamp(max(wall.values())) if wall else None,
             "wall_time_s": (max(wall.values()) - start) if wall and start is not None else None,
         }
+        info["file"] = str(d)
         trials.append(SourceTrial(f"{root.resolve().name}/{rel}", params, epochs, info))
     return trials
 
