@@ -199,9 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--demo", action="store_true", help="open the committed demo warehouse")
+    from batchlab.cli_advise import add_parser as add_advise
     from batchlab.cli_status import add_parser as add_status
 
     add_status(sub, _storage_arg)
+    add_advise(sub, _storage_arg)
     return ap
 
 
@@ -597,6 +599,7 @@ _COMMANDS = {
     "check": cmd_check,
     "app": cmd_app,
     "status": lambda args: __import__("batchlab.cli_status").cli_status.cmd_status(args),
+    "advise": lambda args: __import__("batchlab.cli_advise").cli_advise.cmd_advise(args),
 }
 
 
