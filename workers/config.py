@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -433,6 +434,8 @@ class TrialConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
+        if (problem := self.scaled_lr_problem()) is not None:
+            raise ValueError(problem)
         if self.optimizer.name == "adam" and self.optimizer.nesterov:
             raise ValueError("optimizer.nesterov applies to sgd only")
         if self.trainable is not None and self.data_parallel_workers > 1:
@@ -523,6 +526,25 @@ class TrialConfig(_Strict):
         if self.lr_scaling == "sqrt":
             return self.lr * k**0.5
         return self.lr
+
+    def scaled_lr_problem(self) -> str | None:
+        """Why the lr after the scaling rule cannot train (not finite, or not > 0: e.g.
+        lr: 1e308 under linear scaling is inf), or None. A non-finite lr would end the
+        trial as `diverged`, a finding about the lr, when the input is what is wrong."""
+        scaled = self.scaled_lr
+        if math.isfinite(scaled) and scaled > 0:
+            return None
+        return (
+            f"lr: {self.lr!r} scaled by lr_scaling {self.lr_scaling!r} (batch_size "
+            f"{self.batch_size} / base_batch_size {self.base_batch_size}) is {scaled!r}; the "
+            "scaled lr must be finite and > 0"
+        )
+
+    def check_scaled_lr(self) -> None:
+        """Raise ValueError when `scaled_lr_problem` finds one (the workers call it: a
+        config derived with model_copy skips the validator)."""
+        if (problem := self.scaled_lr_problem()) is not None:
+            raise ValueError(problem)
 
     # Cache of config_hash; a fresh copy (model_copy) must reset it (see set_hash).
     _hash: str | None = PrivateAttr(default=None)

@@ -155,7 +155,11 @@ def load_dataset(
 
 @functools.lru_cache(maxsize=1)
 def _cached(dataset_json: str, device: str, data_dir: str | None, code_dir: str | None) -> Dataset:
-    return load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
+    from workers.data_checks import check_finite  # NaN/inf inputs refused (issue 24)
+
+    return check_finite(
+        load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
+    )
 
 
 def load_dataset_cached(

@@ -272,29 +272,38 @@ class _Stack:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean cross-entropy and accuracy of every member over a whole split, eval mode:
-        (P,) device tensors."""
-        P = self.size
-        chunk = max(EVAL_MIN_EXAMPLES, EVAL_BATCH // P)
-        loss_sum = torch.zeros(P, device=x.device)
-        correct = torch.zeros(P, device=x.device)
-        for i in range(0, x.shape[0], chunk):
-            xb, yb = x[i : i + chunk], y[i : i + chunk]
-            logits = self.net.forward(self.views, self.buffers, self.net.broadcast(xb, P), False)
-            logits = logits.float()
+        """Mean loss and accuracy of every member over a whole split, eval mode: (P,) device
+        tensors. Forwards run on max(EVAL_MIN_EXAMPLES, EVAL_BATCH // P) examples per member
+        (memory that does not grow with P), but the sums run over blocks of EVAL_BATCH
+        examples whatever P is: a member's numbers do not depend on its pack (issue 24)."""
+        P, n = self.size, x.shape[0]
+        sub = max(EVAL_MIN_EXAMPLES, EVAL_BATCH // P)
+        loss_sum = torch.zeros(P, device=x.device, dtype=torch.float64)
+        correct = torch.zeros(P, device=x.device, dtype=torch.float64)
+        for b in range(0, n, EVAL_BATCH):
+            xb, yb = x[b : b + EVAL_BATCH], y[b : b + EVAL_BATCH]
+            parts = []
+            for i in range(0, xb.shape[0], sub):
+                xs = self.net.broadcast(xb[i : i + sub], P)
+                logits = self.net.forward(self.views, self.buffers, xs, False).float()
+                if self.lossf.is_default:
+                    yy = yb[i : i + sub].unsqueeze(0).expand(P, -1)
+                    ce = F.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), yy.reshape(-1), reduction="none"
+                    )
+                    parts.append(ce.view(P, -1))
+                    correct += (logits.argmax(-1) == yy).sum(1)
+                else:
+                    parts.append(logits)
+            block = torch.cat(parts, dim=1)
             if self.lossf.is_default:
-                yy = yb.unsqueeze(0).expand(P, -1)
-                ce = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), yy.reshape(-1), reduction="none"
-                )
-                loss_sum += ce.view(P, -1).sum(1)
-                correct += (logits.argmax(-1) == yy).sum(1)
+                loss_sum += block.double().sum(1)
                 continue
-            for p in range(P):
-                loss_sum[p] += self.lossf(logits[p], yb) * xb.shape[0]
-                c = self.lossf.correct(logits[p], yb)
+            for p in range(P):  # the loss is a batch mean: one call per member and block
+                loss_sum[p] += self.lossf(block[p], yb).double() * xb.shape[0]
+                c = self.lossf.correct(block[p], yb)
                 correct[p] += c if c is not None else math.nan
-        return loss_sum / x.shape[0], correct / x.shape[0]
+        return (loss_sum / n).float(), (correct / n).float()
 
     # ------------------------------------------------------------------ per-member views
     def layer_norms(self, a: Tensor, b: Tensor | None = None) -> Tensor:
@@ -424,6 +433,8 @@ def run_pack(
                 on_done(r)
 
         try:
+            for c in cfgs:
+                c.check_scaled_lr()  # a non-finite lr is bad input (failed), not a divergence
             _train_pack(cfgs, dev, data, data_dir, checkpoints, on_epoch, done, rec)
         except Exception as exc:  # recorded as data, the grid goes on
             if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -666,7 +677,6 @@ def _end_epoch(
         vl, va = (None, None) if val is not None else stack.evaluate(data.x_val, data.y_val)
         parts = {
             "rec": ep.rec[:spe_done],
-            "train_loss": ep.rec[:spe_done, 0].mean(0),
             "dist": torch.linalg.vector_norm(per, dim=0),
             "ep_dist": torch.linalg.vector_norm(ep_per, dim=0),
             "per": per,
@@ -695,7 +705,9 @@ def _end_epoch(
             "epoch": epoch,
             "step": st["step"],
             "lr": lrs[-1],
-            "train_loss": float(host["train_loss"][r]),
+            # The mean of the member's own float32 batch losses, as a lone trial takes it
+            # (a mean over the (steps, P) table would sum in an order set by P).
+            "train_loss": torch.from_numpy(losses.astype(np.float32)).mean().item(),
             "dist_from_init": float(host["dist"][r]),
             "epoch_distance": float(host["ep_dist"][r]),
             "epoch_time_s": train_time,

@@ -297,6 +297,7 @@ def run_trial(
     with torch_state.isolated() as ts, perf.applied(cfg.performance, dev) as rec:
         rec["torch_threads"] = ts["torch_threads"]
         try:
+            cfg.check_scaled_lr()  # a non-finite lr is bad input (failed), not a divergence
             if cfg.trainable is not None:
                 from workers.trial_api import run_user_trial
 
