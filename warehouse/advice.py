@@ -33,7 +33,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from warehouse.capture import selection_cte
 from warehouse.queries import Filters
@@ -123,6 +122,8 @@ def _tuned(cells: Cells) -> dict[int, dict[str, float]]:
 def mccandlish_fit(bs: np.ndarray, steps: np.ndarray) -> dict[str, float]:
     """Least squares S = S_min + E_min / B over >= 3 batch sizes (else NaN); B_crit =
     E_min / S_min when both are positive (else NaN)."""
+    from scipy import stats  # imported here: connect() builds the macros
+
     ok = np.isfinite(steps)
     bs, steps = bs[ok], steps[ok]
     if len(bs) < 3:
@@ -161,6 +162,8 @@ def lr_rule_fit(bs: np.ndarray, lrs: np.ndarray, confidence: float = 0.95) -> di
     """Slope of log(best lr) on log(B) (scipy.stats.linregress) with its t interval (>= 3
     batch sizes), the rules whose exponent (none 0, sqrt 1/2, linear 1) lies in it, and the
     rule closest to the slope."""
+    from scipy import stats  # imported here: connect() builds the macros
+
     ok = np.isfinite(lrs) & (lrs > 0)
     bs, lrs = bs[ok], lrs[ok]
     out: dict[str, Any] = {"slope": math.nan, "ci": [math.nan, math.nan], "rules_in_ci": []}
@@ -223,6 +226,8 @@ def _interval(x: np.ndarray, confidence: float) -> list[float]:
 
 def _bootstrap(cells: Cells, grid: list[int], n_resamples: int, confidence: float, seed: int):
     """(replicates x statistic) array, or None when no cell has two seeds."""
+    from scipy import stats  # imported here: connect() builds the macros
+
     keys = [k for k, (st, _) in cells.items() if len(st) >= 2]
     if not keys or n_resamples <= 0:
         return None

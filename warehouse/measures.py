@@ -24,7 +24,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from warehouse.queries import Filters
 
@@ -120,6 +119,8 @@ def sharpness_measures(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFra
 
 
 def _tau(a: pd.Series, b: pd.Series) -> float:
+    from scipy import stats  # imported here: connect() builds the macros
+
     if len(a) < 2:
         return math.nan
     res = stats.kendalltau(a.to_numpy(float), b.to_numpy(float))
