@@ -135,6 +135,45 @@ def wait_finished(page, title: str, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
         charts.nth(i).locator("canvas, svg").first.wait_for(timeout=timeout_ms)
 
 
+# Every chart's plot areas, measured in the rendered SVG (the app draws every chart as SVG
+# when BATCHLAB_APP_RENDERER=svg: app/show.py): Vega's view background (`path.background`
+# of the root frame for a single or layered view, of each `cell` group of a facet), in CSS
+# pixels; the chart's overflow past its column (a clipped legend or axis title); the
+# heading above it (its name in reports).
+PLOT_AREAS_JS = """() => {
+  const heads = [...document.querySelectorAll('[data-testid="stMain"] h1, h2, h3, h4')];
+  const charts = [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')];
+  return charts.map((el, index) => {
+    const before = heads.filter(h => h.compareDocumentPosition(el) & 4);
+    const heading = before.length ? before[before.length - 1].textContent.trim() : '';
+    const svg = el.querySelector('svg.marks');
+    if (!svg) return {index, heading, renderer: el.querySelector('canvas') ? 'canvas' : 'none'};
+    let bgs = [...svg.querySelectorAll('g.mark-group.role-scope.cell > g > path.background')];
+    if (!bgs.length) bgs = [...svg.querySelectorAll(
+      'g.mark-group.role-frame.root > g > path.background')];
+    const cells = bgs.map(b => {
+      const r = b.getBoundingClientRect();
+      return [Math.round(r.width), Math.round(r.height)];
+    });
+    const box = el.closest('[data-testid="stElementContainer"]') || el;
+    const col = (box.parentElement || box).getBoundingClientRect();
+    const root = (svg.querySelector('g.mark-group.role-frame.root') || svg).getBoundingClientRect();
+    const overflow = Math.max(0, root.right - col.right, col.left - root.left);
+    return {index, heading, renderer: 'svg', cells,
+            width: cells.length ? Math.min(...cells.map(c => c[0])) : 0,
+            height: cells.length ? Math.min(...cells.map(c => c[1])) : 0,
+            overflow: Math.round(overflow)};
+  });
+}"""
+
+
+def plot_areas(page) -> list[dict]:
+    """Per chart of the page: `cells` ([width, height] of each plot area: one, or one per
+    facet panel), `width` / `height` (the smallest), `overflow` (CSS px past its column),
+    `heading`, `renderer` ("canvas": not measurable; draw SVG)."""
+    return page.evaluate(PLOT_AREAS_JS)
+
+
 def screenshot(page, path: Path, max_height: int = 16000) -> None:
     """The whole page: Streamlit scrolls inside its main block, not the document, so the
     viewport is grown to the block's height first."""
@@ -155,7 +194,7 @@ def page_url(base: str, url_path: str) -> str:
     return f"{base}/" if default else f"{base}/{url_path}"
 
 
-def _example_runs(storage: str, n: int = 3) -> list[str]:
+def example_runs(storage: str, n: int = 3) -> list[str]:
     """A few completed trials of one setting, seed 0, different batch sizes: the runs the
     Runs, Trial and Compare screenshots show selected."""
     from warehouse.db import connect
@@ -176,6 +215,16 @@ def _example_runs(storage: str, n: int = 3) -> list[str]:
     return [r[0] for r in rows]
 
 
+RUN_PAGES = ("compare", "trial", "runs")  # opened with example runs selected
+
+
+def page_query(url_path: str, runs: list[str]) -> str:
+    """The query string a page is opened with: the example runs on the run-level pages."""
+    if url_path not in RUN_PAGES or not runs:
+        return ""
+    return "?" + "&".join(f"runs={t}" for t in runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--storage", default=str(DEMO), help="warehouse root (default: the demo)")
@@ -188,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = _example_runs(args.storage)
+    runs = example_runs(args.storage)
     log = out / ".streamlit.log"
     with streamlit_server(args.storage, log) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -205,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
             t0 = time.monotonic()
-            query = "?" + "&".join(f"runs={t}" for t in runs) if runs else ""
-            if info.url_path not in ("compare", "trial", "runs"):
-                query = ""
+            query = page_query(info.url_path, runs)
             page.goto(page_url(url, info.url_path) + query, wait_until="domcontentloaded")
             wait_finished(page, TITLES[info.url_path])
             dt = time.monotonic() - t0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from app.labels import series_label
 # More settings than this in one chart: one chart per experiment instead.
 MAX_SERIES = 6
 SVG_MAX_ROWS = 20_000  # charts with fewer data rows are drawn as SVG
+# "svg" or "canvas": every chart drawn so (the browser tests read the plot areas from the SVG).
+RENDERER_ENV = "BATCHLAB_APP_RENDERER"
 
 
 def _svg(spec: dict) -> bytes:
@@ -128,6 +131,11 @@ def show_chart(
         plain = tuple(a for a in args if not isinstance(a, pd.DataFrame))
         k = (version(), current_filters(), key, cache_on, plain, tuple(kwargs.items()))
         spec = _keyed_spec(name, k, build, args, kwargs)
+    forced = os.environ.get(RENDERER_ENV, "")
+    if forced in ("svg", "canvas"):
+        meta = spec.get("usermeta", {})
+        embed = {**meta.get("embedOptions", {}), "renderer": forced}
+        spec = {**spec, "usermeta": {**meta, "embedOptions": embed}}
     facet = "facet" in spec
     st.vega_lite_chart(spec, width="content" if facet else "stretch", key=f"chart_{key}")
     data = args[0] if args and isinstance(args[0], pd.DataFrame) else None

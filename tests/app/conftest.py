@@ -47,3 +47,40 @@ def private_app_cache(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _warehouses():
+    spec = importlib.util.spec_from_file_location("warehouses", FIXTURES / "warehouses.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def custom_study_root(tmp_path_factory, data_cache) -> str:
+    """A study of user code (examples/custom, trained by the worker task; about 30 s)."""
+    return _warehouses().build_custom(tmp_path_factory.mktemp("wh-custom") / "runs")
+
+
+@pytest.fixture(scope="session")
+def bench_root(tmp_path_factory) -> str:
+    """10,000 trials shaped like benchmarks/warehouse.py's, as compacted parts (seconds)."""
+    return _warehouses().build_bench(tmp_path_factory.mktemp("wh-bench") / "runs")
+
+
+@pytest.fixture(scope="session")
+def mixed_root(tmp_path_factory, custom_study_root) -> str:
+    """Native, custom, CSV-imported and Ray-Tune-imported studies in one warehouse."""
+    base = tmp_path_factory.mktemp("wh-mixed")
+    return _warehouses().build_mixed(base / "runs", custom_study_root, base / "sources")
+
+
+@pytest.fixture(scope="session")
+def warehouse_root(request) -> str:
+    """`demo`, `custom`, `bench` or `mixed` by name (indirect parametrization)."""
+    name = request.param
+    if name == "demo":
+        return _warehouses().DEMO
+    return request.getfixturevalue(
+        {"custom": "custom_study_root", "bench": "bench_root", "mixed": "mixed_root"}[name]
+    )
