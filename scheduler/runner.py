@@ -121,7 +121,7 @@ def run_grid(
     address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
-    out=sys.stdout,
+    out=None,
     storage_shared: bool | None = None,
 ) -> RunReport:
     """Run every trial of `spec` not already stored under `root`; returns a report.
@@ -129,6 +129,7 @@ def run_grid(
     On a multi-node cluster a local-path `root` must be declared shared (`storage_shared`,
     None reads $BATCHLAB_STORAGE_SHARED); see `scheduler.cluster.check_cluster`."""
 
+    out = sys.stdout if out is None else out  # read at call time (tests swap sys.stdout)
     layout = Layout.open(root)
     check_writable(layout)  # before Ray starts: a read-only or full root fails here
     cleaned = layout.clean_temporaries()
