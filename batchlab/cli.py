@@ -609,8 +609,13 @@ def entry() -> None:
     "terminate called without an active exception" (SIGABRT, exit 134) after every result
     is written; so Ray is shut down explicitly, the streams flushed, and the process leaves
     with os._exit(code). Tests call `main()` in-process and are not affected."""
+    from scheduler import interrupts
+
     code = main()
-    if "ray" in sys.modules:
+    # After SIGTERM / SIGHUP the grace period is short and Ray's own processes may be dying
+    # too (SLURM signals every process of the step): no ray.shutdown, which can wait on them;
+    # the embedded instance's watchdog (scheduler/watchdog.py) tears it down.
+    if "ray" in sys.modules and interrupts.received() is None:
         try:
             import ray
 
