@@ -186,3 +186,68 @@ def test_cli_advise_table_and_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "B_crit = E_min/S_min" in text and "least training time: batch size 256" in text
     assert main(["advise", "--storage", root, "--experiment", "nope"]) == 3
+
+
+# --------------------------------------------------------------- noisy quadratic, real SGD
+
+K_NOISE = 64.0  # B_noise of the problem below, at every point
+
+
+def _nqm_steps(b: int, lr: float, seeds: int, rng: np.random.Generator) -> np.ndarray:
+    """Steps of real mini-batch SGD to divide the loss by 100 on L = 1/2 sum_i h_i x_i^2
+    (h log-spaced in [0.1, 1], 50 dimensions) with a gradient noise of covariance
+    Sigma = K (G'HG / tr H) I / b at every point, so that McCandlish et al.'s
+    B_noise = tr(H Sigma_1) / (G'HG) = K exactly along the whole path (NaN: not reached)."""
+    h = np.logspace(-1, 0, 50)
+    th = np.tile(1 / np.sqrt(h), (seeds, 1))
+    target = 0.5 * (h * th[0] ** 2).sum() / 100
+    steps = np.full(seeds, np.nan)
+    with np.errstate(over="ignore", invalid="ignore"):  # a too-large lr diverges
+        for t in range(1, 2001):
+            if not np.isfinite(th).all():  # this lr diverged
+                break
+            g = h * th
+            s = np.sqrt(K_NOISE * (g * g * h).sum(1) / h.sum() / b)
+            th = th - lr * (g + s[:, None] * rng.standard_normal(th.shape))
+            loss = 0.5 * (h * th**2).sum(1)
+            steps[np.isnan(steps) & (loss <= target)] = t
+            if not np.isnan(steps).any():
+                break
+    return steps
+
+
+def test_noisy_quadratic_real_sgd_b_crit_is_b_noise(tmp_path):
+    """McCandlish et al. (2018, appendix A): for SGD at its best lr on a quadratic, the
+    steps-examples trade-off follows (S/S_min - 1)(E/E_min - 1) = 1 with B_crit ~ B_noise.
+    The advisor, given only the trials' steps to the target (lr tuned over a grid as for a
+    real study), finds B_crit within 30% of the known B_noise = 64."""
+    layout = Layout.open(str(tmp_path))
+    rng = np.random.default_rng(0)
+    for b in (8, 16, 32, 64, 128, 256, 512, 1024):
+        for lr in (0.3, 0.5, 0.8, 1.2, 1.8):
+            for seed, st in enumerate(_nqm_steps(b, lr, 5, rng)):
+                tid = f"nqm-b{b}-lr{lr}-s{seed}"
+                write_trial(
+                    layout,
+                    "nqm",
+                    {
+                        "trial_id": tid,
+                        "config_hash": tid,
+                        "status": "completed",
+                        "batch_size": b,
+                        "lr": lr,
+                        "scaled_lr": lr,
+                        "lr_scaling": "none",
+                        "seed": seed,
+                        "steps_to_target": -1 if np.isnan(st) else int(st),
+                        "steps_run": 100,
+                        "train_time_s": 1.0,
+                    },
+                    {},
+                )
+    c = connect(str(tmp_path))
+    (a,) = advise(c, Filters(), n_resamples=200)
+    assert a["fit"]["b_crit"] == pytest.approx(K_NOISE, rel=0.3)
+    lo, hi = a["fit"]["b_crit_ci"]
+    assert lo < a["fit"]["b_crit"] < hi
+    assert a["fit"]["r2"] > 0.95
