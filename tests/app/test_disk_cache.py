@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +22,7 @@ from app.warm import is_warm, page_test, warm
 def cache(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("BATCHLAB_APP_CACHE", str(d))
+    monkeypatch.setenv("BATCHLAB_APP_CACHE_KEY", str(tmp_path / "config" / "app-cache.key"))
     monkeypatch.delenv("BATCHLAB_APP_CACHE_MB", raising=False)
     return d
 
@@ -129,7 +129,7 @@ def test_torn_entry_is_a_miss(cache):
     (entry,) = cache.glob("*.pkl")
     entry.write_bytes(b"\x80\x05 not a whole pickle")
     assert value("v") == 7 and calls == ["v", "v"]
-    assert pickle.loads(entry.read_bytes()) == 7  # rewritten whole
+    assert disk_cache.load(entry.stem) == (True, 7)  # rewritten whole
 
 
 def test_size_is_bounded_least_recently_used_first(cache, monkeypatch):
@@ -144,6 +144,7 @@ def test_size_is_bounded_least_recently_used_first(cache, monkeypatch):
 
 
 def test_unwritable_cache_fails_open(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHLAB_APP_CACHE_KEY", str(tmp_path / "app-cache.key"))
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("BATCHLAB_APP_CACHE", str(blocker / "cache"))
