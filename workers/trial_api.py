@@ -42,6 +42,7 @@ from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import Loss, loss_of
 from workers.resume_rows import compact_rows, expand_rows
+from workers.trial_epochs import epoch_problem, file_rows, first_after
 
 # Columns of the `epochs` table log_epoch fills from its keyword arguments; the rest of the
 # table (distances, norms, times) batchlab computes itself.
@@ -115,6 +116,8 @@ class Trial:
         self._t_epoch = time.perf_counter()
         self._probe_s = 0.0
         self.resumed_from_epoch = 0
+        self.api_error: TrialAPIError | None = None  # raised again if the user's loop caught it
+        self._epochs_logged = 0  # log_epoch calls of this attempt
         if checkpoints is not None and (saved := checkpoints.load("resume")) is not None:
             self.st.update(expand_rows(saved["trial"]))
             self._user_state = saved["user"]
@@ -123,6 +126,9 @@ class Trial:
             self.resumed_from_epoch = self.st["epoch"]
         else:
             self._saved_init = self._saved_prev = None
+        # Step/metric rows from here on are the next logged epoch's (workers/trial_epochs.py).
+        self._pending_steps = first_after(self.st["steps"], self.st["epoch"])
+        self._pending_metrics = first_after(self.st["metrics"], self.st["epoch"])
 
     # ------------------------------------------------------------------ what the trial is
     @property
@@ -246,19 +252,23 @@ class Trial:
                                        "value": _number(k, v, "trial.log_step")})  # fmt: skip
 
     def log_epoch(self, epoch: int, **values: Any) -> None:
-        """Epoch `epoch` (1-based) ended. Known names: EPOCH_COLUMNS; any other number goes
-        to the `metrics` table. Logging an epoch again (after a resume from an older
-        checkpoint) replaces the rows from that epoch on."""
+        """Epoch `epoch` (1-based, increasing, <= max_epochs: workers/trial_epochs.py) ended.
+        Known names: EPOCH_COLUMNS; other numbers go to `metrics`. The first epoch a resumed
+        attempt logs may go back: it replaces the rows from that epoch on."""
         from workers.train import record_validation
 
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            raise TrialAPIError(f"trial.log_epoch: epoch={epoch!r}; expected an int >= 1")
         now = time.perf_counter()
         st = self.st
-        if epoch <= st["epoch"]:  # a re-run of epochs after a resume: drop their old rows
-            for k in ("epochs", "layers", "metrics", "probes"):
-                st[k] = [r for r in st[k] if r["epoch"] < epoch]
-            st["steps"] = [r for r in st["steps"] if r["epoch"] < epoch]
+        last, back = st["epoch"], bool(self.resumed_from_epoch) and self._epochs_logged == 0
+        if (problem := epoch_problem(epoch, last, self.config.max_epochs, back)) is not None:
+            self.api_error = self.api_error or TrialAPIError(problem)
+            raise TrialAPIError(problem)
+        self._epochs_logged += 1
+        replace = epoch <= last  # a resumed attempt re-runs epochs: drop their old rows
+        for k in ("epochs", "layers", "probes") if replace else ():
+            st[k] = [r for r in st[k] if r["epoch"] < epoch]
+        st["steps"] = file_rows(st["steps"], self._pending_steps, epoch, replace)
+        st["metrics"] = file_rows(st["metrics"], self._pending_metrics, epoch, replace)
         known = {
             k: _number(k, v, "trial.log_epoch") for k, v in values.items() if k in EPOCH_COLUMNS
         }
@@ -308,6 +318,7 @@ class Trial:
         if due and epoch < self.max_epochs and self._model is not None and self._data is not None:
             self.measure(epoch=epoch)
         self._probe_s = 0.0
+        self._pending_steps, self._pending_metrics = len(st["steps"]), len(st["metrics"])
         if self._on_epoch is not None:
             self._on_epoch(row)
         self._t_epoch = time.perf_counter()
@@ -451,6 +462,8 @@ def run_user_trial(
         status, stop_reason = "diverged", "diverged"
     finally:
         _current.reset(token)
+    if trial.api_error is not None:  # the user's loop caught it and went on: still failed
+        raise trial.api_error
     st = trial.st
     if not st["epochs"] and status == "completed":
         raise TrialAPIError(
