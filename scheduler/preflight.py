@@ -125,7 +125,7 @@ def check_here(
         up = t.user_paths
         for kv in up.items():
             paths[kv] = None
-        if (up or t.loss != "cross_entropy") and t.trainable is None:
+        if _steps(t):
             combos.setdefault((js(t.model), dkey, t.loss, repr(t.loss_kwargs)), t)
     for key, path in paths:
         stage(key, path)
@@ -168,6 +168,15 @@ def check_here(
     out.problems = list(dict.fromkeys(problems))
     out.notes = list(dict.fromkeys(out.notes))
     return out
+
+
+def _steps(t: TrialConfig) -> bool:
+    """Whether the dry step runs for `t`: a user factory or a loss other than the default
+    (a user loop reaches them by trial.build_model() / trial.loss), or a user data set under
+    batchlab's loop. A user loop with the default model and loss may train anything: its
+    data set is loaded and checked, nothing is run on it."""
+    user_data = t.dataset.loader is not None and t.trainable is None
+    return bool(t.model.factory) or t.loss != "cross_entropy" or user_data
 
 
 # The built-in data sets without loading them (docs/datasets.md): training examples, one
@@ -361,9 +370,10 @@ def code_changes(spec: GridSpec, trials: list[TrialConfig], stored: list[dict]) 
     ]
 
 
-def preflight(spec: GridSpec, root: str | None = None, out: TextIO = sys.stdout) -> None:
+def preflight(spec: GridSpec, root: str | None = None, out: TextIO | None = None) -> None:
     """Raise SpecError with every problem of the grid's user code and data-set sizes; print
-    the notes (shape-only checks, warnings) and code-change notes."""
+    the notes (shape-only checks, warnings) and code-change notes to `out` (stdout)."""
+    out = out if out is not None else sys.stdout
     trials = spec.trials()
     checks = run_checks(spec, trials)
     for note in checks.notes:
