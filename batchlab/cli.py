@@ -12,8 +12,8 @@
 
 Exit codes (docs/cli.md): 0 done; 1 `check` found problems (or an unexpected error, with
 its traceback); 2 bad arguments, grid spec or input; 3 no warehouse at the root, or an
-unknown experiment; 4 trials failed (`run`, `demo`; `--allow-failed` keeps 0); 130
-interrupted. Heavy imports (torch, Ray, Streamlit) happen inside the commands that need them.
+unknown experiment; 4 trials failed (`run`, `demo`; `--allow-failed` keeps 0); 5 storage
+that cannot be written (full, read-only); 130 interrupted (143 SIGTERM, 129 SIGHUP). Heavy imports (torch, Ray, Streamlit) happen inside the commands that need them.
 """
 
 from __future__ import annotations
@@ -253,6 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.max_epochs < 1:
             raise ValueError(f"--max-epochs: {args.max_epochs} is not allowed: at least 1")
         spec = spec.model_copy(update={"max_epochs": min(spec.max_epochs, args.max_epochs)})
+        spec._trials = None  # not the copied expansion of the uncapped grid
     preflight(spec, args.storage)  # user code and data-set sizes, before anything is queued
     if args.until_decided and not args.dry_run:
         from scheduler.decide import run_cli
