@@ -104,11 +104,17 @@ def format_advice(advice: list[dict[str, Any]]) -> str:
         if any(r["packed"] for r in a["table"]):
             out.append("* packed: training seconds are the whole pack's")
         fit = a["fit"]
+        valid = fit.get("valid_fraction", math.nan)
+        share = f"; a fit in {_p(valid)} of the replicates" if math.isfinite(valid) else ""
         out.append(
             f"McCandlish fit S = S_min + E_min/B over {fit['n_batch_sizes']} batch sizes: "
-            f"S_min {_ci(fit['s_min'], fit['s_min_ci'])}, E_min {_ci(fit['e_min'], fit['e_min_ci'])}, "
-            f"B_crit = E_min/S_min {_ci(fit['b_crit'], fit['b_crit_ci'])} (R^2 {_num(fit['r2'])})"
+            f"S_min {_ci(fit['s_min'], fit['s_min_ci'])}, "
+            f"E_min {_ci(fit['e_min'], fit['e_min_ci'])}, R^2 {_num(fit['r2'])}"
         )
+        if math.isfinite(fit["b_crit"]):
+            out.append(f"B_crit = E_min/S_min: {_ci(fit['b_crit'], fit['b_crit_ci'])}{share}")
+        else:
+            out.append(f"B_crit = E_min/S_min: undefined (needs S_min, E_min > 0){share}")
         c = a["cbs20"]
         bound = " (no batch size of the grid reaches it: a lower bound)" if c["censored"] else ""
         out.append(

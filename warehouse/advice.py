@@ -85,7 +85,7 @@ def trial_steps_sql(f: Filters, target: Target) -> tuple[str, dict[str, Any]]:
         SELECT {", ".join("s." + c for c in GROUP)}, s.lr, s.scaled_lr, s.batch_size, s.seed,
                s.trial_id, CAST({steps} AS DOUBLE) AS steps, s.steps_run,
                s.train_time_s / nullif(s.steps_run, 0) AS s_per_step,
-               coalesce(s.pack_size, 1) AS pack_size, s.device_name
+               coalesce(s.pack_size, 1) AS pack_size, s.device_name, s.n_train
         FROM sel s LEFT JOIN h ON h.experiment = s.experiment AND h.trial_id = s.trial_id
         ORDER BY ALL
     """
@@ -208,6 +208,7 @@ def _vector(s: dict[str, Any], grid: list[int]) -> np.ndarray:
         s["fit"]["e_min"],
         s["cbs20"]["cbs"],
         s["lr_rule"]["slope"],
+        float(math.isfinite(s["fit"]["b_crit"])),
     ]
     for b in grid:
         t = s["tuned"].get(b)
@@ -256,6 +257,26 @@ def _bootstrap(cells: Cells, grid: list[int], n_resamples: int, confidence: floa
 
 def _flags(g: pd.DataFrame, s: dict[str, Any], cells: Cells) -> list[str]:
     out = []
+    n_train = g["n_train"].dropna()
+    if len(n_train):
+        out.append(
+            f"the target is read at validation points (epoch ends): examples to target are "
+            f"whole epochs of {int(n_train.max()):,} examples; smaller differences are not "
+            "resolved"
+        )
+    b_crit, tuned = s["fit"]["b_crit"], sorted(s["tuned"])
+    if math.isfinite(b_crit) and not tuned[0] <= b_crit <= tuned[-1]:
+        out.append(
+            f"B_crit {b_crit:.3g} lies outside the batch sizes measured "
+            f"({tuned[0]}-{tuned[-1]}): an extrapolation"
+        )
+    elif len(tuned) >= 3 and not math.isfinite(b_crit):
+        out.append(
+            "no McCandlish fit (S_min or E_min <= 0): the steps do not flatten over these "
+            "batch sizes, B_crit is beyond the largest one"
+            if s["fit"]["s_min"] <= 0
+            else "no McCandlish fit (S_min or E_min <= 0)"
+        )
     if (g["pack_size"] > 1).any():
         out.append(
             "packed trials: their training time is the whole pack's (every member trained "
@@ -320,7 +341,7 @@ def advise(
         for i, b in enumerate(grid):
             c = g[g["batch_size"] == b]
             t = s["tuned"].get(b)
-            j = 5 + 5 * i
+            j = 6 + 5 * i
             table.append(
                 {
                     "batch_size": b,
@@ -342,6 +363,7 @@ def advise(
             )
         fit = {**s["fit"], "b_crit_ci": ci(0), "s_min_ci": ci(1), "e_min_ci": ci(2)}
         fit["n_batch_sizes"] = int(sum(1 for r in table if math.isfinite(r["steps"])))
+        fit["valid_fraction"] = p(5)  # replicates with S_min, E_min > 0
         cbs = {**s["cbs20"], "ci": ci(3), "overhead": OVERHEAD}
         rule = {**s["lr_rule"], "bootstrap_ci": ci(4)}
         by_b = {r["batch_size"]: r for r in table}

@@ -184,7 +184,7 @@ def test_cli_advise_table_and_json(tmp_path, capsys):
     assert a["fastest"]["batch_size"] == 256
     assert main(["advise", "--storage", root, "--resamples", "50"]) == 0
     text = capsys.readouterr().out
-    assert "B_crit = E_min/S_min" in text and "least training time: batch size 256" in text
+    assert "B_crit = E_min/S_min: " in text and "least training time: batch size 256" in text
     assert main(["advise", "--storage", root, "--experiment", "nope"]) == 3
 
 
