@@ -26,10 +26,17 @@ nothing (a directory with one part and no per-trial files is done). Run one comp
 storage root at a time. A connection made before a compaction reads the files it listed:
 its next query fails with "file not found" once they are deleted; reconnect.
 Corrupt files are left in place and reported (`batchlab check --quarantine` moves them).
+A compaction killed midway leaves a hidden temporary part (`.part-g...tmp-<host>-<pid>-...`,
+invisible to readers); the next compaction (like the next run) deletes those of dead
+processes on this host, or older than an hour, before it starts (`Layout.clean_temporaries`).
+A storage fault (a full disk, a read-only file system) is an OSError naming the directory
+or file it could not write, never a hidden temporary's name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -38,11 +45,13 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.layout import Layout, TableFile, TableFiles, check_experiment, file_schema
+from warehouse.export import os_error_from
+from warehouse.layout import TMP_MARK, Layout, TableFile, TableFiles, check_experiment, file_schema
 from warehouse.schemas import KEY_COLUMN, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SCHEMAS
 
 # A part smaller than this is merged again by the next compaction (rows).
@@ -76,6 +85,7 @@ class CompactionReport:
     root: str
     dirs: list[DirCompaction] = field(default_factory=list)
     seconds: float = 0.0
+    removed_temporaries: int = 0  # hidden temporaries of killed writers removed first
 
     @property
     def files_in(self) -> int:
@@ -99,6 +109,10 @@ class CompactionReport:
             f"({self.rows_out} rows) in {self.seconds:.1f} s; {len(self.dirs) - len(done)} "
             "directories already compact"
         ]
+        if self.removed_temporaries:
+            lines.append(
+                f"  removed {self.removed_temporaries} temporary files left by killed writers"
+            )
         for d in done:
             lines.append(
                 f"  {d.table}/experiment={d.experiment}: {d.mode}, {d.files_in} files + "
@@ -135,6 +149,39 @@ def compact(
         raise ValueError(f"min_rows={min_rows}, row_group_rows={row_group_rows}: both must be >= 1")
     t0 = time.perf_counter()
     report = CompactionReport(layout.root)
+    try:
+        report.removed_temporaries = layout.clean_temporaries()
+        _compact(layout, report, experiment, table, min_rows, row_group_rows, read_threads, grace_s)
+    except OSError as exc:
+        raise _named(exc, layout) from exc
+    except duckdb.IOException as exc:  # rebuilding batchlab.duckdb on a full disk
+        raise (os_error_from(exc, layout.duckdb_file) or exc) from exc
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _named(exc: OSError, layout: Layout) -> OSError:
+    """`exc` naming the file or directory it is about, not a hidden temporary (or the root
+    when it names nothing)."""
+    name = exc.filename
+    if name and TMP_MARK not in os.path.basename(str(name)):
+        return exc
+    where = os.path.dirname(str(name)) if name else layout.root
+    with contextlib.suppress(TypeError):
+        return type(exc)(exc.errno, exc.strerror or str(exc), where)
+    return OSError(exc.errno, exc.strerror or str(exc), where)
+
+
+def _compact(
+    layout: Layout,
+    report: CompactionReport,
+    experiment: str | None,
+    table: str | None,
+    min_rows: int,
+    row_group_rows: int,
+    read_threads: int,
+    grace_s: float,
+) -> None:
     cleanups = []
     for t in [table] if table else list(SCHEMAS):
         listed = layout.table_files(t, experiment)
@@ -158,8 +205,6 @@ def compact(
         time.sleep(grace_s)  # see step 4 of the module docstring
     for rep, cleanup in zip(report.dirs, cleanups, strict=True):
         _clean(layout, rep, cleanup)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _compact_dir(
