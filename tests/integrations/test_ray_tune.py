@@ -1,0 +1,52 @@
+"""BatchlabLoggerCallback with the real Ray Tune (local Ray, 2 tiny trials): the sweep
+lands in the warehouse as committed trials, a failed Tune trial as `failed`."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+
+pytest.importorskip("ray.tune")
+from ray import cloudpickle, tune
+
+from batchlab.integrations.ray_tune import BatchlabLoggerCallback
+from tests.integrations.conftest import rows
+
+
+def trainable(config) -> None:
+    loss = 2.0
+    for epoch in range(1, 4):
+        loss *= 1 - config["lr"]
+        if config["batch_size"] == 64 and epoch == 2:
+            raise RuntimeError("tiny failure at batch 64")
+        tune.report({"epoch": epoch, "train_loss": loss, "val_loss": loss + 0.1, "other": 7})
+
+
+def test_a_tune_sweep_lands_in_the_warehouse(ray_local, tmp_path):
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cb = BatchlabLoggerCallback(tmp_path / "runs", experiment="sweep", max_epochs=3)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"batch_size": tune.grid_search([16, 64]), "lr": 0.5, "width": 8},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), callbacks=[cb], verbose=0),
+    )
+    tuner.fit()
+    got = rows(tmp_path / "runs", "SELECT * FROM trials ORDER BY batch_size")
+    assert [(t["batch_size"], t["status"], t["epochs_run"]) for t in got] == [
+        (16, "completed", 3),
+        (64, "failed", None),  # as a failed batchlab trial: the error, no rows
+    ]
+    assert "tiny failure at batch 64" in got[1]["error"]
+    assert got[0]["code_version"].startswith("integration:ray-tune==")
+    assert '"width": 8' in got[0]["params_json"] and got[0]["seed"] == 0
+    eps = rows(
+        tmp_path / "runs",
+        "SELECT epoch, train_loss, epoch_time_s FROM epochs "
+        "WHERE trial_id = (SELECT trial_id FROM trials WHERE batch_size = 16) ORDER BY 1",
+    )
+    assert [e["epoch"] for e in eps] == [1, 2, 3]
+    assert eps[2]["train_loss"] == pytest.approx(0.25) and math.isfinite(eps[0]["epoch_time_s"])
+    m = rows(tmp_path / "runs", "SELECT DISTINCT name FROM metrics")
+    assert {r["name"] for r in m} == {"other"}
