@@ -12,8 +12,9 @@ Views (one per table in `warehouse.schemas.SCHEMAS`):
   trials only (a semi-join on `trials`, the commit marker); `landscapes`, `analyses`: as is;
 - `corrupt_files(path, reason)`: files skipped because they are not readable Parquet
   (`batchlab check --quarantine` moves them aside);
-- table macros for the named queries (`FROM critical_batch_size()`; warehouse/macros.py),
-  here and in `batchlab.duckdb`.
+- in `batchlab.duckdb` only (not in `connect`'s connections: binding them costs 0.2-0.3 s
+  per connection), table macros for the named queries (`FROM critical_batch_size()`;
+  warehouse/macros.py).
 
 A connection reads the files listed when it was made (explicit file lists: a file renamed
 into place meanwhile never half-appears); reconnect to see newer trials. Local roots are
@@ -34,7 +35,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from warehouse.layout import Layout, TableFile, TableFiles
-from warehouse.macros import define_macros
 from warehouse.schemas import KEY_COLUMN, SCHEMAS, TRIAL_TABLES
 
 _DUCK_TYPES = {
@@ -191,7 +191,6 @@ def define_views(con: duckdb.DuckDBPyConnection, layout: Layout, snap: Snapshot)
         con.execute(f"CREATE OR REPLACE VIEW {table}_raw AS {sel}")
     con.execute("RESET preserve_insertion_order")
     _define_committed_views(con)
-    define_macros(con)
     _register_table(
         con,
         "corrupt_files",
@@ -336,6 +335,8 @@ def write_duckdb_file(root: str | Layout | None = None) -> str | None:
             )
             con.execute(f"CREATE OR REPLACE VIEW {table}_raw AS {sel}")
         _define_committed_views(con)
+        from warehouse.macros import define_macros  # pandas, only when the file is built
+
         define_macros(con)
         con.execute("USE memory")
         con.execute("DETACH out")

@@ -63,11 +63,15 @@ def test_macros_in_the_duckdb_file_match_the_named_queries(root):
         app.close()
 
 
-def test_macros_in_connect_and_filtering_afterwards(root):
-    con = connect(root)
+def test_filtering_a_macro_afterwards_gives_the_filtered_query(root):
+    app = connect(root)
+    outside = duckdb.connect(f"{root}/batchlab.duckdb", read_only=True)
     try:
-        st = con.execute("FROM steps_to_target() WHERE experiment = 'support'").fetchdf()
-        want = NAMED_QUERIES["steps_to_target"](con, Filters(experiment=("support",)))
-        _same(st, want)
+        got = outside.execute(
+            "FROM steps_to_target() WHERE experiment = 'support' AND lr_scaling = 'linear'"
+        ).fetchdf()
+        f = Filters(experiment=("support",), lr_scaling=("linear",))
+        _same(got, NAMED_QUERIES["steps_to_target"](app, f))
     finally:
-        con.close()
+        outside.close()
+        app.close()
