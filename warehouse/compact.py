@@ -35,7 +35,6 @@ or file it could not write, never a hidden temporary's name.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections import deque
@@ -50,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.export import os_error_from
+from warehouse.export import errno_of, os_error_from
 from warehouse.layout import TMP_MARK, Layout, TableFile, TableFiles, check_experiment, file_schema
 from warehouse.schemas import KEY_COLUMN, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SCHEMAS
 
@@ -164,12 +163,12 @@ def _named(exc: OSError, layout: Layout) -> OSError:
     """`exc` naming the file or directory it is about, not a hidden temporary (or the root
     when it names nothing)."""
     name = exc.filename
-    if name and TMP_MARK not in os.path.basename(str(name)):
+    if name and exc.errno and TMP_MARK not in os.path.basename(str(name)):
         return exc
-    where = os.path.dirname(str(name)) if name else layout.root
-    with contextlib.suppress(TypeError):
-        return type(exc)(exc.errno, exc.strerror or str(exc), where)
-    return OSError(exc.errno, exc.strerror or str(exc), where)
+    hidden = name and TMP_MARK in os.path.basename(str(name))
+    where = (os.path.dirname(str(name)) if hidden else name) or layout.root
+    code = errno_of(exc)
+    return OSError(code, os.strerror(code), where)
 
 
 def _compact(

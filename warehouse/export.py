@@ -67,15 +67,21 @@ class OutputRefused(ValueError):
     """`--output` names a place batchlab will not write (the one-line message says why)."""
 
 
+def errno_of(exc: BaseException) -> int:
+    """The errno of an OSError, also when pyarrow only names it in the message; else EIO."""
+    code = getattr(exc, "errno", None)
+    if not code:
+        m = re.search(r"errno (\d+)", str(exc), re.IGNORECASE)
+        code = int(m.group(1)) if m else errno.EIO
+    return code
+
+
 class OutputUnwritable(OSError):
     """An output that could not be written (a full disk, a read-only file system, no
     permission); str() is one line: "batchlab: cannot write PATH: <strerror>; <hint>"."""
 
     def __init__(self, exc: BaseException, path: str | os.PathLike):
-        code = getattr(exc, "errno", None)
-        if not code:
-            m = re.search(r"errno (\d+)", str(exc), re.IGNORECASE)
-            code = int(m.group(1)) if m else errno.EIO
+        code = errno_of(exc)
         super().__init__(code, os.strerror(code), str(path))
         hint = _OUTPUT_HINTS.get(code, "check the disk, or choose another --output")
         self.line = f"batchlab: cannot write {path}: {os.strerror(code)}; {hint}"
@@ -290,7 +296,7 @@ def _replace_atomically(write, path: Path) -> None:
         except OSError as exc:
             raise OutputUnwritable(exc, path) from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # (a read-only disk answers EROFS, not ENOENT)
             tmp.unlink()
 
 

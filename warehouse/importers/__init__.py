@@ -22,14 +22,20 @@ one. Rules (docs/cli.md "Importing studies run elsewhere"):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import math
+import os
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from warehouse.importers.reading import (
     MAX_EXACT,
@@ -39,7 +45,7 @@ from warehouse.importers.reading import (
     number,
     whole,
 )
-from warehouse.layout import EXPERIMENT_RE, Layout, check_experiment
+from warehouse.layout import EXPERIMENT_RE, TMP_MARK, Layout, check_experiment
 from warehouse.schemas import SCHEMAS
 from warehouse.store import read_trial_rows, write_trial
 
@@ -330,6 +336,38 @@ def import_trials(
         }
         prepared.append((row, epochs, extra))
     report = ImportReport(source, experiment, notes=notes)
+    try:
+        _write(layout, experiment, prepared, report)
+    except OSError as exc:  # a full disk, a read-only root: name the root, not a temporary
+        from warehouse.export import errno_of
+
+        _remove_own_temporaries(layout, experiment)
+        name = exc.filename
+        if name is None or TMP_MARK in os.path.basename(str(name)):
+            code = errno_of(exc)
+            raise OSError(code, os.strerror(code), layout.root) from exc
+        raise
+    except duckdb.IOException as exc:  # rebuilding batchlab.duckdb
+        from warehouse.export import os_error_from
+
+        raise (os_error_from(exc, layout.duckdb_file) or exc) from exc
+    return report
+
+
+def _remove_own_temporaries(layout: Layout, experiment: str) -> None:
+    """Delete the temporaries this process left in the experiment's table folders when a
+    write failed (a full disk): no other writer uses its host and pid."""
+    if not layout.is_local:
+        return
+    mine = f"{TMP_MARK}{socket.gethostname()}-{os.getpid()}-"
+    for table in SCHEMAS:
+        folder = Path(layout.table_dir(table, experiment))
+        with contextlib.suppress(OSError):
+            for p in folder.glob(f".*{mine}*"):
+                p.unlink(missing_ok=True)
+
+
+def _write(layout: Layout, experiment: str, prepared: list, report: ImportReport) -> None:
     report.removed_temporaries = layout.clean_temporaries()  # crashed writers' (as `run` does)
     have = {r["trial_id"]: r["config_hash"] for r in read_trial_rows(layout, experiment)}
     for row, epochs, extra in prepared:
@@ -345,7 +383,6 @@ def import_trials(
         from warehouse.db import write_duckdb_file
 
         write_duckdb_file(layout)
-    return report
 
 
 def _without_secrets(st: SourceTrial) -> tuple[SourceTrial, set[str]]:
