@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="every table to one file each, plus a README")
     _storage_arg(p)
-    p.add_argument("--format", choices=["parquet", "csv", "jsonl"], required=True)
+    p.add_argument("--format", choices=["parquet", "csv", "jsonl", "mlflow"], required=True)
     p.add_argument("--output", required=True, metavar="DIR", help="directory to write into")
     p.add_argument(
         "--experiment", action="append", default=[], help="only these experiments (repeatable)"
@@ -154,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     _output_args(p, "write into a non-empty folder batchlab did not make")
 
     p = sub.add_parser("import", help="a study run elsewhere into the warehouse")
-    p.add_argument("source", choices=["ray-tune", "tensorboard", "csv"])
-    p.add_argument("path", help="Ray Tune experiment folder, TensorBoard log folder or CSV file")
+    p.add_argument("source", choices=["ray-tune", "tensorboard", "csv", "mlflow"])
+    p.add_argument(
+        "path",
+        help="Ray Tune experiment folder, TensorBoard log folder, CSV file or MLflow store "
+        "(mlruns/, mlflow.db, a tracking URI)",
+    )
     _storage_arg(p)
     p.add_argument(
         "--experiment", default=None, help="experiment name (default: the folder or file name)"
@@ -466,6 +470,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from warehouse.export import OutputUnwritable, export
 
     layout = require_warehouse(args.storage, args.experiment)
+    if args.format == "mlflow":  # --output: an MLflow store (docs/integrations.md)
+        from warehouse.importers.mlflow import export_mlflow
+
+        print(export_mlflow(layout, args.output, args.experiment or None))
+        return EXIT_OK
     escape = not args.no_formula_escape
     try:
         report = export(
@@ -487,6 +496,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from warehouse.importers import (
         experiment_name,
         import_trials,
+        mlflow,
         parse_mapping,
         ray_tune,
         table,
@@ -495,7 +505,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from warehouse.layout import Layout
 
     mapping = parse_mapping(args.map)
-    module = {"ray-tune": ray_tune, "tensorboard": tensorboard, "csv": table}[args.source]
+    module = {"ray-tune": ray_tune, "tensorboard": tensorboard, "csv": table, "mlflow": mlflow}[
+        args.source
+    ]
     trials = module.read(args.path, mapping) if module is table else module.read(args.path)
     experiment = args.experiment or experiment_name(module.default_experiment(args.path))
     layout = Layout.open(args.storage)

@@ -49,7 +49,7 @@ from warehouse.layout import EXPERIMENT_RE, TMP_MARK, Layout, check_experiment
 from warehouse.schemas import SCHEMAS
 from warehouse.store import read_trial_rows, write_trial
 
-SOURCES = ("ray-tune", "tensorboard", "csv")
+SOURCES = ("ray-tune", "tensorboard", "csv", "mlflow")
 UNKNOWN = "unknown"  # dataset / model / optimizer of a source that does not name them
 
 # batchlab field -> the names a source commonly uses for it (first found wins); `--map
