@@ -42,6 +42,13 @@ def add_parser(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
     p.add_argument("--demo", action="store_true", help="the committed demo warehouse")
+    p.add_argument(
+        "--sharpness",
+        choices=("loss", "error"),
+        default=None,
+        help="instead: rank the sharpness measures by how well they track the generalization "
+        "gap (loss or error), Jiang et al.'s granulated Kendall tau (docs/science.md)",
+    )
 
 
 def _clean(v: Any) -> Any:
@@ -161,6 +168,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
     else:
         target = Target()
     con = connect(layout)
+    if args.sharpness:
+        return _rank(con, args)
     try:
         res = advise(
             con, Filters(experiment=tuple(args.experiment)), target, n_resamples=args.resamples
@@ -171,4 +180,26 @@ def cmd_advise(args: argparse.Namespace) -> int:
         print(json.dumps(_clean(res), indent=2))
     else:
         print(format_advice(res))
+    return 0
+
+
+def _rank(con: Any, args: argparse.Namespace) -> int:
+    from warehouse.measures import measure_ranking
+    from warehouse.queries import Filters
+
+    try:
+        df = measure_ranking(con, Filters(experiment=tuple(args.experiment)), gap=args.sharpness)
+    finally:
+        con.close()
+    if args.format == "json":
+        print(json.dumps(_clean(df.to_dict(orient="records")), indent=2))
+        return 0
+    if df.empty:
+        print("no sharpness probes with a generalization gap in the selection")
+        return 0
+    cols = ["measure", "granulated_tau", "overall_tau", "n_trials", "axes"]
+    cols += [c for c in df.columns if c.endswith("_tau") and c not in cols and df[c].notna().any()]
+    print(f"sharpness measures vs the generalization gap ({args.sharpness}), best first:")
+    print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    print("lr_over_batch_size is a baseline, not a sharpness: a measure worth having beats it")
     return 0

@@ -165,3 +165,15 @@ def test_granulated_kendall_ignores_constant_groups():
     r = granulated_kendall(df, "v", "g", axes=("lr", "batch_size"))
     # lr: group bs=1 has a constant measure (tau undefined, left out), group bs=2 tau = 1
     assert r["lr_groups"] == 1 and r["lr_tau"] == pytest.approx(1.0)
+
+
+def test_cli_advise_sharpness_rank(tmp_path, capsys):
+    from batchlab.cli import main
+
+    root = build(str(tmp_path / "w"))
+    assert main(["advise", "--storage", root, "--sharpness", "loss"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sharpness measures vs the generalization gap (loss)")
+    assert out[2].split()[:2] == ["keskar_sharpness@0.001", "1.00"]
+    assert main(["advise", "--storage", root, "--sharpness", "error", "--format", "json"]) == 0
+    assert '"granulated_tau": 1.0' in capsys.readouterr().out

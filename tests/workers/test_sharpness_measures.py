@@ -232,3 +232,25 @@ def test_run_probes_rows_for_the_new_measures():
     assert "batch_sharpness" not in [r["probe"] for r in rows]
     # the grid's MeasureConfig (no such fields yet) runs none of them
     assert run_probes(net, x, y, MeasureConfig(), seed=0, epoch=2, batch_size=16) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_new_measures_on_cuda_match_cpu():
+    """Seeded draws are made on the CPU and moved, so both devices measure the same batches
+    and perturbations; only float reduction order differs (float64 here)."""
+    x, y = _data(n=128)
+    net = _relu_net()
+    m = _Measure(
+        update_norms=False,
+        batch_sharpness=BatchSharpnessConfig(n_batches=4),
+        adaptive_sharpness=AdaptiveSharpnessConfig(
+            worst_linf_rho=[0.01], worst_l2_rho=[0.5], average_rho=[0.05], n_iter=5
+        ),
+    )
+    cpu = run_probes(net, x, y, m, seed=0, epoch=1, batch_size=32)
+    dev = torch.device("cuda")
+    gpu = run_probes(net.to(dev), x.to(dev), y.to(dev), m, seed=0, epoch=1, batch_size=32)
+    assert [r["probe"] for r in gpu] == [r["probe"] for r in cpu]
+    for c, g in zip(cpu, gpu, strict=True):
+        assert g["status"] == "ok"
+        assert g["value"] == pytest.approx(c["value"], rel=1e-6), c["probe"]
