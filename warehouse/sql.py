@@ -39,6 +39,7 @@ import os
 import re
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -315,10 +316,43 @@ def run_readonly(
 # ---- the child process -----------------------------------------------------------------
 
 
+_PRIVATE_PREFIX = "batchlab-sql-"
+
+
+def remove_stale_private_dirs() -> int:
+    """Delete the private working directories (`<tmp>/batchlab-sql-<pid>-*`, a result file
+    of up to `max_bytes` each) of killed `batchlab sql` processes of this user: pid gone.
+    Returns the count."""
+    n = 0
+    for d in Path(tempfile.gettempdir()).glob(f"{_PRIVATE_PREFIX}*-*"):
+        pid = d.name[len(_PRIVATE_PREFIX) :].split("-", 1)[0]
+        try:
+            st = d.lstat()
+        except OSError:
+            continue
+        mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+        if mine and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _run_in_child(
     layout: Layout, sql: str, lim: _Limits, deadline: float, *, threads: int
 ) -> pa.Table:
-    private = tempfile.mkdtemp(prefix="batchlab-sql-")  # 0700: this user only
+    remove_stale_private_dirs()
+    # 0700: this user only; the pid in the name lets a later call remove it if we are killed
+    private = tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-")
     try:
         request = {
             # (the child runs in its private directory: a relative root is resolved here)

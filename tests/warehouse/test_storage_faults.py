@@ -223,3 +223,24 @@ def test_killed_export_temporaries_are_removed_by_the_next_export(tmp_path, caps
     assert sorted(p.name for p in out.glob(".*")) == sorted([live.name, user.name])
     assert json.loads((out / "batchlab-export.json").read_text())["complete"] is True
     assert Layout.open(root).list_experiments() == ["sweep"]
+
+
+def test_killed_sql_leaves_a_private_folder_the_next_query_removes(tmp_path) -> None:
+    """`batchlab sql` runs the query in a child with a private folder (up to 64 MiB of
+    result): a parent killed mid-query left it in the temp directory for good."""
+    import tempfile
+
+    from warehouse.sql import remove_stale_private_dirs, run_readonly
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"batchlab-sql-{dead.pid}-xyz"
+    stale.mkdir()
+    (stale / "result").write_bytes(b"\0" * 1000)
+    live = Path(tempfile.mkdtemp(prefix=f"batchlab-sql-{os.getpid()}-"))
+    try:
+        run_readonly(str(tmp_path / "empty"), "SELECT 1 AS x")  # removes the dead one first
+        assert not stale.exists() and live.exists()
+        assert remove_stale_private_dirs() == 0
+    finally:
+        live.rmdir()
