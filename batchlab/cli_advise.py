@@ -143,10 +143,12 @@ def format_advice(advice: list[dict[str, Any]]) -> str:
             if pick is None:
                 out.append(f"  {label}: no batch size reached the target")
                 continue
+            packed = col == "time_s" and any(r["packed"] for r in a["table"])
             out.append(
                 f"  {label}: batch size {pick['batch_size']} at lr {_num(pick['best_lr'])}, "
                 f"{_ci(pick[col], pick[col + '_ci'])}{unit}, best in "
                 f"{_p(pick['p_best'])} of the bootstrap replicates"
+                + (" (packed trials' seconds: not a lone trial's, see the note)" if packed else "")
             )
         out += [f"  note: {f}" for f in a["flags"]]
         out.append("")

@@ -255,8 +255,13 @@ def _bootstrap(cells: Cells, grid: list[int], n_resamples: int, confidence: floa
     return res.bootstrap_distribution.T
 
 
-def _flags(g: pd.DataFrame, s: dict[str, Any], cells: Cells) -> list[str]:
+def _flags(g: pd.DataFrame, s: dict[str, Any], cells: Cells, target: Target) -> list[str]:
     out = []
+    if target.kind == "stored" and g["steps"].isna().all():
+        out.append(
+            "no trial has a stored steps_to_target (the grid set no target_val_error?): "
+            "pass --target-val-error X or --target-train-loss Y"
+        )
     n_train = g["n_train"].dropna()
     if len(n_train):
         out.append(
@@ -378,7 +383,7 @@ def advise(
                 "lr_rule": rule,
                 "fastest": _pick(by_b, s["fastest"], "time_s", "p_fastest"),
                 "fewest_examples": _pick(by_b, s["fewest"], "examples", "p_fewest_examples"),
-                "flags": _flags(g, s, cells),
+                "flags": _flags(g, s, cells, target),
                 "bootstrap": {
                     "n_resamples": 0 if boot is None else int(boot.shape[0]),
                     "confidence": confidence,
