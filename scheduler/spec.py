@@ -34,7 +34,7 @@ from pydantic import (
 
 from scheduler.analyses import AnalysisSpec
 from scheduler.grid_yaml import Marks, read_yaml, yaml_marks
-from scheduler.spec_errors import SpecError, huge_ints, position, problems_of
+from scheduler.spec_errors import SpecError, huge_ints, position, problems_of, too_deep
 from workers.config import (
     DatasetConfig,
     EarlyStoppingConfig,
@@ -353,6 +353,8 @@ def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> G
         raise SpecError(problems_of(exc, GridSpec, marks=marks), source) from None
     if huge := huge_ints(data):
         raise SpecError(huge, source)
+    if deep := too_deep(data):
+        raise SpecError(deep, source)
     if spec.n_trials > spec.max_trials:
         sizes = " x ".join(f"{k} {len(v)}" for k, v in spec.axes().items())
         raise SpecError(

@@ -155,3 +155,28 @@ def huge_ints(data: Any, limit: int = 20) -> list[str]:
         elif isinstance(v, int) and not -(2**63) <= v < 2**63:
             out.append(f"{path}: {SHOW.repr(v)} is not allowed: integers must fit in 64 bits")
     return sorted(out)
+
+
+MAX_DEPTH = 64  # lists and mappings inside one another: free-form values (kwargs, params)
+
+
+def too_deep(data: Any, limit: int = MAX_DEPTH) -> list[str]:
+    """Problems for values nested more than `limit` lists / mappings deep (a free-form
+    `loss_kwargs` or `params` value 300 levels deep would break serialization and the trial
+    hash). Iterative, each list or mapping visited once."""
+    seen: set[int] = set()
+    stack: list[tuple[tuple, Any]] = [((), data)]
+    while stack:
+        path, v = stack.pop()
+        if not isinstance(v, Mapping | list | tuple) or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if len(path) > limit:
+            shown = _dotted("", path[:3]) + ("..." if len(path) > 3 else "")
+            return [
+                f"{shown}: a value nested more than {limit} levels deep is not allowed: at most "
+                f"{limit} levels of lists and mappings inside one another"
+            ]
+        items = v.items() if isinstance(v, Mapping) else enumerate(v)
+        stack.extend(((*path, k), x) for k, x in items)
+    return []

@@ -14,6 +14,24 @@ SHARED = Path(os.environ.get("BATCHLAB_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def _hypothesis_profiles() -> None:
+    """Property tests that cannot fail by chance (tests/README.md): the `ci` profile draws
+    the same examples on every run (derandomize, no example database) and is the default,
+    always under $CI; HYPOTHESIS_PROFILE=dev draws fresh examples (and replays the failures
+    it saved in .hypothesis/), to look for new bugs during development."""
+    try:
+        from hypothesis import settings
+    except ImportError:  # the test extras are not installed: no property tests either
+        return
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+    settings.register_profile("dev", derandomize=False, deadline=None)
+    name = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    settings.load_profile(name)
+
+
+_hypothesis_profiles()
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data-cache")
