@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient
 
+from batchlab.cli import main
 from tests.integrations.conftest import rows
 from warehouse.importers import import_trials
 from warehouse.importers import mlflow as ml
@@ -76,7 +77,7 @@ def test_import_mlflow_store_is_idempotent_and_judged(tmp_path, monkeypatch, kin
     assert "mlflow-study" in text or "batch" in text.lower()
 
 
-def test_export_to_mlflow_round_trips_and_is_idempotent(tmp_path, monkeypatch):
+def test_export_to_mlflow_round_trips_and_is_idempotent(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     src = tmp_path / "src.db"
     write_store(f"sqlite:///{src}")
@@ -84,7 +85,9 @@ def test_export_to_mlflow_round_trips_and_is_idempotent(tmp_path, monkeypatch):
     import_trials(str(root), "mlflow", str(src), "study", ml.read(src))
     out = tmp_path / "exported.db"
     out.touch()
-    assert ml.export_mlflow(str(root), out).startswith("exported 3 trials")
+    cmd = ["export", "--format", "mlflow", "--output", str(out), "--storage", str(root)]
+    assert main(cmd) == 0
+    assert "exported 3 trials" in capsys.readouterr().out
     assert ml.export_mlflow(str(root), out).endswith("(3 unchanged)")
     c = MlflowClient(tracking_uri=f"sqlite:///{out}")
     runs = c.search_runs([c.get_experiment_by_name("study").experiment_id])
@@ -93,7 +96,7 @@ def test_export_to_mlflow_round_trips_and_is_idempotent(tmp_path, monkeypatch):
     hist = c.get_metric_history(r16.info.run_id, "val_loss")
     assert [m.step for m in hist] == [1, 2, 3]
     back = tmp_path / "back"
-    import_trials(str(back), "mlflow", str(out), "back", ml.read(out))
+    assert main(["import", "mlflow", str(out), "--storage", str(back), "--experiment", "back"]) == 0
     a = rows(root, "SELECT batch_size, best_val_loss FROM trials ORDER BY 1")
     b = rows(back, "SELECT batch_size, best_val_loss FROM trials ORDER BY 1")
     assert a == b
