@@ -20,16 +20,20 @@ BS_COLOR = alt.Color(
     "batch_size:O",
     title="batch size",
     scale=alt.Scale(scheme=alt.SchemeParams(name="viridis", extent=list(BS_EXTENT))),
-    legend=alt.Legend(symbolOpacity=1, symbolType="circle", symbolLimit=1000),
+    legend=alt.Legend(
+        symbolOpacity=1, symbolType="circle", symbolLimit=1000, orient="top", columns=5
+    ),
 )
-# Legend entries are never cut: no label width limit, no entry limit, below the plot (a long
-# legend beside it would squeeze the plot to a sliver), in explicit columns.
+# Legend entries are never cut: no label width limit, no entry limit, above the plot (beside
+# it, a long legend would take the width of a half-page column), in explicit columns. The
+# plot keeps its own size: a chart's `height` is its plot area's (app/show.py draws every
+# chart with autosize fit-x), so a long legend makes the chart taller, never the plot smaller.
 LEGEND_COLUMNS = 2
 SYMBOL_LIMIT = 1000
 
 
 def legend(columns: int = LEGEND_COLUMNS, *, dash: bool = False) -> alt.Legend:
-    """A legend under the plot; `dash`: its symbols are line strokes (they show the dash
+    """A legend above the plot; `dash`: its symbols are line strokes (they show the dash
     pattern of a strokeDash encoding, not a black dot)."""
     extra = (
         {
@@ -42,7 +46,7 @@ def legend(columns: int = LEGEND_COLUMNS, *, dash: bool = False) -> alt.Legend:
         else {"symbolOpacity": 1}
     )
     return alt.Legend(
-        orient="bottom",
+        orient="top",
         direction="vertical",
         columns=columns,
         labelLimit=0,
@@ -52,9 +56,37 @@ def legend(columns: int = LEGEND_COLUMNS, *, dash: bool = False) -> alt.Legend:
     )
 
 
+# The width a legend may take: a half-page column's plot at a 1400 px window, less margins.
+LEGEND_WIDTH = 380
+_CHAR_PX, _SYMBOL_PX, _STROKE_PX = 6.3, 34, 52  # an 11 px label's character, a swatch
+
+
+def fit_legend(labels: object, *, dash: bool = False) -> alt.Legend:
+    """`legend` in as many columns (1-4) as its longest label lets fit in LEGEND_WIDTH: a
+    two-column legend of long setting names ran 50-100 px past a half-page column."""
+    longest = max((len(str(v)) for v in pd.unique(pd.Series(labels))), default=1)
+    per = longest * _CHAR_PX + (_STROKE_PX if dash else _SYMBOL_PX)
+    return legend(int(max(1, min(4, LEGEND_WIDTH // per))), dash=dash)
+
+
 SERIES_LEGEND = legend()
 DASH_LEGEND = legend(dash=True)
 EPOCH_AXIS = alt.Axis(format="d", tickMinStep=1)  # integer epochs, no 2.5 ticks
+
+
+# Plot-area sizes (CSS px): every chart's plot at least this tall; the width fits the column.
+PLOT_HEIGHT = 300
+PANEL = 300  # facet panels: width and height
+
+
+def positive(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    """The rows whose `cols` are all finite and > 0: what a log axis can draw (a zero or a
+    NaN collapses Vega's log scale domain)."""
+    keep = pd.Series(True, index=df.index)
+    for c in cols:
+        v = pd.to_numeric(df[c], errors="coerce")
+        keep &= np.isfinite(v) & (v > 0)
+    return df[keep]
 
 
 def series(df: pd.DataFrame) -> pd.DataFrame:

@@ -17,15 +17,18 @@ import pandas as pd
 
 from app.chart_kit import (
     BS_COLOR,
-    DASH_LEGEND,
     EPOCH_AXIS,
-    SERIES_LEGEND,
+    PANEL,
+    PLOT_HEIGHT,
+    fit_legend,
     interactive,
+    positive,
     smooth,
     viridis_text_colors,
     with_band,
 )
 from app.chart_kit import series as _series
+from app.labels import setting_text
 
 X_AXES = {
     "epoch": ("epoch", "epoch"),
@@ -60,7 +63,7 @@ def curve_chart(
     """Mean curve per batch size (and setting) with a +-1 std band over seeds; optional
     log y axis (band edges <= 0 clipped) and exponential smoothing of line and band."""
     xcol = X_AXES[x][0]
-    data = _series(with_band(df, y, log=log_y))
+    data = _series(with_band(positive(df, f"{y}_mean") if log_y else df, y, log=log_y))
     if smoothing:
         by = [c for c in ("series", "experiment", "batch_size", "lr", "lr_scaling") if c in data]
         data = smooth(data, [f"{y}_mean", "lo", "hi"], by, xcol, smoothing)
@@ -70,12 +73,14 @@ def curve_chart(
     point = _POINT if len(data) <= MAX_HOVER_POINTS else False
     line = base.mark_line(point=point).encode(
         y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=yscale),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
+        strokeDash=alt.StrokeDash(
+            "series:N", title="setting", legend=fit_legend(data["series"], dash=True)
+        ),
         detail="series:N",
         tooltip=list(dict.fromkeys(tip)),
     )
     band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q", detail="series:N")
-    return interactive((band + line).properties(height=320))
+    return interactive((band + line).properties(height=PLOT_HEIGHT))
 
 
 def batch_chart(
@@ -83,9 +88,9 @@ def batch_chart(
 ) -> alt.LayerChart:
     """A statistic's seed mean vs batch size, one line per setting, +-1 std error bars, and
     each seed's value as a small hollow point when the query gave them (`<y>_seeds`)."""
-    data = _series(with_band(df, y, log=log_y))
+    data = _series(with_band(positive(df, f"{y}_mean") if log_y else df, y, log=log_y))
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=zero)
-    color = alt.Color("series:N", title="setting", legend=SERIES_LEGEND)
+    color = alt.Color("series:N", title="setting", legend=fit_legend(data["series"]))
     lists = [c for c in data.columns if c.endswith("_seeds") and c != "n_seeds"]
     base = alt.Chart(data.drop(columns=lists)).encode(x=BS_X, color=color)
     line = base.mark_line(point=True).encode(
@@ -107,7 +112,7 @@ def batch_chart(
             )
         )
         layers = layers + dots
-    return interactive(layers.properties(height=300))
+    return interactive(layers.properties(height=PLOT_HEIGHT))
 
 
 def seed_points(data: pd.DataFrame, y: str, *, positive: bool = False) -> pd.DataFrame:
@@ -130,13 +135,15 @@ def seed_points(data: pd.DataFrame, y: str, *, positive: bool = False) -> pd.Dat
 def layer_chart(df: pd.DataFrame, y: str = "dist_from_init", y_title: str = "") -> alt.LayerChart:
     """Per-layer distance from init vs batch size (log y): colour = layer, dash = setting.
     Error bars reaching <= 0 are clipped (a log axis cannot draw them)."""
-    data = _series(with_band(df, y, log=True))
+    data = _series(with_band(positive(df, f"{y}_mean"), y, log=True))
     base = alt.Chart(data).encode(
-        x=BS_X, color=alt.Color("layer:N", title="layer", legend=SERIES_LEGEND)
+        x=BS_X, color=alt.Color("layer:N", title="layer", legend=fit_legend(data["layer"]))
     )
     line = base.mark_line(point=True).encode(
         y=alt.Y(f"{y}_mean:Q", title=y_title or y, scale=alt.Scale(type="log")),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
+        strokeDash=alt.StrokeDash(
+            "series:N", title="setting", legend=fit_legend(data["series"], dash=True)
+        ),
         detail="series:N",
         tooltip=[
             "layer", "numel", "series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds",
@@ -144,7 +151,7 @@ def layer_chart(df: pd.DataFrame, y: str = "dist_from_init", y_title: str = "") 
         ],
     )  # fmt: skip
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="series:N")
-    return interactive((bars + line).properties(height=320))
+    return interactive((bars + line).properties(height=PLOT_HEIGHT))
 
 
 def ratio_chart(df: pd.DataFrame) -> alt.LayerChart:
@@ -156,20 +163,20 @@ def ratio_chart(df: pd.DataFrame) -> alt.LayerChart:
     )
     base = alt.Chart(data).encode(
         x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
-        color=alt.Color("series:N", title="setting", legend=SERIES_LEGEND),
+        color=alt.Color("series:N", title="setting", legend=fit_legend(data["series"])),
     )
     line = base.mark_line(point=True).encode(
         y=alt.Y("ratio:Q", title="epoch distance, small / large batch (ratio)"),
         tooltip=["series", "pair", "epoch", "ratio", "ratio_seed_std", "n_pairs"],
     )
     band = base.mark_area(opacity=0.15).encode(y="lo:Q", y2="hi:Q")
-    return interactive((band + line).properties(height=300))
+    return interactive((band + line).properties(height=PLOT_HEIGHT))
 
 
 def update_norm_chart(hist: pd.DataFrame, quantiles: pd.DataFrame) -> alt.LayerChart:
     """F-9: distribution of per-step update norms per batch size (fraction of steps per
     log-spaced bin), with a vertical rule at each batch size's median."""
-    h = _series(hist).assign(center=np.sqrt(hist["bin_lo"] * hist["bin_hi"]))
+    h = positive(_series(hist).assign(center=np.sqrt(hist["bin_lo"] * hist["bin_hi"])), "center")
     x = alt.X(
         "center:Q",
         title="update norm ||theta_(t+1) - theta_t|| (log)",
@@ -187,7 +194,7 @@ def update_norm_chart(hist: pd.DataFrame, quantiles: pd.DataFrame) -> alt.LayerC
         )
     )
     med = (
-        alt.Chart(_series(quantiles))
+        alt.Chart(positive(_series(quantiles), "update_norm_median_mean"))
         .mark_rule(strokeDash=[4, 3])
         .encode(
             x=alt.X("update_norm_median_mean:Q"),
@@ -195,7 +202,7 @@ def update_norm_chart(hist: pd.DataFrame, quantiles: pd.DataFrame) -> alt.LayerC
             tooltip=["batch_size", "series", "update_norm_median_mean", "n_steps", "n_seeds"],
         )
     )
-    return interactive((lines + med).properties(height=320))
+    return interactive((lines + med).properties(height=PLOT_HEIGHT))
 
 
 def workers_chart(df: pd.DataFrame) -> alt.Chart:
@@ -203,28 +210,31 @@ def workers_chart(df: pd.DataFrame) -> alt.Chart:
     data = _series(with_band(df, "epoch_time_s"))
     base = alt.Chart(data).encode(
         x=BS_X,
-        color=alt.Color("workers:O", title="workers (GPUs)", legend=SERIES_LEGEND),
+        color=alt.Color("workers:O", title="workers (GPUs)", legend=fit_legend(data["workers"])),
         detail="series:N",
     )
     line = base.mark_line(point=True).encode(
         y=alt.Y("epoch_time_s_mean:Q", title="time per epoch (s)"),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
+        strokeDash=alt.StrokeDash(
+            "series:N", title="setting", legend=fit_legend(data["series"], dash=True)
+        ),
         tooltip=["series", "workers", "batch_size", "epoch_time_s_mean", "speedup", "n_seeds"],
     )
-    return interactive((base.mark_rule().encode(y="lo:Q", y2="hi:Q") + line).properties(height=300))
+    bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
+    return interactive((bars + line).properties(height=PLOT_HEIGHT))
 
 
 def critical_batch_chart(steps: pd.DataFrame, fit: pd.DataFrame) -> alt.LayerChart:
     """Measured steps to target vs batch size (each batch size's best lr), the fitted
     S = S_min + E_min / B, and rules at B_crit and the measured noise scale B_simple."""
-    pts = _series(with_band(steps, "steps_to_target", log=True))
+    pts = _series(with_band(positive(steps, "steps_to_target_mean"), "steps_to_target", log=True))
     x = alt.X(
         "batch_size:Q", title="batch size (examples, log2)", scale=alt.Scale(type="log", base=2)
     )
     y = alt.Y(
         "steps:Q", title="steps to target (optimizer steps, log)", scale=alt.Scale(type="log")
     )
-    color = alt.Color("series:N", title="setting", legend=SERIES_LEGEND)
+    color = alt.Color("series:N", title="setting", legend=fit_legend(pts["series"]))
     measured = (
         alt.Chart(pts.assign(steps=pts["steps_to_target_mean"]))
         .mark_point(filled=True, size=60)
@@ -245,9 +255,9 @@ def critical_batch_chart(steps: pd.DataFrame, fit: pd.DataFrame) -> alt.LayerCha
         )
     marks = []
     for r in _series(fit).itertuples():
-        if r.fit_ok and math.isfinite(r.b_crit):
+        if r.fit_ok and math.isfinite(r.b_crit) and r.b_crit > 0:
             marks.append({"series": r.series, "value": r.b_crit, "what": "B_crit (fit)"})
-        if r.b_simple_mean is not None and math.isfinite(r.b_simple_mean):
+        if r.b_simple_mean is not None and math.isfinite(r.b_simple_mean) and r.b_simple_mean > 0:
             marks.append(
                 {"series": r.series, "value": r.b_simple_mean, "what": "B_simple (noise scale)"}
             )
@@ -259,45 +269,93 @@ def critical_batch_chart(steps: pd.DataFrame, fit: pd.DataFrame) -> alt.LayerCha
                 x=alt.X("value:Q"),
                 color=color,
                 strokeDash=alt.StrokeDash(
-                    "what:N", title="batch size estimate", legend=DASH_LEGEND
+                    "what:N",
+                    title="batch size estimate",
+                    legend=fit_legend(["B_simple (noise scale)"], dash=True),
                 ),
                 tooltip=["series", "what", "value"],
             )
         )
-    return interactive(alt.layer(*layers).properties(height=320))
+    return interactive(alt.layer(*layers).properties(height=PLOT_HEIGHT))
 
 
-def interpolation_chart(df: pd.DataFrame, labels: dict[str, str] | None = None) -> alt.LayerChart:
-    """F-10: loss along theta(a) = a theta_large + (1 - a) theta_small, train and
-    validation, one line per interpolation (named by `labels`: 'bs 32 vs bs 256, seed 0');
-    rules at a = 0 and a = 1."""
-    labels = labels or {}
-    data = df.assign(
-        run=df["analysis_id"].map(lambda a: labels.get(a, str(a))),
-        ends=df["batch_size_a"].astype("Int64").astype(str)
+INTERP_Y = {
+    "loss": ("loss", "loss (nats, log)"),
+    "accuracy": ("acc", "accuracy (fraction)"),
+}
+_INTERP_SETTINGS = ("experiment", "dataset", "model", "lr_scaling", "lr")
+
+
+def interpolation_data(df: pd.DataFrame) -> pd.DataFrame:
+    """F-10, Keskar et al. Fig. 3: per batch-size pair ('bs 32 -> 256', plus the settings
+    that tell pairs apart), split and alpha, the mean, min and max of loss and accuracy over
+    the interpolations (seeds) of that pair, and how many there are."""
+    if df.empty:
+        return df.assign(pair="", n=0)
+    keys = [c for c in _INTERP_SETTINGS if c in df]
+    pair = (
+        "bs "
+        + df["batch_size_a"].astype("Int64").astype(str)
         + " -> "
-        + df["batch_size_b"].astype("Int64").astype(str),
+        + df["batch_size_b"].astype("Int64").astype(str)
     )
-    line = (
-        alt.Chart(data)
-        .mark_line(point=_POINT)
-        .encode(
-            x=alt.X("alpha:Q", title="alpha (0 = small-batch minimizer, 1 = large-batch; ratio)"),
-            y=alt.Y("loss:Q", title="cross-entropy loss (nats, log)", scale=alt.Scale(type="log")),
-            color=alt.Color("run:N", title="interpolation", legend=SERIES_LEGEND),
-            strokeDash=alt.StrokeDash("split:N", title="split", legend=DASH_LEGEND),
-            detail="split:N",
-            tooltip=["run", "ends", "split", "alpha", "loss", "acc"],
+    extra = [c for c in keys if df[c].nunique(dropna=False) > 1]
+    for c in extra:
+        pair = pair + ", " + df[c].map(lambda v, c=c: setting_text(c, v)).astype(str)
+    data = df.assign(pair=pair.astype(str))
+    out = (
+        data.groupby(["pair", "split", "alpha"], dropna=False)
+        .agg(
+            batch_size_a=("batch_size_a", "min"),
+            batch_size_b=("batch_size_b", "min"),
+            loss=("loss", "mean"),
+            loss_min=("loss", "min"),
+            loss_max=("loss", "max"),
+            acc=("acc", "mean"),
+            acc_min=("acc", "min"),
+            acc_max=("acc", "max"),
+            n=("analysis_id", "nunique"),
         )
+        .reset_index()
     )
+    return out.sort_values(["batch_size_a", "batch_size_b", "pair", "split", "alpha"])
+
+
+def interpolation_chart(df: pd.DataFrame, y: str = "loss") -> alt.LayerChart:
+    """F-10 shaped like Keskar et al. Fig. 3: along theta(a) = a theta_large + (1 - a)
+    theta_small, one curve per batch-size pair (colour), train solid and validation dashed,
+    the mean over the pair's interpolations (seeds) with their min-max as a band; `y`:
+    "loss" (log axis, non-positive values left out) or "accuracy". Rules at a = 0 (the
+    small-batch minimizer) and a = 1 (the large-batch one)."""
+    col, title = INTERP_Y[y]
+    data = interpolation_data(df)
+    log = col == "loss"
+    if log:
+        data = positive(data, "loss", "loss_min")
+    pairs = list(dict.fromkeys(data["pair"]))
+    x = alt.X("alpha:Q", title="alpha (0 = small-batch minimizer, 1 = large-batch; ratio)")
+    color = alt.Color(
+        "pair:N", title="batch sizes (small -> large)", sort=pairs, legend=fit_legend(pairs)
+    )
+    base = alt.Chart(data).encode(x=x, color=color, detail="split:N")
+    yscale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    line = base.mark_line().encode(
+        y=alt.Y(f"{col}:Q", title=title, scale=yscale),
+        strokeDash=alt.StrokeDash(
+            "split:N", title="split", sort=["train", "val"], legend=fit_legend(["train"], dash=True)
+        ),
+        tooltip=["pair", "split", "alpha", col, f"{col}_min", f"{col}_max", "n"],
+    )
+    band = base.mark_area(opacity=0.15).encode(y=f"{col}_min:Q", y2=f"{col}_max:Q")
     rules = (
         alt.Chart(pd.DataFrame({"alpha": [0.0, 1.0]}))
         .mark_rule(color="gray", strokeDash=[2, 2])
         .encode(x="alpha:Q")
     )
-    return interactive((rules + line).properties(height=340))
+    return interactive((rules + band + line).properties(height=PLOT_HEIGHT))
 
 
+SURFACE_COLUMNS = 2  # panels per row: two 300 px panels fit a 1400 px window's main column
 SURFACE_MODES = {
     "relative": "loss rise above the centre, each panel its own scale",
     "shared": "log10 loss, one scale for all panels",
@@ -334,14 +392,14 @@ def surface_chart(
             "rise:Q",
             title="loss - loss at centre (nats)",
             scale=alt.Scale(scheme="viridis"),
-            legend=alt.Legend(orient="bottom", gradientLength=180, titleLimit=0),
+            legend=alt.Legend(orient="top", gradientLength=180, titleLimit=0),
         )
     else:
         color = alt.Color(
             "log_loss:Q",
             title="log10 loss (nats)",
             scale=alt.Scale(scheme="viridis"),
-            legend=alt.Legend(titleLimit=0),
+            legend=alt.Legend(orient="top", gradientLength=240, titleLimit=0),
         )
     chart = (
         alt.Chart(data)
@@ -361,14 +419,15 @@ def surface_chart(
             color=color,
             tooltip=["panel", "alpha", "beta", "loss", "rise", "acc"],
         )
-        .properties(width=240, height=240)
+        .properties(width=PANEL, height=PANEL)
         .facet(
-            column=alt.Column(
+            facet=alt.Facet(
                 "panel:N",
                 title=None,
                 header=alt.Header(labelLimit=0),
                 sort=alt.EncodingSortField(field="batch_size_a", op="min"),
-            )
+            ),
+            columns=SURFACE_COLUMNS,
         )
     )
     if mode == "relative":
@@ -427,7 +486,8 @@ def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
         .mark_point(shape="circle", size=900, strokeWidth=2, color="red")
         .encode(x=x, y=y)
     )
-    return alt.layer(rect, text, best).properties(height=260)
+    # "container": a discrete x axis otherwise takes Vega-Lite's default 20 px per band.
+    return alt.layer(rect, text, best).properties(height=PLOT_HEIGHT, width="container")
 
 
 def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
@@ -440,7 +500,9 @@ def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
         y=alt.Y(
             "min_val_loss_mean:Q", title="min validation loss (nats)", scale=alt.Scale(zero=False)
         ),
-        strokeDash=alt.StrokeDash("series:N", title="setting", legend=DASH_LEGEND),
+        strokeDash=alt.StrokeDash(
+            "series:N", title="setting", legend=fit_legend(data["series"], dash=True)
+        ),
         detail="series:N",
         tooltip=["series", "batch_size", "lr", "min_val_loss_mean", "min_val_loss_std", "n_seeds"],
     )
@@ -455,4 +517,4 @@ def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
             tooltip=["series", "batch_size", "lr", "min_val_loss_mean"],
         )
     )
-    return interactive(alt.layer(bars, line, best).properties(height=320))
+    return interactive(alt.layer(bars, line, best).properties(height=PLOT_HEIGHT))

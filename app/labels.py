@@ -28,6 +28,11 @@ def _fmt(col: str, v: object) -> str:
     return str(v)
 
 
+def setting_text(col: str, v: object) -> str:
+    """One setting as the charts name it: 'lr 0.1', 'linear scaling', 'bs 64', 'BN'."""
+    return _fmt(col, v)
+
+
 def varying_columns(df: pd.DataFrame, cols: list[str]) -> list[str]:
     """The columns of `cols` that tell rows apart beyond the columns before them (e.g.
     batchnorm is left out when each model has one batchnorm value)."""

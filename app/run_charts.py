@@ -9,7 +9,15 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from app.chart_kit import EPOCH_AXIS, SERIES_LEGEND, interactive, smooth
+from app.chart_kit import (
+    EPOCH_AXIS,
+    PANEL,
+    PLOT_HEIGHT,
+    fit_legend,
+    interactive,
+    positive,
+    smooth,
+)
 
 RUN_X = {
     "epochs": ("epoch", "epoch"),
@@ -18,6 +26,7 @@ RUN_X = {
     "time": ("elapsed_s", "training time (s)"),
 }
 _POINT = alt.OverlayMarkDef(size=16, filled=True)
+MIN_PANEL_HEIGHT = 220  # small multiples: 2 columns of 300 x 220 panels
 
 
 def _x(x: str) -> alt.X:
@@ -25,7 +34,7 @@ def _x(x: str) -> alt.X:
     return alt.X(f"{col}:Q", title=title, axis=EPOCH_AXIS if col == "epoch" else alt.Axis())
 
 
-def trial_curves_chart(long: pd.DataFrame, x: str = "epochs", columns: int = 3) -> alt.FacetChart:
+def trial_curves_chart(long: pd.DataFrame, x: str = "epochs", columns: int = 2) -> alt.FacetChart:
     """Small multiples of one trial's curves: `long` has `metric`, `value` and the x
     columns; one panel per metric, each with its own y scale."""
     xcol = RUN_X[x][0]
@@ -37,7 +46,7 @@ def trial_curves_chart(long: pd.DataFrame, x: str = "epochs", columns: int = 3) 
             y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
             tooltip=["metric", "epoch", xcol, "value"],
         )
-        .properties(width=260, height=160)
+        .properties(width=PANEL, height=MIN_PANEL_HEIGHT)
     )
     return (
         base.facet(
@@ -62,7 +71,7 @@ def compare_chart(
     xcol = RUN_X[x][0]
     data = df[df[y].notna()] if y in df else df.assign(**{y: np.nan})
     if log_y:
-        data = data[data[y] > 0]
+        data = positive(data, y)
     if smoothing:
         data = smooth(data, [y], ["run"], xcol, smoothing)
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
@@ -72,10 +81,10 @@ def compare_chart(
         .encode(
             x=_x(x),
             y=alt.Y(f"{y}:Q", title=y_title, scale=yscale),
-            color=alt.Color("run:N", title="trial", legend=SERIES_LEGEND),
+            color=alt.Color("run:N", title="trial", legend=fit_legend(data["run"])),
             tooltip=["run", "trial_id", "epoch", xcol, y],
         )
-        .properties(height=360)
+        .properties(height=PLOT_HEIGHT + 60)
     )
     return interactive(chart)
 
@@ -102,10 +111,28 @@ def _position(s: pd.Series) -> tuple[pd.Series, list[tuple[float, str]]]:
             (float(pos[v == lo].iloc[0]), f"{lo:g}"),
             (float(pos[v == hi].iloc[0]), f"{hi:g}"),
         ]
-    cats = sorted(s.astype(str).unique())
+    text = as_text(s)
+    cats = sorted(text.unique())
     n = max(len(cats) - 1, 1)
     where = {c: (i / n if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
-    return s.astype(str).map(where), [(where[c], c) for c in cats]
+    return text.map(where), [(where[c], c) for c in cats]
+
+
+MISSING = "(none)"
+
+
+def as_text(s: pd.Series) -> pd.Series:
+    """Every value as text, a missing one (None, NaN, NA) as MISSING: a column of imported
+    and native trials mixes numbers, text and gaps (pandas 3 keeps NaN through
+    `astype(str)`, and sorting NaN with text raised TypeError)."""
+    return s.map(lambda v: MISSING if _missing(v) else str(v)).astype(object)
+
+
+def _missing(v: object) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # lists, arrays
+        return False
 
 
 def parallel_data(
@@ -124,7 +151,7 @@ def parallel_data(
                     "axis": col,
                     "order": i,
                     "pos": pos.values,
-                    "raw": df[col].astype(str).values,
+                    "raw": as_text(df[col]).values,
                     "metric_value": df[metric].values,
                 }
             )
@@ -166,7 +193,7 @@ def parallel_chart(df: pd.DataFrame, axes: list[str], metric: str) -> alt.LayerC
         .mark_text(align="left", dx=4, fontSize=11, color="#222")
         .encode(x=x, y="pos:Q", text="label:N")
     )
-    return alt.layer(rules, poly, labels).properties(height=420)
+    return alt.layer(rules, poly, labels).properties(height=PLOT_HEIGHT + 120)
 
 
 def finite_or_none(v: object) -> object:

@@ -137,6 +137,11 @@ def show_chart(
         embed = {**meta.get("embedOptions", {}), "renderer": forced}
         spec = {**spec, "usermeta": {**meta, "embedOptions": embed}}
     facet = "facet" in spec
+    if not facet and "autosize" not in spec:
+        # The chart's `height` is its plot area's: the legend and the axes add to it, and
+        # the width fits the column. (Streamlit's default, "fit", squeezes legend, axes and
+        # plot into `height`: a 14-entry legend left the plot 0 px tall.)
+        spec = {**spec, "autosize": {"type": "fit-x", "contains": "padding"}}
     st.vega_lite_chart(spec, width="content" if facet else "stretch", key=f"chart_{key}")
     data = args[0] if args and isinstance(args[0], pd.DataFrame) else None
     row = st.container(horizontal=True)

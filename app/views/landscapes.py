@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts import SURFACE_MODES, interpolation_chart, surface_chart
+from app.charts import INTERP_Y, SURFACE_MODES, interpolation_chart, surface_chart
 from app.common import filters, no_data, query, require_data
 from app.labels import analysis_labels
 from app.show import show_chart
@@ -25,12 +25,19 @@ if one.empty:
 else:
     names = analysis_labels(one)
     runs = sorted(names, key=lambda a: names[a])
-    pick = st.multiselect(
+    st.caption(
+        "As in Keskar et al. (2017), Fig. 3: one curve per batch-size pair, train solid and "
+        "validation dashed; line: the mean over the pair's interpolations (seeds), band: "
+        "their min-max."
+    )
+    c1, c2 = st.columns([1, 3])
+    y = c1.radio("y", list(INTERP_Y), horizontal=True, key="land_y")
+    pick = c2.multiselect(
         "interpolations", runs, default=runs, format_func=names.get, key="land_1d"
     )
     if pick:
         sub = one[one["analysis_id"].isin(pick)]
-        show_chart("interpolation", interpolation_chart, sub, names)
+        show_chart("interpolation", interpolation_chart, sub, y)
     else:
         st.info("Pick at least one interpolation.")
 st.subheader("2-D surfaces")
@@ -46,7 +53,7 @@ else:
     runs = sorted(
         names, key=lambda a: (two.loc[two["analysis_id"] == a, "batch_size_a"].iloc[0], names[a])
     )
-    pick = st.multiselect("surfaces", runs, default=runs[:6], format_func=names.get, key="land_2d")
+    pick = st.multiselect("surfaces", runs, default=runs[:4], format_func=names.get, key="land_2d")
     if pick:
         sub = two[two["analysis_id"].isin(pick)]
         show_chart(f"surface-{split}", surface_chart, sub, names, mode)

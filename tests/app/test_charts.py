@@ -144,17 +144,44 @@ def test_critical_batch_chart_fit_and_estimates(con):
     assert all(v == pytest.approx(100, rel=0.02) for v in bcrit)
 
 
-def test_interpolation_chart(con):
+def test_interpolation_chart_is_keskar_fig3(con):
+    """F-10 opens on one curve per batch-size pair, train and validation, the seeds'
+    interpolations as a min-max band around their mean (Keskar et al. Fig. 3)."""
     df = q.landscape_1d(con, F)
-    names = analysis_labels(df)
-    (_rules, rrows), (line, rows) = marks(charts.interpolation_chart(df, names))
+    (_rules, rrows), (band, _brows), (line, rows) = marks(charts.interpolation_chart(df))
     assert [r["alpha"] for r in rrows] == [0.0, 1.0]
-    assert line["encoding"]["color"]["field"] == "run"  # named interpolations, not hex ids
+    assert mark_type(band) == "area" and band["encoding"]["y2"]["field"] == "loss_max"
+    assert line["encoding"]["color"]["field"] == "pair"
     assert line["encoding"]["strokeDash"]["field"] == "split"
+    assert line["encoding"]["y"]["scale"]["type"] == "log"
+    assert {r["pair"] for r in rows} == {"bs 32 -> 256"}  # one curve per pair, not per seed
     assert {r["split"] for r in rows} == {"train", "val"}
-    assert {r["run"] for r in rows} == set(names.values())
-    assert all(r["run"].startswith("bs 32 vs bs 256, seed ") for r in rows)
+    n_seeds = df["analysis_id"].nunique()
+    assert n_seeds >= 2 and {r["n"] for r in rows} == {n_seeds}
+    for (split, alpha), g in df.groupby(["split", "alpha"]):
+        (r,) = [r for r in rows if r["split"] == split and r["alpha"] == alpha]
+        assert r["loss"] == pytest.approx(g["loss"].mean())
+        assert (r["loss_min"], r["loss_max"]) == (g["loss"].min(), g["loss"].max())
     assert min(r["alpha"] for r in rows) == -1 and max(r["alpha"] for r in rows) == 2
+    (_r, _b, (acc, _)) = marks(charts.interpolation_chart(df, "accuracy"))
+    assert acc["encoding"]["y"]["field"] == "acc"
+
+
+def test_log_axes_leave_out_zeros_and_nan():
+    """A zero or NaN on a log axis collapses Vega's scale: such rows are left out."""
+    df = pd.DataFrame(
+        {
+            "series": ["s"] * 4,
+            "batch_size": [32, 64, 128, 256],
+            "value_mean": [1.0, 0.0, np.nan, 2.0],
+            "value_std": [0.1, 0.1, 0.1, 3.0],
+            "n_seeds": [2] * 4,
+        }
+    )
+    layers = marks(charts.batch_chart(df, "value", "v (log)", log_y=True))
+    drawn = {r["batch_size"] for _, rows in layers for r in rows}
+    assert drawn == {32, 256}
+    assert all(r["lo"] > 0 for _, rows in layers for r in rows if "lo" in r)
 
 
 def test_surface_chart_side_by_side(con):
@@ -163,7 +190,9 @@ def test_surface_chart_side_by_side(con):
     names = analysis_labels(df)
     chart = charts.surface_chart(df, names)
     spec = chart.to_dict()
-    assert spec["facet"]["column"]["field"] == "panel"
+    assert spec["facet"]["field"] == "panel"
+    assert spec["columns"] == charts.SURFACE_COLUMNS  # wrapped: never wider than the page
+    assert spec["spec"]["width"] >= 300 and spec["spec"]["height"] >= 300
     # Each panel its own colour scale (a flat surface is not one colour of a shared scale).
     assert spec["resolve"]["scale"]["color"] == "independent"
     [(rect, rows)] = marks(chart)
@@ -259,7 +288,8 @@ def test_legends_never_truncate(con):
     assert legends
     for lg in legends:
         assert lg.get("symbolLimit", 0) >= 1000, lg
-        if lg.get("orient") == "bottom":
+        assert lg.get("orient") == "top", lg  # above the plot: never squeezes it
+        if "labelLimit" in lg:
             assert lg["labelLimit"] == 0 and lg["columns"] >= 1
     dash = [lg for lg in legends if lg.get("symbolType") == "stroke"]
     assert dash, "the setting legend shows dash strokes"
@@ -305,7 +335,8 @@ def test_specs_validate_against_the_vega_lite_schema(con, name):
         charts.ratio_chart(q.epoch_distance_ratio(con, F).assign(series="s")).to_dict()
     else:
         one = q.landscape_1d(con, F)
-        charts.interpolation_chart(one, analysis_labels(one)).to_dict()
+        charts.interpolation_chart(one).to_dict()
+        charts.interpolation_chart(one, "accuracy").to_dict()
         charts.surface_chart(q.landscape_2d(con, F)).to_dict()
         charts.lr_heatmap(q.lr_batch_table(con, F).assign(series="s")).to_dict()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -132,6 +133,28 @@ def test_parallel_coordinates_positions():
     assert set(ticks[ticks["axis"] == "lr_scaling"]["label"]) == {"linear", "none"}
     spec = run_charts.parallel_chart(df, ["batch_size", "lr_scaling"], "best_val_loss").to_dict()
     assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rule", "line", "text"]
+
+
+def test_parallel_coordinates_mixed_studies():
+    """A CSV-imported study beside native trials: a config column holds numbers, text and
+    gaps (pandas 3 keeps NaN through astype(str)); sorting them raised TypeError."""
+    df = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            "run": ["A", "B", "C", "D"],
+            "batch_size": [16, 64, 256, 32],
+            "cfg.source": [None, "csv", "ray-tune", np.nan],
+            "cfg.params.momentum": [0.9, "0.9", np.nan, 0.0],
+            "best_val_loss": [0.5, 0.25, 1.0, np.nan],
+        }
+    ).astype({"cfg.source": object, "cfg.params.momentum": object})
+    axes = ["batch_size", "cfg.source", "cfg.params.momentum"]
+    lines, ticks = run_charts.parallel_data(df, axes, "best_val_loss")
+    assert set(ticks[ticks["axis"] == "cfg.source"]["label"]) == {"(none)", "csv", "ray-tune"}
+    assert (
+        lines["pos"].notna().all() or lines[lines["pos"].isna()]["axis"].eq("best_val_loss").all()
+    )
+    run_charts.parallel_chart(df, axes, "best_val_loss").to_dict()
 
 
 def test_config_columns_flatten_nested_keys():
