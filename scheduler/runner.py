@@ -22,7 +22,7 @@ from typing import Any
 
 from scheduler.ray_setup import embedded_node, init_ray
 from scheduler.spec import GridSpec
-from scheduler.storage_errors import check_writable
+from scheduler.storage_errors import check_writable, engine_error
 from warehouse.db import write_duckdb_file
 from warehouse.layout import Layout
 from warehouse.store import read_trial_rows, write_run_record
@@ -172,7 +172,12 @@ def run_grid(
     report.wall_time_s = time.perf_counter() - t0
     if live_run is not None:
         live_run.finish("cancelled" if report.cancelled else "finished")
-    write_duckdb_file(layout)
+    try:
+        write_duckdb_file(layout)
+    except Exception as exc:  # DuckDB reports a full disk in words: one line, exit 5
+        if (err := engine_error(exc, layout.duckdb_file)) is not None:
+            raise err from exc
+        raise
     write_run_record(
         layout, spec.experiment, run_id,
         {"run_id": run_id, "spec": spec.model_dump(mode="json"), "planned": report.planned,

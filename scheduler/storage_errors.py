@@ -51,6 +51,18 @@ def describe(exc: BaseException) -> str | None:
     return f"batchlab: cannot write {path}: {os.strerror(exc.errno)}; {HINTS[exc.errno]}"
 
 
+def engine_error(exc: BaseException, path: str) -> OSError | None:
+    """An OSError for an engine's error that reports a write failure in words only (DuckDB:
+    "IO Error: Could not write file ...: No space left on device"), naming `path`."""
+    if isinstance(exc, OSError):
+        return None
+    text = str(exc)
+    for code in HINTS:
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code), path)
+    return None
+
+
 def _path_in(message: str) -> str | None:
     """The path pyarrow names in its messages ("Cannot create directory '/a/b'. ...")."""
     m = re.search(r"'(/[^']*)'", message)

@@ -79,10 +79,15 @@ def test_exits_crashes_and_hangs_in_user_code_become_failed_rows(ray_local, tmp_
         "dataset": {"name": "digits"},
         "model": {"name": "mlp", "hidden": [8]},
         "max_epochs": 1,
-        "grid": {"batch_size": [64], "lr": [0.05], "seed": [0],
-                 "params.mode": MODES, "params.marks": [str(marks)]},
+        "grid": {
+            "batch_size": [64],
+            "lr": [0.05],
+            "seed": [0],
+            "params.mode": MODES,
+            "params.marks": [str(marks)],
+        },
         "resources": {"cpus_per_trial": 1, "max_retries": 1, "trial_timeout_s": TIMEOUT_S},
-    }  # fmt: skip
+    }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     spec = load_spec(path)

@@ -65,9 +65,16 @@ def _stop(run: CliRun, sig: int, group: bool, root: str) -> dict:
         ).fetchone()[0]
     finally:
         con.close()
-    return {"rc": rc, "took": took, "out": run.output(), "left": run.wait_ray_gone(),
-            "db_rebuilt": db.stat().st_mtime >= t0, "in_db": in_db, "at_signal": k,
-            "committed": assert_readers_see_only_committed(root, EXPERIMENT)}  # fmt: skip
+    return {
+        "rc": rc,
+        "took": took,
+        "out": run.output(),
+        "left": run.wait_ray_gone(),
+        "db_rebuilt": db.stat().st_mtime >= t0,
+        "in_db": in_db,
+        "at_signal": k,
+        "committed": assert_readers_see_only_committed(root, EXPERIMENT),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ driver runs (`batchlab.cli.main` called in this process, its trials on the sessi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -27,8 +28,12 @@ from warehouse.layout import Layout
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "batchlab.cli", *args],
-        cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 @pytest.mark.parametrize("where", ["file", "under_file"])
@@ -129,9 +134,11 @@ def test_full_disk_after_training_lists_failed_trials_first_then_one_line(
 
 @pytest.mark.parametrize(
     ("resources", "message"),
-    [({"cpus_per_trial": 1000}, "needs 1000 CPUs per trial"),
-     ({"cpus_per_trial": 1, "gpus_per_trial": 1}, "has no GPU")],
-)  # fmt: skip
+    [
+        ({"cpus_per_trial": 1000}, "needs 1000 CPUs per trial"),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 1}, "has no GPU"),
+    ],
+)
 def test_dry_run_refuses_infeasible_resources_like_the_run(tmp_path, capsys, resources, message):
     if resources.get("gpus_per_trial"):
         import torch
@@ -144,3 +151,60 @@ def test_dry_run_refuses_infeasible_resources_like_the_run(tmp_path, capsys, res
     _, err = capsys.readouterr()
     assert rc == EXIT_USAGE and message in err, err
     assert not root.exists()  # a dry run writes nothing
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    """A real tmpfs of `size` at `path` (skips where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.slow
+def test_real_read_only_and_full_disks_through_batchlab_run(tmp_path, ray_tmp):
+    """A tmpfs remounted read-only (EROFS): `run` and `--dry-run` refuse before Ray starts.
+    A tmpfs with a few KiB left (ENOSPC): the probe passes, the trials cannot commit, the
+    run lists every failed trial (id and cause) and then ends in one line, exit 5."""
+    grid = write_grid(tmp_path / "g.yaml", tiny_grid("disk", [0, 1], max_epochs=1))
+    env = {"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    with _tmpfs(tmp_path / "ro", "1m") as ro:
+        (ro / "runs").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        for extra in (["--dry-run"], ["--num-cpus", "2", "--no-progress"]):
+            p = _cli("run", str(grid), "--storage", str(ro / "runs"), *extra, env=env)
+            assert p.returncode == EXIT_STORAGE, (extra, p.stdout, p.stderr)
+            assert p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr
+            assert f"cannot write {ro}/runs" in p.stderr and "Read-only file system" in p.stderr
+            assert "scheduling on" not in p.stdout
+    with _tmpfs(tmp_path / "full", "256k") as disk:
+        st = os.statvfs(disk)
+        with open(disk / "filler", "wb") as fh, contextlib.suppress(OSError):
+            fh.write(b"\0" * (st.f_bavail * st.f_frsize - 8 * 1024))  # leave 8 KiB
+        p = _cli(
+            "run",
+            str(grid),
+            "--storage",
+            str(disk / "runs"),
+            "--num-cpus",
+            "2",
+            "--no-progress",
+            env=env,
+        )
+        print(f"\nfull disk: exit {p.returncode}\n{p.stdout[-1500:]}\n{p.stderr[-800:]}")
+        assert p.returncode == EXIT_STORAGE, (p.stdout, p.stderr)
+        err = [x for x in p.stderr.strip().splitlines() if x.startswith("batchlab:")]
+        assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().endswith(err[0])  # the last line (above it: Ray's start-up log)
+        assert (
+            err[0].startswith(f"batchlab: cannot write {disk}/runs") and "No space left" in err[0]
+        )
+        listed = [x for x in p.stdout.splitlines() if x.strip().startswith("failed ")]
+        assert len(listed) == 2 and all("No space left" in x for x in listed), p.stdout
