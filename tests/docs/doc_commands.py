@@ -102,6 +102,9 @@ def extract(path: Path) -> list[DocCommand]:
                 out.append(DocCommand(f"{rel}:{start}", text, True))
         elif stripped.startswith(("batchlab ", "python ")):
             out.append(DocCommand(f"{rel}:{n}", stripped, False))
+        elif stripped.startswith("[") and out and out[-1].source == f"{rel}:{n - 1}":
+            # a synopsis continued on the next line: `batchlab advise [...]\n    [...]`
+            out[-1] = DocCommand(f"{rel}:{n}", f"{out[-1].text} {stripped}", False)
     # Inline spans, paragraph by paragraph (a span may wrap a line).
     para: list[tuple[int, str]] = []
     for n, raw in [*prose, (0, "")]:
@@ -156,8 +159,8 @@ def all_commands() -> list[DocCommand]:
 
 
 def tokens(text: str, synopsis: bool) -> list[str]:
-    if synopsis:  # `[--flag X]` optional parts: the flags still count
-        text = text.replace("[", " ").replace("]", " ")
+    if synopsis:  # `[--flag X | --other Y]` optional parts and alternatives: flags count
+        text = text.replace("[", " ").replace("]", " ").replace(" | ", " ")
     try:
         return shlex.split(text)
     except ValueError:

@@ -249,3 +249,21 @@ def test_the_checker_catches_a_stale_command(text: str, found: str) -> None:
     """What the static check reports for commands that no longer match the code."""
     got = problems(DocCommand("doc.md:1", text, True))
     assert any(found in p for p in got), got
+
+
+def test_every_subcommand_and_option_is_documented() -> None:
+    """The other direction: every subcommand of the CLI has a row in docs/cli.md's command
+    table, and every long option of every subcommand is named in README.md or docs/*.md."""
+    from tests.docs.doc_commands import _subparsers, doc_files
+
+    cli_md = (REPO / "docs" / "cli.md").read_text()
+    table = cli_md[cli_md.index("| command |") : cli_md.index("\n\n", cli_md.index("| command |"))]
+    docs = "\n".join(p.read_text() for p in doc_files())
+    missing = []
+    for name, sub in _subparsers().items():
+        if not re.search(rf"^\| `{re.escape(name)}\b", table, re.M):
+            missing.append(f"`{name}`: no row in docs/cli.md's command table")
+        for opt in sub._option_string_actions:
+            if opt.startswith("--") and opt != "--help" and not re.search(rf"{opt}\b", docs):
+                missing.append(f"`batchlab {name} {opt}`: named in no doc")
+    assert missing == [], "\n".join(missing)
