@@ -467,9 +467,10 @@ def _write_result(df, fmt: str, output: str, args: argparse.Namespace | None = N
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from warehouse.export import OutputUnwritable, export
+    from warehouse.export import OutputUnwritable, check_outside_root, export
 
     layout = require_warehouse(args.storage, args.experiment)
+    check_outside_root(layout, args.output)  # every format, MLflow stores too
     if args.format == "mlflow":  # --output: an MLflow store (docs/integrations.md)
         from warehouse.importers.mlflow import export_mlflow
 

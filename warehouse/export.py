@@ -205,14 +205,20 @@ def _made_by_batchlab(folder: Path) -> bool:
     return False
 
 
-def check_output_dir(layout: Layout, out: Path, force: bool = False) -> None:
-    """Refuse (OutputRefused) an export folder under the storage root, a file, or an
-    existing non-empty folder batchlab did not make (unless `force`)."""
-    if _under_root(layout, out):
+def check_outside_root(layout: Layout, out: str | os.PathLike) -> None:
+    """Refuse (OutputRefused) an output path (a local one; links resolved) under the
+    storage root: files there would be read as warehouse rows."""
+    if "://" not in str(out) and _under_root(layout, Path(out)):
         raise OutputRefused(
             f"--output: {str(out)!r} is inside the storage root {layout.base}: files there "
             "would be read as warehouse rows; choose a folder outside the root"
         )
+
+
+def check_output_dir(layout: Layout, out: Path, force: bool = False) -> None:
+    """Refuse (OutputRefused) an export folder under the storage root, a file, or an
+    existing non-empty folder batchlab did not make (unless `force`)."""
+    check_outside_root(layout, out)
     if out.exists() and not out.is_dir():
         raise OutputRefused(f"--output: {str(out)!r} exists and is not a directory")
     if out.is_dir() and not force and any(out.iterdir()) and not _made_by_batchlab(out):

@@ -144,6 +144,9 @@ def test_export_refuses_the_storage_root_and_anything_under_it(root, tmp_path, c
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and "is inside the storage root" in err, err
             assert str(out) in err and "choose a folder outside the root" in err
+    mlruns = Path(root.base) / "mlruns"  # an MLflow store there too
+    argv = ["export", "--storage", root.root, "--format", "mlflow", "--output", str(mlruns)]
+    assert main(argv) == 2 and "is inside the storage root" in capsys.readouterr().err
     assert sorted(p for p in Path(root.base).rglob("*")) == before
     assert _trials_count(root) == 4
     sql = ["sql", "--storage", root.root, "--format", "csv", "SELECT 1 AS x"]
