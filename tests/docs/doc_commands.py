@@ -151,7 +151,9 @@ def extract_examples() -> list[DocCommand]:
 
 
 def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    """README.md, docs/*.md and the committed demo warehouse's README."""
+    docs = sorted((REPO / "docs").glob("*.md"))
+    return [REPO / "README.md", *docs, REPO / "examples" / "results" / "README.md"]
 
 
 def all_commands() -> list[DocCommand]:
