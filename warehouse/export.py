@@ -239,6 +239,11 @@ def check_output_file(layout: Layout, path: Path, force: bool = False) -> None:
         )
     if path.is_dir():
         raise OutputRefused(f"--output: {str(path)!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise OutputRefused(
+            f"--output: the folder {str(path.parent)!r} does not exist; create it or choose "
+            "another path"
+        )
     if path.exists() and not force:
         raise OutputRefused(
             f"--output: {str(path)!r} exists; pass --force to replace it, or choose a new name"

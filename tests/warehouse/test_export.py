@@ -196,6 +196,8 @@ def test_sql_output_refuses_an_existing_file_unless_forced(root, tmp_path, capsy
     assert out.read_text() == "x\n1\n"
     assert main([*sql, "--output", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+    assert main([*sql, "--output", str(tmp_path / "no" / "q.csv")]) == 2
+    assert "does not exist; create it" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
