@@ -35,18 +35,15 @@ def test_doc_table_lists_every_code() -> None:
     text = DOC.read_text()
     table = text[text.index("## Exit codes") :]
     codes = {int(c) for c in re.findall(r"^\| `(\d+)` \|", table, re.M)}
-    assert (
-        codes
-        == {
-            cli.EXIT_OK,
-            cli.EXIT_PROBLEMS,
-            cli.EXIT_USAGE,
-            cli.EXIT_NO_WAREHOUSE,
-            cli.EXIT_TRIALS_FAILED,
-            cli.EXIT_STORAGE,  # tests/reliability/test_round3_storage.py, tests/warehouse/test_storage_faults.py
-            cli.EXIT_INTERRUPTED,
-        }
-    )
+    assert codes == {
+        cli.EXIT_OK,
+        cli.EXIT_PROBLEMS,
+        cli.EXIT_USAGE,
+        cli.EXIT_NO_WAREHOUSE,
+        cli.EXIT_TRIALS_FAILED,
+        cli.EXIT_STORAGE,  # tests/reliability/test_round3_storage.py
+        cli.EXIT_INTERRUPTED,
+    }
 
 
 def test_0_done(tmp_path, capsys) -> None:
