@@ -9,7 +9,7 @@ that already handles Ctrl-C (scheduler/runner.py, scheduler/packing.py) handles 
 Only the first one raises: the cleanup after it must finish within the cluster's grace
 period (SLURM's default is 30 s), so a repeated signal is recorded and ignored. Ray's
 `ray.init` installs its own SIGTERM handler (`sys.exit`, which ended a run in a native
-abort, exit 134): `scheduler.runner.init_ray` calls `install()` again after it.
+abort, exit 134): `scheduler.ray_setup.init_ray` calls `install()` again after it.
 """
 
 from __future__ import annotations

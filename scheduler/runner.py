@@ -22,7 +22,7 @@ from typing import Any
 
 from scheduler.ray_setup import embedded_node, init_ray
 from scheduler.spec import GridSpec
-from scheduler.storage_errors import check_writable, engine_error
+from scheduler.storage_errors import check_writable, describe, engine_error
 from warehouse.db import write_duckdb_file
 from warehouse.layout import Layout
 from warehouse.store import read_trial_rows, write_run_record
@@ -405,6 +405,8 @@ def _task_failed(
     from warehouse.store import TrialCheckpoints
 
     res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc), "attempt": attempts}
+    if (line := describe(getattr(exc, "cause", None) or exc)) is not None:  # storage: the path
+        res["error"] = line.removeprefix("batchlab: ")
     if token and (error := timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)):
         return {**res, "error": error, "stop_reason": "timeout"}
     from ray.exceptions import NodeDiedError, WorkerCrashedError

@@ -13,7 +13,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from warehouse.layout import Layout
+from warehouse.layout import TMP_MARK, Layout
 
 HINTS = {
     errno.ENOSPC: "the disk is full: free space there (or pass --storage on another disk), then "
@@ -47,7 +47,7 @@ def describe(exc: BaseException) -> str | None:
         return str(exc)
     if not isinstance(exc, OSError) or exc.errno not in HINTS:
         return None
-    path = exc.filename or _path_in(str(exc)) or "the storage root"
+    path = _visible(str(exc.filename or _path_in(str(exc)) or "the storage root"))
     return f"batchlab: cannot write {path}: {os.strerror(exc.errno)}; {HINTS[exc.errno]}"
 
 
@@ -61,6 +61,15 @@ def engine_error(exc: BaseException, path: str) -> OSError | None:
         if os.strerror(code) in text:
             return OSError(code, os.strerror(code), path)
     return None
+
+
+def _visible(path: str) -> str:
+    """A writer's hidden temporary (`.<name>.tmp-<host>-<pid>-<id>`) named as the file it
+    was writing."""
+    parent, _, name = path.rpartition("/")
+    if name.startswith(".") and TMP_MARK in name:
+        return f"{parent}/{name[1:].split(TMP_MARK)[0]}"
+    return path
 
 
 def _path_in(message: str) -> str | None:

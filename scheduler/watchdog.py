@@ -1,4 +1,4 @@
-"""The watchdog of an embedded Ray instance (started by `scheduler.runner.init_ray`).
+"""The watchdog of an embedded Ray instance (started by `scheduler.ray_setup.init_ray`).
 
 Ray's head processes share the driver's process group, but its agents (dashboard agent,
 runtime-env agent) and a driver killed on its own (not its group) used to leave processes
