@@ -240,26 +240,26 @@ def record_lost_trials(spec: GridSpec, layout: Layout, report: RunReport, out) -
     from scheduler.guards import worker_died_error
     from scheduler.tasks import record_lost_trial
 
-    by_id = {t.trial_id: t for t in spec.trials()} if report.results else {}
     failed = [r for r in report.results if r["status"] == "failed"]
-    for r in failed:
-        err = r.get("error") or ""
-        if r.get("worker_died", err.startswith(("WorkerCrashedError", "NodeDiedError"))):
-            times = r.get("attempt") or spec.resources.max_retries + 1
-            r["error"] = worker_died_error(times, err)
-            if (t := by_id.get(r["trial_id"])) is not None:
-                record_lost_trial(
-                    t,
-                    layout,
-                    spec.experiment,
-                    error=r["error"],
-                    attempt=times,
-                    code_version=code_version(),
-                )
+    died = [r for r in failed if r.get("worker_died", _crash_text(r.get("error")))]
+    by_id = {t.trial_id: t for t in spec.trials()} if died else {}
+    version = code_version() if died else ""
+    for r in died:
+        times = r.get("attempt") or spec.resources.max_retries + 1
+        r["error"] = worker_died_error(times, r.get("error") or "")
+        if (t := by_id.get(r["trial_id"])) is not None:
+            record_lost_trial(
+                t, layout, spec.experiment, error=r["error"], attempt=times, code_version=version
+            )
     if failed:
         print(f"{len(failed)} trial(s) failed:", file=out)
         for r in failed:
             print(f"  failed {r['trial_id']}: {r.get('error')}", file=out)
+
+
+def _crash_text(error: str | None) -> bool:
+    """A pack's failure record (scheduler/packing.py) keeps only Ray's error text."""
+    return (error or "").startswith(("WorkerCrashedError", "NodeDiedError"))
 
 
 def _execute(
