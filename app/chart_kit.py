@@ -89,6 +89,14 @@ def positive(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     return df[keep]
 
 
+def legend_pick(field: str) -> tuple[alt.Parameter, alt.OpacityValue]:
+    """Click a legend entry to bring its lines forward (shift-click: more entries; click it
+    again to show all): a selection bound to the legend of `field`, and the opacity that
+    dims the rest, so a long list of settings stays readable."""
+    pick = alt.selection_point(fields=[field], bind="legend")
+    return pick, alt.condition(pick, alt.value(1.0), alt.value(0.12))
+
+
 def series(df: pd.DataFrame) -> pd.DataFrame:
     return df if "series" in df else df.assign(series="all")
 

@@ -22,6 +22,7 @@ from app.chart_kit import (
     PLOT_HEIGHT,
     fit_legend,
     interactive,
+    legend_pick,
     positive,
     smooth,
     viridis_text_colors,
@@ -92,10 +93,15 @@ def batch_chart(
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=zero)
     color = alt.Color("series:N", title="setting", legend=fit_legend(data["series"]))
     lists = [c for c in data.columns if c.endswith("_seeds") and c != "n_seeds"]
-    base = alt.Chart(data.drop(columns=lists)).encode(x=BS_X, color=color)
-    line = base.mark_line(point=True).encode(
-        y=alt.Y(f"{y}_mean:Q", title=y_title, scale=scale),
-        tooltip=["series:N", "batch_size:Q", f"{y}_mean:Q", f"{y}_std:Q", "n_seeds:Q"],
+    pick, opacity = legend_pick("series")
+    base = alt.Chart(data.drop(columns=lists)).encode(x=BS_X, color=color, opacity=opacity)
+    line = (
+        base.mark_line(point=True)
+        .encode(
+            y=alt.Y(f"{y}_mean:Q", title=y_title, scale=scale),
+            tooltip=["series:N", "batch_size:Q", f"{y}_mean:Q", f"{y}_std:Q", "n_seeds:Q"],
+        )
+        .add_params(pick)
     )
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
     layers = bars + line

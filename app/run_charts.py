@@ -15,6 +15,7 @@ from app.chart_kit import (
     PLOT_HEIGHT,
     fit_legend,
     interactive,
+    legend_pick,
     positive,
     smooth,
 )
@@ -75,6 +76,7 @@ def compare_chart(
     if smoothing:
         data = smooth(data, [y], ["run"], xcol, smoothing)
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    pick, opacity = legend_pick("run")
     chart = (
         alt.Chart(data)
         .mark_line(point=_POINT)
@@ -82,8 +84,10 @@ def compare_chart(
             x=_x(x),
             y=alt.Y(f"{y}:Q", title=y_title, scale=yscale),
             color=alt.Color("run:N", title="trial", legend=fit_legend(data["run"])),
+            opacity=opacity,
             tooltip=["run", "trial_id", "epoch", xcol, y],
         )
+        .add_params(pick)
         .properties(height=PLOT_HEIGHT + 60)
     )
     return interactive(chart)
