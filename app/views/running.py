@@ -12,6 +12,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app.chart_kit import PLOT_HEIGHT, fit_legend, positive
 from app.common import storage_root
 from warehouse import live
 from warehouse.layout import Layout
@@ -79,15 +80,22 @@ def _render() -> None:
             var_name="split",
             value_name="loss",
         ).dropna()
+        long = positive(long, "loss")  # log axis
         chart = (
             alt.Chart(long, title="live curves (not yet committed)")
             .mark_line(point=True, strokeDash=[4, 2])
             .encode(
                 x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
                 y=alt.Y("loss:Q", title="loss (nats)", scale=alt.Scale(type="log")),
-                color=alt.Color("trial_id:N", title="trial"),
-                strokeDash=alt.StrokeDash("split:N", title="split"),
+                color=alt.Color("trial_id:N", title="trial", legend=fit_legend(long["trial_id"])),
+                strokeDash=alt.StrokeDash(
+                    "split:N", title="split", legend=fit_legend(["train_loss"], dash=True)
+                ),
                 tooltip=["trial_id", "epoch", "split", alt.Tooltip("loss:Q", format=".4g")],
+            )
+            # the height is the plot's; the legend above it adds to the chart (app/show.py)
+            .properties(
+                height=PLOT_HEIGHT, autosize=alt.AutoSizeParams(type="fit-x", contains="padding")
             )
             .interactive()
         )
