@@ -103,10 +103,11 @@ def read_text(path: Path, root: Path | None = None) -> str:
         raise ImportError_(f"{path}: cannot read it: {exc.strerror or exc}") from None
 
 
-def read_json(path: Path, root: Path | None = None, text: str | None = None) -> Any:
-    text = read_text(path, root) if text is None else text
+def read_json(path: Path, root: Path | None = None) -> Any:
+    """A JSON file's value; one-line ImportError_ naming the file when it is not JSON (or
+    see `read_text`)."""
     try:
-        return json.loads(text)
+        return json.loads(read_text(path, root))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ImportError_(f"{path}: not valid JSON ({str(exc)[:200]})") from None
 
