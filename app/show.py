@@ -78,6 +78,27 @@ def to_spec(chart: alt.TopLevelMixin, *, arrow: bool = True) -> dict:
     return spec
 
 
+# Legends above the plot stack one under the other (Vega places legends of one orient side
+# by side by default: a colour and a dash legend ran 100-200 px past a half-page column).
+LEGEND_LAYOUT = {"top": {"direction": "vertical", "anchor": "start"}}
+
+
+def sized(spec: dict) -> dict:
+    """`spec` as the app draws it: a chart's `height` is its plot area's (autosize fit-x:
+    the width fits the column, legend and axes add to the height; Streamlit's default,
+    "fit", squeezed legend, titles and plot into `height` together, and a 14-entry legend
+    left the plot 0 px tall), and legends above the plot stacked. Facets keep Streamlit's
+    "pad" (their panels have fixed sizes)."""
+    out = dict(spec)
+    if "facet" not in out and "autosize" not in out:
+        out["autosize"] = {"type": "fit-x", "contains": "padding"}
+    config = dict(out.get("config", {}))
+    legend = dict(config.get("legend", {}))
+    legend.setdefault("layout", LEGEND_LAYOUT)
+    out["config"] = {**config, "legend": legend}
+    return out
+
+
 def _used_columns(data: Any, spec_text: str) -> Any:
     """`data` without the columns whose names the spec never mentions (names are matched
     as text anywhere in the spec: fields, tooltips, expressions)."""
@@ -137,11 +158,7 @@ def show_chart(
         embed = {**meta.get("embedOptions", {}), "renderer": forced}
         spec = {**spec, "usermeta": {**meta, "embedOptions": embed}}
     facet = "facet" in spec
-    if not facet and "autosize" not in spec:
-        # The chart's `height` is its plot area's: the legend and the axes add to it, and
-        # the width fits the column. (Streamlit's default, "fit", squeezes legend, axes and
-        # plot into `height`: a 14-entry legend left the plot 0 px tall.)
-        spec = {**spec, "autosize": {"type": "fit-x", "contains": "padding"}}
+    spec = sized(spec)
     st.vega_lite_chart(spec, width="content" if facet else "stretch", key=f"chart_{key}")
     data = args[0] if args and isinstance(args[0], pd.DataFrame) else None
     row = st.container(horizontal=True)

@@ -406,3 +406,18 @@ def test_curve_chart_drops_hover_points_on_large_data(con):
     with alt.data_transformers.disable_max_rows():  # (the app sends data its own way)
         line = marks(charts.curve_chart(big, "val_loss"))[1][0]
     assert line["mark"].get("point") is False and line["encoding"]["tooltip"]
+
+
+def test_charts_are_drawn_with_the_plot_height_their_own():
+    """The spec the app draws: autosize fit-x (the height is the plot area's, the legend adds
+    to it; Streamlit's "fit" squeezed the plot to 0 px under a long legend) and legends
+    above the plot stacked; facets keep their fixed panels."""
+    from app.show import sized
+
+    df = pd.DataFrame({"series": ["a"], "batch_size": [32], "v_mean": [1.0], "n_seeds": [1]})
+    got = sized(charts.batch_chart(df, "v", "v").to_dict())
+    assert got["autosize"] == {"type": "fit-x", "contains": "padding"}
+    assert got["config"]["legend"]["layout"]["top"]["direction"] == "vertical"
+    assert got["layer"][0].get("height", got.get("height")) == 300
+    facet = sized({"facet": {"field": "p"}, "spec": {}})
+    assert "autosize" not in facet
