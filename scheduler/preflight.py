@@ -86,6 +86,9 @@ def run_checks(
 ) -> Checks:
     """Every problem (and note) of the grid's user code and data-set sizes. With user code,
     in a child process with a time limit per call (scheduler/preflight_box.py)."""
+    from workers.user import use_code_dir
+
+    use_code_dir(spec.code_dir)  # here too: provenance (code_changes) resolves the paths
     trials = trials if trials is not None else spec.trials()
     if not any(t.user_paths for t in trials):
         return check_here(spec, trials)
