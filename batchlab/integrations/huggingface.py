@@ -75,6 +75,7 @@ class BatchlabCallback(TrainerCallback):
         self._rec: Recorder | None = None
         self._pending: int | None = None  # an epoch that ended, logged at its evaluation
         self._losses: list[float] = []
+        self._last = 0  # the last epoch logged (epochs must increase)
         self.result: dict[str, Any] | None = None
 
     def _start(self, args: TrainingArguments, state: TrainerState, model: Any, opt: Any) -> None:
@@ -106,7 +107,7 @@ class BatchlabCallback(TrainerCallback):
                     code_version=f"integration:{FRAMEWORK}=={transformers.__version__}",
                 )
             )
-        self._pending, self._losses = None, []
+        self._pending, self._losses, self._last = None, [], 0
         if model is not None:
             self._rec.call("watch", model)
 
@@ -150,7 +151,8 @@ class BatchlabCallback(TrainerCallback):
         self._flush(control)
         # Logged at the evaluation that follows (or the next epoch's begin, the end):
         # an evaluation does not change the weights the distances are taken from.
-        self._pending = max(1, round(state.epoch or 0))
+        ep = max(1, math.ceil((state.epoch or 0) - 1e-6), self._last + 1)
+        self._pending = self._last = ep
 
     def on_evaluate(self, args, state, control, metrics=None, **kw) -> None:
         self._flush(control, metrics)

@@ -20,6 +20,7 @@ to the grid's trial instead (docs/integrations.md).
 
 from __future__ import annotations
 
+import math
 import os
 from argparse import Namespace
 from collections.abc import Mapping
@@ -123,7 +124,7 @@ class BatchlabLogger(Logger):
     def _session(self, trainer: Trainer | None, module: LightningModule | None) -> TrialSession:
         found: dict[str, Any] = {}
         if trainer is not None:
-            found["max_epochs"] = trainer.max_epochs if (trainer.max_epochs or 0) > 0 else None
+            found["max_epochs"] = _epoch_budget(trainer)
             dl = trainer.train_dataloader
             if getattr(dl, "batch_size", None):
                 found["batch_size"] = dl.batch_size
@@ -158,6 +159,16 @@ class BatchlabLogger(Logger):
         step = values.pop("step", None)
         kw = {"step": int(step)} if step is not None else {}
         self.recorder().call("log_epoch", epoch, **kw, **epoch_values(values))
+
+
+def _epoch_budget(trainer: Trainer) -> int | None:
+    """The trainer's max_epochs, or the epochs its max_steps take, or None (unknown)."""
+    if (trainer.max_epochs or 0) > 0:
+        return trainer.max_epochs
+    n = trainer.num_training_batches
+    if trainer.max_steps > 0 and isinstance(n, int) and n > 0:
+        return math.ceil(trainer.max_steps / max(1, n // trainer.accumulate_grad_batches))
+    return None
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

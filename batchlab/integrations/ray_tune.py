@@ -84,7 +84,8 @@ class BatchlabLoggerCallback(LoggerCallback):
 
     storage: the storage root (default `$BATCHLAB_STORAGE` or ./batchlab-runs);
     experiment: the study's name; max_epochs: the sweep's epoch budget (identity: a trial's
-    `max_epochs`; default: the config's `max_epochs` / `epochs` / `num_epochs`, else 1)."""
+    `max_epochs`; default: the config's `max_epochs` / `epochs` / `num_epochs`, else
+    `session.UNKNOWN_MAX_EPOCHS`, 1000)."""
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class BatchlabLoggerCallback(LoggerCallback):
         self._recs: dict[str, Recorder] = {}
         self._replicates: dict[str, int] = {}
         self._shift: dict[str, int] = {}
+        self._last: dict[str, int] = {}
         self.results: dict[str, dict[str, Any] | None] = {}  # Tune trial id -> commit record
 
     def log_trial_start(self, trial: Any) -> None:
@@ -107,11 +109,9 @@ class BatchlabLoggerCallback(LoggerCallback):
         if not any(k in hp for k in ("seed", "random_seed")):
             key = repr(sorted((k, repr(v)) for k, v in hp.items()))
             hp["seed"] = self._replicates[key] = self._replicates.get(key, -1) + 1
-        epochs = self.max_epochs or next(
-            (hp[k] for k in ("max_epochs", "epochs", "num_epochs") if isinstance(hp.get(k), int)),
-            None,
+        cfg = trial_config(
+            hp, framework=FRAMEWORK, max_epochs=self.max_epochs, model=trial.trainable_name
         )
-        cfg = trial_config(hp, framework=FRAMEWORK, max_epochs=epochs, model=trial.trainable_name)
         self._recs[trial.trial_id] = Recorder(
             session=TrialSession(
                 cfg,
@@ -132,7 +132,10 @@ class BatchlabLoggerCallback(LoggerCallback):
         if isinstance(result.get("time_this_iter_s"), int | float):
             kw["epoch_time_s"] = float(result["time_this_iter_s"])
         shift = self._shift.setdefault(trial.trial_id, 1 if epoch == 0 else 0)  # 0-based
-        rec.call("log_epoch", epoch + shift, **kw)
+        last = self._last.get(trial.trial_id, 0)
+        epoch = max(epoch + shift, last + 1)  # two results of one epoch: the next epoch
+        self._last[trial.trial_id] = epoch
+        rec.call("log_epoch", epoch, **kw)
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         rec = self._recs.pop(trial.trial_id, None)

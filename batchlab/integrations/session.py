@@ -22,10 +22,12 @@ import math
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from warehouse.importers import TRIAL_FIELDS
+from warehouse.importers.reading import is_secret_key
 from warehouse.layout import Layout, check_experiment, default_root
 from workers.config import TrialConfig
 
@@ -33,6 +35,10 @@ SERVE = "batchlab.integrations.session:serve"
 NO_DATA = "batchlab.integrations.session:no_data"
 NO_MODEL = "batchlab.integrations.session:no_model"
 _END = object()
+# A run's epoch budget when the framework does not say (Lightning's own default cap for
+# max_epochs=None): a trial's `max_epochs` is part of its identity, and the trial API
+# refuses an epoch beyond it.
+UNKNOWN_MAX_EPOCHS = 1000
 _channels: dict[int, _Channel] = {}  # execute_trial's thread id -> its channel
 
 
@@ -100,6 +106,10 @@ def trial_config(
             f"{framework}: no batch size / learning rate found in the hyperparameters "
             f"{sorted(hp) or '(none)'}; pass batch_size= and lr= to the batchlab logger"
         )
+    hp = {k: v for k, v in hp.items() if not is_secret_key(k)}  # as the importers do
+    if max_epochs is None:
+        given = [hp.get(k) for k in ("max_epochs", "epochs", "num_epochs", "num_train_epochs")]
+        max_epochs = next((int(v) for v in given if isinstance(v, int) and v > 0), None)
     sd = seed if seed is not None else _pick(hp, "seed")
     if sd is None:
         sd = int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -119,7 +129,7 @@ def trial_config(
             "lr": float(lr_),
             "base_batch_size": int(bs),
             "seed": int(sd),
-            "max_epochs": max(1, int(max_epochs or 1)),
+            "max_epochs": max(1, int(max_epochs or UNKNOWN_MAX_EPOCHS)),
             "trainable": SERVE,
             "params": params,
         }
@@ -245,6 +255,7 @@ class Recorder:
     def __init__(self, trial: Any | None = None, session: TrialSession | None = None) -> None:
         self.trial, self.session = trial, session
         self.diverged = False
+        self.rejected: str | None = None  # a call the trial API refused (standalone)
 
     @property
     def standalone(self) -> bool:
@@ -255,7 +266,7 @@ class Recorder:
         return self.session.trial_id if self.session else self.trial.config.trial_id
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        from workers.trial_api import Diverged
+        from workers.trial_api import Diverged, TrialAPIError
 
         if self.session is None:
             try:
@@ -269,6 +280,9 @@ class Recorder:
             return self.session.call(name, *args, **kwargs)
         except Diverged:
             self.diverged = True
+        except TrialAPIError as exc:  # the trial ends `failed` with it (trial_api re-raises)
+            self.rejected = str(exc)
+            warnings.warn(f"batchlab: {exc}", RuntimeWarning, stacklevel=2)
         except TrialEnded:
             pass
         return None
