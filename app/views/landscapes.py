@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts import INTERP_Y, SURFACE_MODES, interpolation_chart, surface_chart
 from app.common import filters, no_data, query, require_data
 from app.labels import analysis_labels
+from app.landscape_charts import INTERP_Y, SURFACE_MODES, interpolation_chart, surface_chart
 from app.show import show_chart
 
 st.title("Loss landscapes")

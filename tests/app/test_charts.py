@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import charts
+from app import charts, landscape_charts
 from app.chart_kit import contrast, luminance, smooth
 from app.common import series_label
 from app.labels import analysis_labels
@@ -148,7 +148,7 @@ def test_interpolation_chart_is_keskar_fig3(con):
     """F-10 opens on one curve per batch-size pair, train and validation, the seeds'
     interpolations as a min-max band around their mean (Keskar et al. Fig. 3)."""
     df = q.landscape_1d(con, F)
-    (_rules, rrows), (band, _brows), (line, rows) = marks(charts.interpolation_chart(df))
+    (_rules, rrows), (band, _brows), (line, rows) = marks(landscape_charts.interpolation_chart(df))
     assert [r["alpha"] for r in rrows] == [0.0, 1.0]
     assert mark_type(band) == "area" and band["encoding"]["y2"]["field"] == "loss_max"
     assert line["encoding"]["color"]["field"] == "pair"
@@ -163,7 +163,7 @@ def test_interpolation_chart_is_keskar_fig3(con):
         assert r["loss"] == pytest.approx(g["loss"].mean())
         assert (r["loss_min"], r["loss_max"]) == (g["loss"].min(), g["loss"].max())
     assert min(r["alpha"] for r in rows) == -1 and max(r["alpha"] for r in rows) == 2
-    (_r, _b, (acc, _)) = marks(charts.interpolation_chart(df, "accuracy"))
+    (_r, _b, (acc, _)) = marks(landscape_charts.interpolation_chart(df, "accuracy"))
     assert acc["encoding"]["y"]["field"] == "acc"
 
 
@@ -188,10 +188,10 @@ def test_surface_chart_side_by_side(con):
     df = q.landscape_2d(con, F)
     df = df[df["split"] == "train"]
     names = analysis_labels(df)
-    chart = charts.surface_chart(df, names)
+    chart = landscape_charts.surface_chart(df, names)
     spec = chart.to_dict()
     assert spec["facet"]["field"] == "panel"
-    assert spec["columns"] == charts.SURFACE_COLUMNS  # wrapped: never wider than the page
+    assert spec["columns"] == landscape_charts.SURFACE_COLUMNS  # wrapped: never wider than the page
     assert spec["spec"]["width"] >= 300 and spec["spec"]["height"] >= 300
     # Each panel its own colour scale (a flat surface is not one colour of a shared scale).
     assert spec["resolve"]["scale"]["color"] == "independent"
@@ -203,7 +203,7 @@ def test_surface_chart_side_by_side(con):
     for p in panels:  # more than one colour in every panel, the centre at 0
         rise = [r["rise"] for r in rows if r["panel"] == p]
         assert min(rise) <= 0 < max(rise), p
-    shared = charts.surface_chart(df, names, mode="shared").to_dict()
+    shared = landscape_charts.surface_chart(df, names, mode="shared").to_dict()
     assert "resolve" not in shared
 
 
@@ -219,7 +219,7 @@ def test_surface_relative_to_centre_when_losses_differ_by_decades():
                  "alpha": a, "beta": b, "split": "train", "loss": base + scale * (a * a + b * b),
                  "acc": 0.9}
             )  # fmt: skip
-    data = charts.surface_data(pd.DataFrame(rows))
+    data = landscape_charts.surface_data(pd.DataFrame(rows))
     for aid in ("s", "l"):
         part = data[data["analysis_id"] == aid]
         assert part["rise"].min() == 0 and part["rise"].max() > 0
@@ -335,9 +335,9 @@ def test_specs_validate_against_the_vega_lite_schema(con, name):
         charts.ratio_chart(q.epoch_distance_ratio(con, F).assign(series="s")).to_dict()
     else:
         one = q.landscape_1d(con, F)
-        charts.interpolation_chart(one).to_dict()
-        charts.interpolation_chart(one, "accuracy").to_dict()
-        charts.surface_chart(q.landscape_2d(con, F)).to_dict()
+        landscape_charts.interpolation_chart(one).to_dict()
+        landscape_charts.interpolation_chart(one, "accuracy").to_dict()
+        landscape_charts.surface_chart(q.landscape_2d(con, F)).to_dict()
         charts.lr_heatmap(q.lr_batch_table(con, F).assign(series="s")).to_dict()
 
 
