@@ -342,7 +342,13 @@ def lr_curve_chart(df: pd.DataFrame) -> alt.LayerChart:
     """F-17: minimum validation loss vs lr, one line per batch size, +-1 std bars; the
     batch size's best lr is drawn as a large diamond."""
     data = _series(with_band(df, "min_val_loss"))
-    x = alt.X("lr:Q", title="lr (grid value, before scaling, log)", scale=alt.Scale(type="log"))
+    # padding: the best lr's diamond at the axis' end stays inside the chart (it ran 6 px
+    # past a half-page column)
+    x = alt.X(
+        "lr:Q",
+        title="lr (grid value, before scaling, log)",
+        scale=alt.Scale(type="log", padding=12),
+    )
     base = alt.Chart(data).encode(x=x, color=BS_COLOR)
     line = base.mark_line(point=True).encode(
         y=alt.Y(
