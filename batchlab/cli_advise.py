@@ -43,6 +43,44 @@ def add_parser(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
     p.add_argument("--demo", action="store_true", help="the committed demo warehouse")
     p.add_argument(
+        "--step-times",
+        choices=("auto", "probe", "trial"),
+        default="auto",
+        help="seconds per step behind 'least time': the timing probe's (timings table) or the "
+        "trials' own; auto: the probe where every batch size has one",
+    )
+    s = p.add_argument_group(
+        "a new study (docs/advise.md): run the batch-size ladder for a model and a data set"
+    )
+    s.add_argument("--dataset", default=None, help="a built-in name or ./file.py:loader")
+    s.add_argument("--model", default=None, help="a built-in name or ./file.py:factory")
+    s.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    s.add_argument("--min-batch-size", type=int, default=32, help="B0, the ladder's first (32)")
+    s.add_argument("--max-batch-size", type=int, default=1024, help="the ladder's cap (1024)")
+    s.add_argument("--seeds", type=int, default=2, help="seeds per setting (2)")
+    s.add_argument("--epochs", type=int, default=20, help="epochs of the B0 stage (20)")
+    s.add_argument(
+        "--lr-grid",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=None,
+        help="lrs of the B0 stage, comma-separated (0.01,0.03,0.1,0.3,1)",
+    )
+    s.add_argument(
+        "--target-factor",
+        type=float,
+        default=1.1,
+        help="default target: this x the best validation error of B0 (1.1)",
+    )
+    s.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.2,
+        help="stop climbing when steps to target fell by less than this over a doubling (0.2)",
+    )
+    s.add_argument("--no-timing", action="store_true", help="no timing probe")
+    s.add_argument("--address", default=None, help="Ray cluster (default: embedded local Ray)")
+    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray")
+    p.add_argument(
         "--sharpness",
         choices=("loss", "error"),
         default=None,
@@ -91,7 +129,9 @@ def format_advice(advice: list[dict[str, Any]]) -> str:
             f"batchnorm {g['batchnorm']}, lr rule {g['lr_scaling']}, {g['workers']} worker(s)"
         )
         out.append(f"target: {a['target']}; {a['n_trials']} trials; intervals {conf}% bootstrap")
-        head = ("batch", "best lr", "steps", "examples", "train s", "reached", "P(fast)", "P(few)")
+        probe = a.get("time_source") == "probe"
+        secs = "probe s" if probe else "train s"
+        head = ("batch", "best lr", "steps", "examples", secs, "reached", "P(fast)", "P(few)")
         rows = [head]
         for r in a["table"]:
             rows.append(
@@ -135,15 +175,29 @@ def format_advice(advice: list[dict[str, Any]]) -> str:
                 f"best lr ~ B^slope: slope {_ci(r['slope'], r['ci'], 2)} -> closest rule "
                 f"{r['closest']} (within the interval: {inside})"
             )
+        if probe:
+            t = a["timings"]
+            loads = ", ".join(f"{x['load1_before']:.2f}" for x in t)
+            ms = ", ".join(f"{x['batch_size']}: {x['s_per_step'] * 1e3:.3g}" for x in t)
+            out.append(
+                f"seconds = steps x the timing probe's median s/step (timings table; ms/step "
+                f"{ms}; {t[0]['device_name'] or t[0]['device']}, {t[0]['torch_threads']} "
+                f"thread(s), {t[0]['ray_num_cpus']:g} CPUs reserved, load {loads})"
+            )
+        else:
+            out.append(
+                "seconds = steps x the trials' own train_time_s / steps_run (no timing probe "
+                "for every batch size: `batchlab advise --dataset D --model M` measures one)"
+            )
         out.append("recommendation:")
         for label, pick, col, unit in (
-            ("least training time", a["fastest"], "time_s", " s"),
+            ("least wall time" if probe else "least training time", a["fastest"], "time_s", " s"),
             ("fewest examples", a["fewest_examples"], "examples", " examples"),
         ):
             if pick is None:
                 out.append(f"  {label}: no batch size reached the target")
                 continue
-            packed = col == "time_s" and any(r["packed"] for r in a["table"])
+            packed = col == "time_s" and any(r["packed"] for r in a["table"]) and not probe
             out.append(
                 f"  {label}: batch size {pick['batch_size']} at lr {_num(pick['best_lr'])}, "
                 f"{_ci(pick[col], pick[col + '_ci'])}{unit}, best in "
@@ -162,6 +216,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
     from warehouse.queries import Filters
 
     storage = str(EXAMPLES / "results") if args.demo else args.storage
+    if args.dataset or args.model:
+        study = _study(args)
+        args.experiment = [study.experiment]
+        args.target_val_error = study.target_val_error
     layout = require_warehouse(storage, args.experiment)
     if args.target_val_error is not None:
         target = Target("val_error", args.target_val_error)
@@ -173,9 +231,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if args.sharpness:
         return _rank(con, args)
     try:
-        res = advise(
-            con, Filters(experiment=tuple(args.experiment)), target, n_resamples=args.resamples
-        )
+        res = advise(con, Filters(experiment=tuple(args.experiment)), target,
+                     n_resamples=args.resamples, step_times=args.step_times)  # fmt: skip
     finally:
         con.close()
     if args.format == "json":
@@ -183,6 +240,44 @@ def cmd_advise(args: argparse.Namespace) -> int:
     else:
         print(format_advice(res))
     return 0
+
+
+def _study(args: argparse.Namespace) -> Any:
+    """Run (or resume) the study of --dataset / --model (scheduler/advise_study.py)."""
+    import sys
+
+    from scheduler.advise_study import LR_GRID, StudyOptions, run_study
+
+    if not (args.dataset and args.model):
+        raise ValueError("a new study needs both --dataset and --model")
+    if args.demo or args.sharpness or len(args.experiment) > 1 or args.target_train_loss:
+        raise ValueError(
+            "--dataset/--model run a study: not with --demo, --sharpness, "
+            "--target-train-loss or several --experiment"
+        )
+    opts = StudyOptions(
+        dataset=args.dataset,
+        model=args.model,
+        experiment=args.experiment[0] if args.experiment else None,
+        optimizer=args.optimizer,
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.max_batch_size,
+        seeds=args.seeds,
+        lr_grid=args.lr_grid or LR_GRID,
+        epochs=args.epochs,
+        target_factor=args.target_factor,
+        target_val_error=args.target_val_error,
+        min_gain=args.min_gain,
+        timing=not args.no_timing,
+    )
+    # the study's progress on stderr: stdout is the advice (a table or JSON)
+    st = run_study(opts, args.storage, address=args.address, num_cpus=args.num_cpus,
+                   out=sys.stderr)  # fmt: skip
+    print(f"study {st.experiment}: batch sizes "
+          f"{', '.join(str(s['batch_size']) for s in st.stages)}; target validation error "
+          f"<= {st.target_val_error:g} ({st.target_source}); ladder stopped: {st.stop_reason}"
+          + "".join(f"; {n}" for n in st.notes), file=sys.stderr)  # fmt: skip
+    return st
 
 
 def _rank(con: Any, args: argparse.Namespace) -> int:

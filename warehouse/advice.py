@@ -97,6 +97,58 @@ def trial_steps(con: duckdb.DuckDBPyConnection, f: Filters, target: Target) -> p
     return con.execute(sql, params).fetchdf()
 
 
+TIMING_KEY = ("experiment", "dataset", "model", "batchnorm", "optimizer", "batch_size")
+
+
+def probe_timings_sql(f: Filters) -> tuple[str, dict[str, Any]]:
+    """(SQL, parameters): the `timings` rows (workers/timing.py) of `f`'s experiments, the
+    latest per (experiment, dataset, model, batchnorm, optimizer, batch size, device name)."""
+    params: dict[str, Any] = {}
+    where = "true"
+    if f.experiment:
+        where, params = (
+            "experiment IN (SELECT unnest($experiments))",
+            {"experiments": list(f.experiment)},
+        )
+    sql = f"""
+        SELECT {", ".join(TIMING_KEY)}, device_name, s_per_step, s_per_step_iqr, repeats,
+               steps, torch_threads, cpu_count, ray_num_cpus, load1_before, load1_after, host,
+               device, torch_version, code_version, measured_at
+        FROM timings WHERE {where}
+        QUALIFY row_number() OVER (
+            PARTITION BY {", ".join(TIMING_KEY)}, device_name ORDER BY measured_at DESC) = 1
+        ORDER BY ALL
+    """
+    return sql, params
+
+
+def probe_timings(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
+    """The named query of the timing probes (`probe_timings_sql`)."""
+    sql, params = probe_timings_sql(f)
+    return con.execute(sql, params).fetchdf()
+
+
+def _probe_step_times(
+    timings: pd.DataFrame | None, group: dict[str, Any], devices: set[str], grid: list[int]
+) -> dict[int, dict[str, Any]] | None:
+    """Per batch size of `grid`, the probe timing of the group on the trials' device (the
+    only device timed, when the trials name none); None unless every batch size has one."""
+    if timings is None or timings.empty:
+        return None
+    t = timings
+    for k in TIMING_KEY[:-1]:
+        t = t[t[k] == group[k]]
+    if devices and t["device_name"].isin(devices).any():
+        t = t[t["device_name"].isin(devices)]
+    if t["device_name"].nunique() > 1:
+        return None
+    out = {
+        int(r["batch_size"]): {**r, "measured_at": str(r["measured_at"])}
+        for r in t.to_dict(orient="records")
+    }
+    return out if all(b in out for b in grid) else None
+
+
 # ---------------------------------------------------------------------------- summaries
 
 Cells = dict[tuple[int, float], tuple[np.ndarray, np.ndarray]]  # (B, lr) -> (steps, s/step)
@@ -255,7 +307,9 @@ def _bootstrap(cells: Cells, grid: list[int], n_resamples: int, confidence: floa
     return res.bootstrap_distribution.T
 
 
-def _flags(g: pd.DataFrame, s: dict[str, Any], cells: Cells, target: Target) -> list[str]:
+def _flags(
+    g: pd.DataFrame, s: dict[str, Any], cells: Cells, target: Target, probed: bool = False
+) -> list[str]:
     out = []
     if target.kind == "stored" and g["steps"].isna().all():
         out.append(
@@ -282,7 +336,7 @@ def _flags(g: pd.DataFrame, s: dict[str, Any], cells: Cells, target: Target) -> 
             if s["fit"]["s_min"] <= 0
             else "no McCandlish fit (S_min or E_min <= 0)"
         )
-    if (g["pack_size"] > 1).any():
+    if (g["pack_size"] > 1).any() and not probed:
         out.append(
             "packed trials: their training time is the whole pack's (every member trained "
             "together), so seconds to target of packed batch sizes are not a lone trial's"
@@ -316,13 +370,23 @@ def advise(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    step_times: str = "auto",
 ) -> list[dict[str, Any]]:
     """The advice for every group of `f` (module docstring): a list of dicts with `group`,
     `target`, `table` (per batch size: best_lr, steps/examples/time_s to target with
     intervals, n_reached / n_seeds, p_fastest, p_fewest_examples), `fit` (s_min, e_min,
     b_crit, r2 and intervals), `cbs20`, `lr_rule`, `fastest`, `fewest_examples` and
-    `flags`. Groups where no trial reached the target are listed with an empty table."""
+    `flags`. Groups where no trial reached the target are listed with an empty table.
+
+    `step_times`: the seconds per step behind the seconds to the target. `trial`: each
+    trial's own train_time_s / steps_run; `probe`: the timing probe's median (`timings`,
+    workers/timing.py) per batch size, required for every batch size of a group; `auto`:
+    the probe where every batch size of the group has one, else the trials'. `time_source`
+    says which was used, `timings` the probe rows (load, threads, device)."""
+    if step_times not in ("auto", "trial", "probe"):
+        raise ValueError(f"step_times must be auto, trial or probe: {step_times}")
     df = trial_steps(con, f, target)
+    timings = probe_timings(con, f) if step_times != "trial" else None
     out = []
     for key, g in df.groupby(list(GROUP), dropna=False, sort=True):
         group = dict(zip(GROUP, (None if pd.isna(k) else k for k in key), strict=True))
@@ -332,8 +396,21 @@ def advise(
                 c["steps"].to_numpy(float),
                 c["s_per_step"].to_numpy(float),
             )
-        s = _summary(cells)
         grid = sorted({b for b, _ in cells})
+        devices = set(g["device_name"].dropna())
+        probe = _probe_step_times(timings, group, devices, grid)
+        if step_times == "probe" and probe is None:
+            raise ValueError(
+                f"no timing probe for every batch size of {group['experiment']} "
+                f"({group['model']} on {group['dataset']}): run `batchlab advise --dataset ... "
+                "--model ...` (docs/advise.md) or use --step-times trial"
+            )
+        if probe is not None:  # every trial of a batch size: the probe's median s/step
+            cells = {
+                (b, lr): (st, np.full(len(st), float(probe[b]["s_per_step"])))
+                for (b, lr), (st, _) in cells.items()
+            }
+        s = _summary(cells)
         boot = _bootstrap(cells, grid, n_resamples, confidence, seed)
 
         def ci(j: int, boot: np.ndarray | None = boot) -> list[float]:
@@ -361,7 +438,13 @@ def advise(
                     if t
                     else 0,
                     "n_seeds": int((c["scaled_lr"] == t["lr"]).sum()) if t else len(c),
-                    "packed": bool((c["pack_size"] > 1).any()),
+                    "packed": bool((c["pack_size"] > 1).any()) and probe is None,
+                    "s_per_step": float(probe[b]["s_per_step"])
+                    if probe is not None
+                    else _nanmean(c["s_per_step"].to_numpy(float)),
+                    "s_per_step_iqr": float(probe[b]["s_per_step_iqr"])
+                    if probe is not None
+                    else math.nan,
                     "p_fastest": p(j + 3),
                     "p_fewest_examples": p(j + 4),
                 }
@@ -383,7 +466,9 @@ def advise(
                 "lr_rule": rule,
                 "fastest": _pick(by_b, s["fastest"], "time_s", "p_fastest"),
                 "fewest_examples": _pick(by_b, s["fewest"], "examples", "p_fewest_examples"),
-                "flags": _flags(g, s, cells, target),
+                "flags": _flags(g, s, cells, target, probe is not None),
+                "time_source": "probe" if probe is not None else "trial",
+                "timings": [] if probe is None else [probe[b] for b in grid],
                 "bootstrap": {
                     "n_resamples": 0 if boot is None else int(boot.shape[0]),
                     "confidence": confidence,

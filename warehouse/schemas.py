@@ -265,6 +265,44 @@ ANALYSES = pa.schema(
     metadata=_META,
 )
 
+# One row per timing probe (workers/timing.py, docs/advise.md): seconds per optimizer step of
+# a model alone at one batch size on one device, with the machine's load while timing.
+TIMINGS = pa.schema(
+    [
+        pa.field("experiment", s, nullable=False),
+        pa.field("timing_id", s, nullable=False),  # shape key + device + threads
+        pa.field("dataset", s),
+        pa.field("model", s),
+        pa.field("batchnorm", b),
+        pa.field("optimizer", s),
+        pa.field("batch_size", i64),
+        pa.field("shape_key", s),
+        pa.field("s_per_step", f64),  # median over the repeats
+        pa.field("s_per_step_iqr", f64),  # interquartile range over the repeats
+        pa.field("s_per_step_all", s),  # JSON list: each repeat's mean seconds per step
+        pa.field("warmup", i64),
+        pa.field("steps", i64),  # timed steps per repeat
+        pa.field("repeats", i64),
+        pa.field("steps_per_epoch", i64),
+        pa.field("torch_threads", i64),
+        pa.field("cpu_count", i64),
+        pa.field("ray_num_cpus", f64),  # CPUs the timing task reserved
+        pa.field("load_before", s),  # JSON [1, 5, 15 min] os.getloadavg()
+        pa.field("load_after", s),
+        pa.field("load1_before", f64),
+        pa.field("load1_after", f64),
+        pa.field("host", s),
+        pa.field("device", s),
+        pa.field("device_name", s),
+        pa.field("torch_version", s),
+        pa.field("cuda_version", s),
+        pa.field("code_version", s),
+        pa.field("measured_at", ts),
+        pa.field("schema_version", i64),
+    ],
+    metadata=_META,
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,
     "epochs": EPOCHS,
@@ -274,6 +312,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "metrics": METRICS,
     "landscapes": LANDSCAPES,
     "analyses": ANALYSES,
+    "timings": TIMINGS,
 }
 # Tables whose rows belong to one trial: visible only once the trial's `trials` row exists.
 TRIAL_TABLES = ("epochs", "steps", "layers", "probes", "metrics")
@@ -289,6 +328,7 @@ KEY_COLUMN: dict[str, str] = {
     "metrics": "trial_id",
     "landscapes": "analysis_id",
     "analyses": "analysis_id",
+    "timings": "timing_id",
 }
 
 
