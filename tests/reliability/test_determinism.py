@@ -213,6 +213,14 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
     compared["lone"] = compare(lone_ref, results(root, "det-lone"), "lone")
     took["lone"] = time.perf_counter() - t
 
+    # The provenance says each ran on the same threads (perf_json.torch_threads): a trial's
+    # threads come from cpus_per_trial only, never from the CPUs or packs beside it. (At
+    # these tiny sizes torch does not split kernels over threads, so the values alone could
+    # not show the old defect; the mlp [256, 256] on mnist1d differs from 1 to 2 threads.)
+    for where in (root, root1, ref_root):
+        rows = connect(where).execute("SELECT trial_id, perf_json FROM trials").fetchall()
+        assert {json.loads(p)["torch_threads"] for _, p in rows} == {1}, (where, rows)
+
     total = sum(compared.values())
     print(f"\nbit-for-bit comparisons: {total} values {compared}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in took.items()))
