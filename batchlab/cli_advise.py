@@ -231,8 +231,13 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if args.sharpness:
         return _rank(con, args)
     try:
-        res = advise(con, Filters(experiment=tuple(args.experiment)), target,
-                     n_resamples=args.resamples, step_times=args.step_times)  # fmt: skip
+        res = advise(
+            con,
+            Filters(experiment=tuple(args.experiment)),
+            target,
+            n_resamples=args.resamples,
+            step_times=args.step_times,
+        )
     finally:
         con.close()
     if args.format == "json":
@@ -271,12 +276,14 @@ def _study(args: argparse.Namespace) -> Any:
         timing=not args.no_timing,
     )
     # the study's progress on stderr: stdout is the advice (a table or JSON)
-    st = run_study(opts, args.storage, address=args.address, num_cpus=args.num_cpus,
-                   out=sys.stderr)  # fmt: skip
-    print(f"study {st.experiment}: batch sizes "
-          f"{', '.join(str(s['batch_size']) for s in st.stages)}; target validation error "
-          f"<= {st.target_val_error:g} ({st.target_source}); ladder stopped: {st.stop_reason}"
-          + "".join(f"; {n}" for n in st.notes), file=sys.stderr)  # fmt: skip
+    st = run_study(opts, args.storage, address=args.address, num_cpus=args.num_cpus, out=sys.stderr)
+    print(
+        f"study {st.experiment}: batch sizes "
+        f"{', '.join(str(s['batch_size']) for s in st.stages)}; target validation error "
+        f"<= {st.target_val_error:g} ({st.target_source}); ladder stopped: {st.stop_reason}"
+        + "".join(f"; {n}" for n in st.notes),
+        file=sys.stderr,
+    )
     return st
 
 

@@ -204,8 +204,14 @@ def _run_stage(layout: Any, data: dict[str, Any], name: str, run: dict[str, Any]
         preflight(spec, layout.root)
         run["preflight"] = False
     print(f"-- {name}: {path}", file=out)
-    report = run_grid(spec, layout.root, address=run.get("address"),
-                      num_cpus=run.get("num_cpus"), progress=False, out=out)  # fmt: skip
+    report = run_grid(
+        spec,
+        layout.root,
+        address=run.get("address"),
+        num_cpus=run.get("num_cpus"),
+        progress=False,
+        out=out,
+    )
     if report.cancelled:
         raise KeyboardInterrupt
     return spec
@@ -243,8 +249,13 @@ def _tuned_steps(layout: Any, exp: str, target: float) -> dict[int, dict[str, An
 
     con = connect(layout)
     try:
-        res = advise(con, Filters(experiment=(exp,)), Target("val_error", target),
-                     n_resamples=0, step_times="trial")  # fmt: skip
+        res = advise(
+            con,
+            Filters(experiment=(exp,)),
+            Target("val_error", target),
+            n_resamples=0,
+            step_times="trial",
+        )
     finally:
         con.close()
     out: dict[int, dict[str, Any]] = {}
@@ -359,13 +370,20 @@ def run_study(
     tuned = _tuned_steps(layout, exp, st.target_val_error)
     if tuned.get(b0, {}).get("lr") is not None:  # the bracket's base: fewest steps at B0
         lr0 = st.lr0 = float(tuned[b0]["lr"])
-    st.stages.append({"batch_size": b0, "lrs": sorted(opts.lr_grid), "epochs": opts.epochs,
-                      **tuned.get(b0, {"lr": None, "steps": math.nan})})  # fmt: skip
+    st.stages.append(
+        {
+            "batch_size": b0,
+            "lrs": sorted(opts.lr_grid),
+            "epochs": opts.epochs,
+            **tuned.get(b0, {"lr": None, "steps": math.nan}),
+        }
+    )
     lr0 = st.lr0 if st.lr0 is not None else lr_err
     if lr0 in (min(opts.lr_grid), max(opts.lr_grid)) and len(opts.lr_grid) > 1:
         st.notes.append(f"the best lr of batch size {b0} ({lr0:g}) is at the edge of --lr-grid")
-    stop, why = ladder_decision({b0: tuned.get(b0, {}).get("steps", math.nan)},
-                                opts.max_batch_size, opts.min_gain)  # fmt: skip
+    stop, why = ladder_decision(
+        {b0: tuned.get(b0, {}).get("steps", math.nan)}, opts.max_batch_size, opts.min_gain
+    )
     b, k = b0, 0
     while not stop:
         prev_b, prev_lr = b, tuned[b]["lr"]
@@ -380,16 +398,20 @@ def run_study(
         st.stages.append({"batch_size": b, "lrs": lrs, "epochs": epochs, **cur})
         steps = {s["batch_size"]: s["steps"] for s in st.stages}
         stop, why = ladder_decision(steps, opts.max_batch_size, opts.min_gain)
-        print(f"   batch size {b}: best lr {cur['lr']}, steps to target {cur['steps']:.0f}",
-              file=out)  # fmt: skip
+        print(
+            f"   batch size {b}: best lr {cur['lr']}, steps to target {cur['steps']:.0f}", file=out
+        )
     st.stop_reason = why
     print(f"ladder stopped: {why}", file=out)
     if opts.timing:
         st.timings = run_timings(layout, specs, opts, run, out)
     else:
         st.notes.append("no timing probe (--no-timing): seconds are the trials' own")
-    record = {**asdict(st), "options": asdict(opts),
-              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()}  # fmt: skip
+    record = {
+        **asdict(st),
+        "options": asdict(opts),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
     record["timings"] = [r["timing_id"] for r in st.timings]
     layout.put_bytes(
         layout.path("studies", f"experiment={exp}", "study.json"),
