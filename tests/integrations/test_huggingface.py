@@ -104,3 +104,44 @@ def test_a_diverging_run_is_stored_diverged_and_training_stops(tmp_path, blobs):
     cb = train(tmp_path, (x * 1e6, y), epochs=3, lr=10.0)
     (t,) = rows(tmp_path / "runs", "SELECT status, epochs_run FROM trials")
     assert t["status"] == "diverged" and cb.result["status"] == "diverged"
+
+
+def grid_main(trial) -> None:
+    """A batchlab trainable whose loop is the HF Trainer (logs to the grid's trial)."""
+    g = torch.Generator().manual_seed(trial.seed)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    args = TrainingArguments(
+        output_dir="/tmp/batchlab-hf-grid-out",
+        per_device_train_batch_size=trial.batch_size,
+        learning_rate=trial.lr,
+        num_train_epochs=trial.max_epochs,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        optim="sgd",
+        disable_tqdm=True,
+    )
+    Trainer(
+        model=Net(),
+        args=args,
+        train_dataset=Pairs(x, y),
+        eval_dataset=Pairs(x, y),
+        callbacks=[BatchlabCallback(experiment="ignored")],
+    ).train()
+
+
+def test_inside_a_batchlab_grid_it_logs_to_the_grids_trial(tmp_path):
+    from scheduler.tasks import execute_trial
+    from workers.config import TrialConfig
+
+    cfg = TrialConfig.model_validate(
+        {"trainable": f"{__name__}:grid_main", "batch_size": 16, "lr": 0.05, "max_epochs": 2}
+    )
+    out = execute_trial(cfg.canonical_json(), "grid", str(tmp_path), code_version="t")
+    assert out["status"] == "completed"
+    ts = rows(tmp_path, "SELECT trial_id, epochs_run, steps_run FROM trials")
+    assert ts == [{"trial_id": cfg.trial_id, "epochs_run": 2, "steps_run": 8}]
+    eps = rows(tmp_path, "SELECT val_loss, dist_from_init FROM epochs ORDER BY epoch")
+    assert len(eps) == 2 and all(e["dist_from_init"] > 0 for e in eps)

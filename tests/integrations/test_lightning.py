@@ -96,6 +96,13 @@ def test_logger_alone_writes_epochs_and_two_batch_sizes_are_two_trials(tmp_path,
         {"batch_size": 16, "epochs_run": 2, "status": "completed"},
         {"batch_size": 32, "epochs_run": 2, "status": "completed"},
     ]
+    from batchlab.cli import main
+
+    assert (
+        main(["report", "--storage", str(tmp_path / "runs"), "--output", str(tmp_path / "r.md")])
+        == 0
+    )
+    assert "batch" in (tmp_path / "r.md").read_text().lower()
     eps = rows(tmp_path / "runs", "SELECT val_loss, dist_from_init FROM epochs")
     assert len(eps) == 4 and all(math.isfinite(e["val_loss"]) for e in eps)
     assert all(e["dist_from_init"] is None or math.isnan(e["dist_from_init"]) for e in eps)
