@@ -17,8 +17,10 @@ The commands that cannot run here are in SKIPS, once (pattern -> reason); each i
 as a pytest skip with its reason (`pytest -rs tests/docs`), and the whole table is printed by
 test_skip_table_is_used.
 
-Wall time on 2 shared cores: ~30-60 s (`python -m pytest -q -rs tests/docs --durations=5`),
-most of it one real `batchlab run ... --max-epochs 1` on the embedded Ray (docs/cli.md).
+Wall time (`python -m pytest -q -rs tests/docs --durations=5`): about 2.5 minutes on the
+shared 2-core box under a load average of ~20 from other jobs, half of it the one real
+`batchlab run ... --max-epochs 1` (docs/cli.md: the embedded Ray starts); the static checks
+take seconds.
 """
 
 from __future__ import annotations
