@@ -405,7 +405,9 @@ def _task_failed(
     from warehouse.store import TrialCheckpoints
 
     res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc), "attempt": attempts}
-    if (line := describe(getattr(exc, "cause", None) or exc)) is not None:  # storage: the path
+    if (
+        line := describe(getattr(exc, "cause", None) or exc, layout.root)
+    ) is not None:  # storage: the path
         res["error"] = line.removeprefix("batchlab: ")
     if token and (error := timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)):
         return {**res, "error": error, "stop_reason": "timeout"}

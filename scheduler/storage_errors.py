@@ -41,13 +41,14 @@ class StorageUnwritable(OSError):
         return self.line
 
 
-def describe(exc: BaseException) -> str | None:
-    """One line for an OSError that means "cannot write here", else None."""
+def describe(exc: BaseException, where: str | None = None) -> str | None:
+    """One line for an OSError that means "cannot write here", else None; `where` names
+    the place when the error does not (a failed write or fsync carries no file name)."""
     if isinstance(exc, StorageUnwritable):
         return str(exc)
     if not isinstance(exc, OSError) or exc.errno not in HINTS:
         return None
-    path = _visible(str(exc.filename or _path_in(str(exc)) or "the storage root"))
+    path = _visible(str(exc.filename or _path_in(str(exc)) or where or "the storage root"))
     return f"batchlab: cannot write {path}: {os.strerror(exc.errno)}; {HINTS[exc.errno]}"
 
 

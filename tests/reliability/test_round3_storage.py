@@ -207,4 +207,5 @@ def test_real_read_only_and_full_disks_through_batchlab_run(tmp_path, ray_tmp):
             err[0].startswith(f"batchlab: cannot write {disk}/runs") and "No space left" in err[0]
         )
         listed = [x for x in p.stdout.splitlines() if x.strip().startswith("failed ")]
-        assert len(listed) == 2 and all("No space left" in x for x in listed), p.stdout
+        assert len(listed) == 2, p.stdout
+        assert all(f"cannot write {disk}/runs" in x and "No space left" in x for x in listed)
