@@ -243,7 +243,7 @@ def _repo_path(tok: str) -> bool:
 
 def _python_problems(seg: list[str]) -> list[str]:
     """`python FILE.py --flag` / `python -m pkg.mod --flag`: the file exists, its flags too."""
-    i = seg.index(next(t for t in seg if t in ("python", "python3")))
+    i = _program(seg, ("python", "python3")) or 0
     rest = seg[i + 1 :]
     if not rest:
         return []
@@ -270,13 +270,26 @@ def _python_problems(seg: list[str]) -> list[str]:
     ]
 
 
+def _program(seg: list[str], names: tuple[str, ...]) -> int | None:
+    """Where one of `names` is the program of the segment: its first word after VAR=value
+    assignments, or the command after `--` (`ray job submit ... -- batchlab run ...`);
+    never a mere argument (`kubectl get rayjob batchlab`)."""
+    for i, tok in enumerate(seg):
+        if tok in names and (i == 0 or seg[i - 1] == "--"):
+            return i
+        if tok in names and all(re.match(r"^[A-Za-z_]\w*=", t) for t in seg[:i]):
+            return i
+    return None
+
+
 def problems(cmd: DocCommand) -> list[str]:
     """Everything about `cmd` that no longer matches the code (empty: fine)."""
     out: list[str] = []
     for seg in _segments(tokens(cmd.text, synopsis=not cmd.runnable)):
-        if "batchlab" in seg:
-            out += batchlab_problems(seg[seg.index("batchlab") + 1 :], cmd.runnable)
-        if "python" in seg or "python3" in seg:
+        i = _program(seg, ("batchlab",))
+        if i is not None:
+            out += batchlab_problems(seg[i + 1 :], cmd.runnable)
+        if _program(seg, ("python", "python3")) is not None:
             out += _python_problems(seg)
         for i, tok in enumerate(seg):
             if i and seg[i - 1] in OUTPUT_OPTIONS:

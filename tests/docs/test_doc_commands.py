@@ -47,6 +47,18 @@ SKIPS: list[tuple[str, str]] = [
         "needs a Ray cluster (deploy/cluster*.yaml, docs/cluster.md); tests/deploy covers the files",
     ),
     (
+        r"^(sbatch|squeue|scancel) |^tail -f batchlab-",
+        "needs a SLURM cluster (deploy/slurm); tests/deploy/test_slurm.py checks the script",
+    ),
+    (
+        r"batchlab (import|export) .*mlflow",
+        "needs an MLflow tracking store; tests/integrations runs MLflow import/export via the CLI",
+    ),
+    (
+        r"^(kubectl|helm) ",
+        "needs a Kubernetes cluster with the KubeRay operator; tests/deploy checks deploy/kuberay",
+    ),
+    (
         r"s3://",
         "needs an S3 bucket and its credentials; tests/warehouse/test_s3.py uses a local moto server",
     ),
@@ -57,7 +69,7 @@ SKIPS: list[tuple[str, str]] = [
         "a server that runs until stopped; tests/app renders the pages through AppTest",
     ),
     (
-        r"^batchlab status --watch",
+        r"^batchlab status\b.*--watch",
         "refreshes until Ctrl-C; tests/scheduler/test_live.py covers `batchlab status`",
     ),
     (
