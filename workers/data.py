@@ -155,11 +155,11 @@ def load_dataset(
 
 @functools.lru_cache(maxsize=1)
 def _cached(dataset_json: str, device: str, data_dir: str | None, code_dir: str | None) -> Dataset:
-    from workers.data_checks import check_finite  # NaN/inf inputs refused (issue 24)
+    from workers.data_checks import check_finite, one_thread  # issue 24
 
-    return check_finite(
-        load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
-    )
+    with one_thread():  # normalization statistics summed in one order, whatever the threads
+        ds = load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
+    return check_finite(ds)  # NaN/inf inputs refused
 
 
 def load_dataset_cached(

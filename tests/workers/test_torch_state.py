@@ -120,3 +120,21 @@ def test_a_factory_setting_float64_does_not_change_the_next_trial(tmp_path, how)
         restored = json.loads(r.summary["perf_json"])["torch_settings_restored"]
         assert "default_dtype" in restored and "num_threads" in restored
     assert json.loads(after.summary["perf_json"])["torch_threads"] == 1
+
+
+def test_a_data_set_loads_to_the_same_bits_whatever_the_process_threads():
+    """mnist1d's normalization (one mean and std over 160,000 values) summed in an order set
+    by the thread count: 1 and 2 threads gave inputs that differed in their last bits."""
+    from workers.config import DatasetConfig
+    from workers.data import load_dataset_cached
+
+    cfg, other = DatasetConfig(name="mnist1d"), DatasetConfig(name="digits")
+    loaded = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        load_dataset_cached(other)  # the cache holds one data set: mnist1d is loaded again
+        loaded.append(load_dataset_cached(cfg).x_train.clone())
+        assert torch.get_num_threads() == threads
+    assert torch.equal(loaded[0], loaded[1])
+    torch.set_num_threads(1)
+    assert torch.equal(load_dataset(cfg).x_train, loaded[0])
