@@ -14,7 +14,8 @@ same):
 2. stage k: batch size B = 2 B_{k-1} at the lrs `bracket_lrs`: lr0 (B / B0)^p and
    lr_{k-1} (B / B_{k-1})^p for p in {0, 1/2, 1} (none, sqrt and linear scaling from the
    tuned small-batch lr and from the previous stage's best lr), each trial trained to the
-   target (`target_val_error`) with at most as many steps as stage 0 ran.
+   target (`target_val_error`) with at most as many steps as stage 0 ran and at most twice
+   the steps the previous batch size took (`stage_epochs`).
 3. the ladder stops (`stop_reason`) when the steps to the target fell by less than
    `min_gain` (20%) over the last doubling (diminishing returns), when the largest batch size
    did not reach the target at all, or at `max_batch_size`.
@@ -64,15 +65,16 @@ class StudyOptions:
     lr_grid: tuple[float, ...] = LR_GRID
     epochs: int = 20  # stage 0
     max_epochs_cap: int = 2000
+    budget_factor: float = 2.0
     target_factor: float = 1.1
     target_val_error: float | None = None
     min_gain: float = 0.2
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     timing: bool = True
-    timing_warmup: int = 5
-    timing_steps: int = 20
-    timing_repeats: int = 5
+    timing_warmup: int = 10
+    timing_steps: int = 30
+    timing_repeats: int = 9
 
     def name(self) -> str:
         if self.experiment:
@@ -150,6 +152,15 @@ def ladder_decision(
     return False, ""
 
 
+def stage_epochs(opts: StudyOptions, b: int, prev_steps: float, n_train: int) -> int:
+    """The epoch budget of batch size `b`: at most as many steps as stage 0 ran (`epochs`
+    x b / B0 epochs) and at most `budget_factor` x the steps the previous batch size took
+    to the target (more steps than that is no speed-up worth finding), capped."""
+    by_stage0 = math.ceil(opts.epochs * b / opts.min_batch_size)
+    by_prev = math.ceil(opts.budget_factor * prev_steps * b / n_train)
+    return max(1, min(opts.max_epochs_cap, by_stage0, by_prev))
+
+
 # ------------------------------------------------------------------ grid files
 
 
@@ -220,14 +231,15 @@ def _run_stage(layout: Any, data: dict[str, Any], name: str, run: dict[str, Any]
 # ------------------------------------------------------------------ reading results
 
 
-def _best_val_error(layout: Any, exp: str, batch_size: int) -> tuple[float, float]:
-    """(lr, seed-mean lowest validation error) of the best lr at `batch_size`."""
+def _best_val_error(layout: Any, exp: str, batch_size: int) -> tuple[float, float, int]:
+    """(lr, seed-mean lowest validation error) of the best lr at `batch_size`, and the
+    training set's size."""
     from warehouse.db import connect
 
     con = connect(layout)
     try:
         row = con.execute(
-            """SELECT t.scaled_lr, avg(e.err) AS err FROM trials t JOIN (
+            """SELECT t.scaled_lr, avg(e.err) AS err, max(t.n_train) FROM trials t JOIN (
                    SELECT experiment, trial_id, min(1 - val_acc) AS err FROM epochs
                    GROUP BY ALL) e USING (experiment, trial_id)
                WHERE t.experiment = $e AND t.batch_size = $b AND t.status = 'completed'
@@ -238,7 +250,7 @@ def _best_val_error(layout: Any, exp: str, batch_size: int) -> tuple[float, floa
         con.close()
     if row is None or row[1] is None:
         raise RuntimeError(f"no completed trial at batch size {batch_size} in {exp}")
-    return float(row[0]), float(row[1])
+    return float(row[0]), float(row[1]), int(row[2])
 
 
 def _tuned_steps(layout: Any, exp: str, target: float) -> dict[int, dict[str, Any]]:
@@ -355,7 +367,7 @@ def run_study(
     b0 = opts.min_batch_size
     data = stage_grid(opts, b0, sorted(opts.lr_grid), opts.epochs, None)
     specs = [_run_stage(layout, data, f"stage-0-b{b0}.yaml", run, out)]
-    lr_err, err0 = _best_val_error(layout, exp, b0)
+    lr_err, err0, n_train = _best_val_error(layout, exp, b0)
     if opts.target_val_error is not None:
         st.target_val_error = opts.target_val_error
         st.target_source = "given (--target-val-error)"
@@ -389,8 +401,7 @@ def run_study(
         prev_b, prev_lr = b, tuned[b]["lr"]
         b, k = 2 * b, k + 1
         lrs = bracket_lrs(lr0, b0, b, prev_lr, prev_b)
-        # at most as many steps as stage 0 ran: epochs scale with B / B0
-        epochs = min(opts.max_epochs_cap, math.ceil(opts.epochs * b / b0))
+        epochs = stage_epochs(opts, b, tuned[prev_b]["steps"], n_train)
         data = stage_grid(opts, b, lrs, epochs, st.target_val_error)
         specs.append(_run_stage(layout, data, f"stage-{k}-b{b}.yaml", run, out))
         tuned = _tuned_steps(layout, exp, st.target_val_error)

@@ -14,6 +14,7 @@ from scheduler.advise_study import (
     bracket_lrs,
     derive_target,
     ladder_decision,
+    stage_epochs,
     stage_grid,
 )
 
@@ -46,6 +47,15 @@ def test_ladder_stops_on_diminishing_returns_an_unreached_target_or_the_cap():
     stop, why = ladder_decision({32: 1000.0, 64: 500.0}, 64)
     assert stop and "largest batch size allowed (64)" in why
     assert ladder_decision({32: 1000.0, 64: 850.0}, 1024, min_gain=0.1) == (False, "")
+
+
+def test_stage_budget_is_stage_0_steps_or_twice_the_previous_batch_sizes_steps():
+    opts = StudyOptions(dataset="mnist1d", model="mlp", min_batch_size=32, epochs=20)
+    # B=64, previous (32) took 2000 steps: stage 0's 20 x 2 = 40 epochs is the smaller
+    assert stage_epochs(opts, 64, 2000.0, 4000) == 40
+    # B=1024, previous (512) took 232 steps: 2 x 232 x 1024 / 4000 -> 119 epochs, not 640
+    assert stage_epochs(opts, 1024, 232.0, 4000) == 119
+    assert stage_epochs(StudyOptions("d", "m", max_epochs_cap=50), 1024, 1e6, 10) == 50
 
 
 def test_stage_grid_is_a_valid_grid_whose_trial_ids_do_not_depend_on_resources():
