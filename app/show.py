@@ -96,6 +96,29 @@ def sized(spec: dict) -> dict:
     legend = dict(config.get("legend", {}))
     legend.setdefault("layout", LEGEND_LAYOUT)
     out["config"] = {**config, "legend": legend}
+    return _stroke_symbols(out)
+
+
+# A dash legend's symbols are strokes; over a line with filled hover points Vega-Lite draws
+# them with a transparent stroke (the dash legend showed labels and no dashes).
+_STROKE = {"symbols": {"update": {"stroke": {"value": "#333"}, "fill": {"value": "transparent"}}}}
+
+
+def _stroke_symbols(node: Any) -> Any:
+    """`node` with every legend of symbolType "stroke" drawing its strokes (`encode`, a
+    Vega-Lite legend property Altair's classes do not expose); data is left alone."""
+    if isinstance(node, list):
+        return [_stroke_symbols(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k in ("datasets", "data", "values"):
+            out[k] = v
+        elif k == "legend" and isinstance(v, dict) and v.get("symbolType") == "stroke":
+            out[k] = {**v, "encode": _STROKE}
+        else:
+            out[k] = _stroke_symbols(v)
     return out
 
 

@@ -421,3 +421,8 @@ def test_charts_are_drawn_with_the_plot_height_their_own():
     assert got["layer"][0].get("height", got.get("height")) == 300
     facet = sized({"facet": {"field": "p"}, "spec": {}})
     assert "autosize" not in facet
+    # dash legends draw their strokes (Vega-Lite made them transparent over hover points)
+    curves = df.assign(epoch=1, v_std=0.0)
+    line = sized(charts.curve_chart(curves, "v").to_dict())["layer"][1]
+    enc = line["encoding"]["strokeDash"]["legend"]["encode"]["symbols"]["update"]
+    assert enc["stroke"]["value"] != "transparent"
