@@ -1,12 +1,14 @@
 """Determinism as a contract: a trial's numbers depend on its config only (issue 24).
 
-One small grid (8 trials in 2 shape groups, packed) runs through the real scheduler on the
-session's local Ray (2 CPUs). Then the same trial ids run again in other combinations:
+One small grid (8 tiny MLPs on all of mnist1d in 2 shape groups, packed) runs through the
+real scheduler on the session's local Ray (2 CPUs). Then the same trial ids run again in
+other combinations:
 
-- the bs-16 quarter alone (one pack of 2 on 2 CPUs: it used to get 2 torch threads, the
-  full grid's packs 1 each, and differed from step 6 on);
-- the bs-32 half in packs of at most 2 (every member beside other partners);
-- the bs-16 half with its pack's worker SIGKILLed at the end of epoch 2 (the pack task is
+- the bs-64 quarter alone (one pack of 2 on 2 CPUs: it used to get 2 torch threads, the
+  full grid's packs 1 each; mnist1d's normalization, a reduction over 160,000 values, then
+  gave other inputs in their last bits, and every number after them differed);
+- the bs-128 half in packs of at most 2 (every member beside other partners);
+- the bs-64 half with its pack's worker SIGKILLed at the end of epoch 2 (the pack task is
   re-executed by Ray and every member resumes from its epoch-1 checkpoint);
 - a pair of them through `batchlab run --num-cpus 1` (a subprocess with its own embedded
   Ray of 1 CPU);
@@ -62,16 +64,16 @@ NOT_RESULTS = {
 TABLES = ("trials", "epochs", "steps", "layers")
 KEYS = {"trials": (), "epochs": ("epoch",), "steps": ("step",), "layers": ("epoch", "layer")}
 EPOCHS = 3
-N_TRAIN = 192
+N_TRAIN = 4000  # mnist1d, all of it: normalized over 160,000 values (threads used to matter)
 
 GRID: dict[str, Any] = {
     "experiment": "det",
-    "dataset": {"name": "digits", "n_train": N_TRAIN},
+    "dataset": {"name": "mnist1d"},
     "model": {"name": "mlp", "hidden": [8]},
     "optimizer": {"name": "sgd", "momentum": 0.9},
     "max_epochs": EPOCHS,
     "measure": {"layers": True, "store_steps": True, "update_norms": True, "train_eval": False},
-    "grid": {"batch_size": [16, 32], "lr": [0.05, 0.1], "seed": [0, 1]},
+    "grid": {"batch_size": [64, 128], "lr": [0.05, 0.1], "seed": [0, 1]},
     "resources": {"cpus_per_trial": 1, "pack": "auto"},
 }
 
@@ -142,7 +144,7 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
     assert report.counts["completed"] == 8, report.results
     ref = results(root, "det-full")
     assert len(ref["trials"]) == 8
-    ids16 = {t.trial_id for t in full.trials() if t.batch_size == 16}
+    ids64 = {t.trial_id for t in full.trials() if t.batch_size == 64}
     compared: dict[str, int] = {}
     took["full grid"] = time.perf_counter() - t0
 
@@ -153,18 +155,18 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
         compared[name] = compare(ref, results(root, grid["experiment"]), name)
         took[name] = time.perf_counter() - t
 
-    # The bs-16 quarter alone: one pack of 2 on 2 CPUs (it used to get 2 threads, the full
+    # The bs-64 quarter alone: one pack of 2 on 2 CPUs (it used to get 2 threads, the full
     # grid's packs 1 each).
-    run("bs-16 quarter", _grid("det-q", grid={"batch_size": [16], "lr": [0.05]}), 2)
-    # The bs-32 half in packs of at most 2: other partners than in the full grid.
-    run("packs of 2", _grid("det-p", grid={"batch_size": [32]}, resources={"max_pack_size": 2}), 4)
+    run("bs-64 quarter", _grid("det-q", grid={"batch_size": [64], "lr": [0.05]}), 2)
+    # The bs-128 half in packs of at most 2: other partners than in the full grid.
+    run("packs of 2", _grid("det-p", grid={"batch_size": [128]}, resources={"max_pack_size": 2}), 4)
 
-    # The bs-16 pack's worker SIGKILLed at the end of epoch 2 of its first attempt: Ray
+    # The bs-64 pack's worker SIGKILLed at the end of epoch 2 of its first attempt: Ray
     # re-executes the pack task and all 4 members resume from their epoch-1 checkpoints.
-    victim = sorted(ids16)[0]
+    victim = sorted(ids64)[0]
     plan = {victim: {"KILL_AT_EPOCH": "2", "KILL_ATTEMPTS": "1"}}
     monkeypatch.setenv("BATCHLAB_FAULT_PLAN", json.dumps(plan))
-    run("killed and resumed", _grid("det-k", grid={"batch_size": [16]}), 4)
+    run("killed and resumed", _grid("det-k", grid={"batch_size": [64]}), 4)
     monkeypatch.delenv("BATCHLAB_FAULT_PLAN")
     resumed = (
         connect(root)
@@ -173,11 +175,11 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
         )
         .fetchall()
     )
-    assert {tuple(r) for r in resumed} == {(tid, 2, 1) for tid in ids16}, resumed
+    assert {tuple(r) for r in resumed} == {(tid, 2, 1) for tid in ids64}, resumed
 
     # A pair through `batchlab run --num-cpus 1`: its own embedded Ray with 1 CPU.
     t = time.perf_counter()
-    one_cpu = _grid("det-full", grid={"batch_size": [32], "lr": [0.1]})
+    one_cpu = _grid("det-full", grid={"batch_size": [128], "lr": [0.1]})
     root1 = str(tmp_path / "runs-1cpu")
     grid_file = str(write_grid(tmp_path / "g.yaml", one_cpu))
     cmd = [sys.executable, "-m", "batchlab.cli", "run", grid_file, "--storage", root1]
@@ -192,7 +194,7 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
 
     # Lone trials (pack: false) through Ray against the same trials run in this process.
     t = time.perf_counter()
-    lone = _grid("det-lone", grid={"batch_size": [32], "lr": [0.05]}, resources={"pack": False})
+    lone = _grid("det-lone", grid={"batch_size": [128], "lr": [0.05]}, resources={"pack": False})
     ref_root = str(tmp_path / "ref")
     threads = torch.get_num_threads()
     try:
@@ -214,9 +216,7 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
     took["lone"] = time.perf_counter() - t
 
     # The provenance says each ran on the same threads (perf_json.torch_threads): a trial's
-    # threads come from cpus_per_trial only, never from the CPUs or packs beside it. (At
-    # these tiny sizes torch does not split kernels over threads, so the values alone could
-    # not show the old defect; the mlp [256, 256] on mnist1d differs from 1 to 2 threads.)
+    # threads come from cpus_per_trial only, never from the CPUs or packs beside it.
     for where in (root, root1, ref_root):
         rows = connect(where).execute("SELECT trial_id, perf_json FROM trials").fetchall()
         assert {json.loads(p)["torch_threads"] for _, p in rows} == {1}, (where, rows)
@@ -224,13 +224,13 @@ def test_same_trial_same_numbers_in_any_grid_pack_cpu_count_or_resume(
     total = sum(compared.values())
     print(f"\nbit-for-bit comparisons: {total} values {compared}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in took.items()))
-    v16, v32 = values_per_trial(16), values_per_trial(32)
+    v64, v128 = values_per_trial(64), values_per_trial(128)
     assert compared == {
-        "bs-16 quarter": 2 * v16,
-        "packs of 2": 4 * v32,
-        "killed and resumed": 4 * v16,
-        "1 CPU": 2 * v32,
-        "lone": 2 * v32,
+        "bs-64 quarter": 2 * v64,
+        "packs of 2": 4 * v128,
+        "killed and resumed": 4 * v64,
+        "1 CPU": 2 * v128,
+        "lone": 2 * v128,
     }
 
 
