@@ -204,6 +204,16 @@ def _wait(env: dict, job: str, log: Path, timeout: float, until=None) -> str:
     )
 
 
+def _other_ray() -> str | None:
+    """The pid of a Ray GCS server running on this machine, if any."""
+    import psutil
+
+    for p in psutil.process_iter(["name", "pid"]):
+        if p.info["name"] == "gcs_server":
+            return f"gcs_server pid {p.info['pid']}"
+    return None
+
+
 def _trials(root: Path) -> list[tuple]:
     from warehouse.db import connect
 
@@ -214,13 +224,20 @@ def _trials(root: Path) -> list[tuple]:
     )
 
 
-def test_sbatch_runs_a_grid_into_the_shared_storage(slurm, tmp_path, data_cache):
+@pytest.mark.parametrize("mode", ["embedded", "symmetric", "manual"])
+def test_sbatch_runs_a_grid_into_the_shared_storage(slurm, tmp_path, data_cache, mode):
+    if mode == "symmetric" and _other_ray():
+        # `ray symmetric-run` refuses a node where any Ray runs ("Ray is already started on
+        # this node"), another user's included: on SLURM, symmetric mode wants --exclusive.
+        _skip(f"symmetric mode: another Ray instance runs on this machine ({_other_ray()})")
     grid = _grid(tmp_path / "grid.yaml", epochs=2, batch_sizes=[64, 256])
-    job, log = _submit(slurm, tmp_path, grid, BATCHLAB_DATA_CACHE=str(data_cache))
+    job, log = _submit(
+        slurm, tmp_path, grid, BATCHLAB_DATA_CACHE=str(data_cache), BATCHLAB_RAY_MODE=mode
+    )
     state = _wait(slurm, job, log, timeout=480)
     text = log.read_text()
     assert state == "COMPLETED", text[-3000:]
-    assert "mode embedded" in text and "run ended with exit code 0" in text
+    assert f"mode {mode}" in text and "run ended with exit code 0" in text, text[-3000:]
     assert [(bs, st) for bs, st, _ in _trials(tmp_path / "runs")] == [
         (64, "completed"),
         (256, "completed"),
