@@ -298,7 +298,6 @@ def _run(
     if dry_run:
         check_writable(layout, create=False)  # what the run checks first, writing nothing
         p = plan(spec, layout)
-        check_feasible(spec, p.to_run, address, num_cpus)  # the run's own resource check
         print(p.describe())
         for t in p.to_run[:20]:
             print(
@@ -306,6 +305,13 @@ def _run(
             )
         if len(p.to_run) > 20:
             print(f"  ... and {len(p.to_run) - 20} more")
+        try:  # the run's own resource check, after the plan so the plan is still shown
+            check_feasible(spec, p.to_run, address, num_cpus)
+        except ValueError as exc:
+            raise type(exc)(
+                f"{exc} To plan this grid for a cluster instead, add --address ADDRESS "
+                "(e.g. --address auto; a dry run connects to nothing)."
+            ) from exc
         return 0
     report = run_grid(
         spec,
