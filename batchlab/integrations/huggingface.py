@@ -123,11 +123,27 @@ class BatchlabCallback(TrainerCallback):
             control.should_training_stop = True
 
     # ------------------------------------------------------------------ events
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        optimizer: Any = None,
+        **kw: Any,
+    ) -> None:
         if state.is_world_process_zero:
             self._start(args, state, model, optimizer)
 
-    def on_optimizer_step(self, args, state, control, lr_scheduler=None, optimizer=None, **kw):
+    def on_optimizer_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        lr_scheduler: Any = None,
+        optimizer: Any = None,
+        **kw: Any,
+    ) -> None:
         if self._rec is None or not state.is_world_process_zero:
             return
         if lr_scheduler is not None:
@@ -138,14 +154,25 @@ class BatchlabCallback(TrainerCallback):
         if self._rec.diverged:
             control.should_training_stop = True
 
-    def on_log(self, args, state, control, logs=None, **kw) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict | None = None,
+        **kw: Any,
+    ) -> None:
         if self._rec is not None and logs and "loss" in logs and state.is_world_process_zero:
             self._losses.append(float(logs["loss"]))
 
-    def on_epoch_begin(self, args, state, control, **kw) -> None:
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         self._flush(control)
 
-    def on_epoch_end(self, args, state, control, **kw) -> None:
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         if self._rec is None or not state.is_world_process_zero:
             return
         self._flush(control)
@@ -154,10 +181,19 @@ class BatchlabCallback(TrainerCallback):
         ep = max(1, math.ceil((state.epoch or 0) - 1e-6), self._last + 1)
         self._pending = self._last = ep
 
-    def on_evaluate(self, args, state, control, metrics=None, **kw) -> None:
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict | None = None,
+        **kw: Any,
+    ) -> None:
         self._flush(control, metrics)
 
-    def on_train_end(self, args, state, control, **kw) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         if self._rec is None or not state.is_world_process_zero:
             return
         self._flush(control)
