@@ -217,7 +217,17 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     storage = str(EXAMPLES / "results") if args.demo else args.storage
     if args.dataset or args.model:
-        study = _study(args)
+        from scheduler.advise_study import StudyFailed
+
+        try:
+            study = _study(args)
+        except StudyFailed as exc:
+            import sys
+
+            from batchlab.cli import EXIT_TRIALS_FAILED
+
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_TRIALS_FAILED
         args.experiment = [study.experiment]
         args.target_val_error = study.target_val_error
     layout = require_warehouse(storage, args.experiment)

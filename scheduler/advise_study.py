@@ -51,6 +51,10 @@ MEASURE_OFF = {  # the study needs losses and validation error only: keep trials
 }
 
 
+class StudyFailed(Exception):
+    """Trials of a stage failed: the ladder cannot decide on them (exit 4, like `run`)."""
+
+
 @dataclass
 class StudyOptions:
     """What `batchlab advise --dataset --model` runs (docs/advise.md, every default)."""
@@ -225,6 +229,11 @@ def _run_stage(layout: Any, data: dict[str, Any], name: str, run: dict[str, Any]
     )
     if report.cancelled:
         raise KeyboardInterrupt
+    if failed := report.counts.get("failed", 0):
+        raise StudyFailed(
+            f"{name}: {failed} trial(s) failed (listed above); the ladder stops here. Run the "
+            "same command again: stored trials are skipped and the failed ones retried"
+        )
     return spec
 
 

@@ -27,8 +27,9 @@ def test_compaction_keeps_every_row_and_is_idempotent(small_warehouse, sums):
     before, before_raw = sums(connect(layout)), sums(connect(layout), raw=True)
     assert before["epochs"][0] == 36 and before["probes"][0] == 8
 
-    tables = [t for t in SCHEMAS if _files(layout, t).per_trial]  # metrics: no user loop here
-    assert "metrics" not in tables and len(tables) == len(SCHEMAS) - 1
+    # metrics: no user loop here; timings: written by `batchlab advise --dataset` only
+    tables = [t for t in SCHEMAS if _files(layout, t).per_trial]
+    assert {"metrics", "timings"}.isdisjoint(tables) and len(tables) == len(SCHEMAS) - 2
     report = compact(layout, min_rows=10, grace_s=0)
     assert {(d.table, d.experiment, d.mode) for d in report.dirs} == {
         (t, e, "append") for t in tables for e in ("exp0", "exp1")
