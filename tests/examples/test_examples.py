@@ -9,7 +9,7 @@ for a CPU (no `gpus_per_trial`) then run for real on the session's local Ray (2 
 epoch, and the grid's analyses run. A GPU-sized grid's run is a skip with its reason
 (`pytest -rs tests/examples`).
 
-Wall time (`python -m pytest -q -rs tests/examples --durations=0`): about 7 minutes on the
+Wall time (`python -m pytest -q -rs tests/examples --durations=0`): 5.3-7 minutes on the
 shared 2-core box under a load average of ~20 from other jobs (keskar-digits' 54 trials and
 18 analyses 143 s of it, each user-code dry run ~25 s: its preflight box starts torch);
 the CPU runs took 70 s in all on a quieter box.
