@@ -294,7 +294,7 @@ def os_error_from(exc: Exception, path: str | os.PathLike) -> OSError | None:
 def _replace_atomically(write, path: Path) -> None:
     """`write(tmp)` a hidden temporary next to `path`, then rename it into place; a failed
     write of the output is an OutputUnwritable naming `path`."""
-    tmp = Path(Layout.temp_path(str(path)))
+    tmp = Path(Layout.temp_path(str(path.absolute())))  # a bare file name has no "/"
     try:
         try:
             write(tmp)

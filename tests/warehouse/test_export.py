@@ -201,6 +201,15 @@ def test_sql_output_refuses_an_existing_file_unless_forced(root, tmp_path, capsy
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_sql_output_to_a_bare_file_name_in_the_current_folder(root, tmp_path, monkeypatch) -> None:
+    """`--output best.parquet` (no folder in the name, as docs/cli.md writes it)."""
+    monkeypatch.chdir(tmp_path)
+    sql = ["sql", "--storage", root.root, "--format", "csv", "SELECT 1 AS x"]
+    assert main([*sql, "--output", "best.csv"]) == 0
+    assert (tmp_path / "best.csv").read_text() == "x\n1\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 FORMULAS = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1)", "\tlead", "\rcr"]
 
 
