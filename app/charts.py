@@ -305,6 +305,10 @@ def lr_heatmap(df: pd.DataFrame) -> alt.LayerChart:
                 "min_val_loss_mean:Q",
                 title="min val loss (nats)",
                 scale=alt.Scale(scheme="viridis", reverse=True, zero=False, domain=domain),
+                # above: beside it, the gradient left the heat map 250 px wide at 1400 px
+                legend=alt.Legend(
+                    orient="top", direction="horizontal", gradientLength=200, titleLimit=0
+                ),
             ),
             tooltip=[
                 "series",

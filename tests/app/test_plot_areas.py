@@ -37,7 +37,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MIN_HEIGHT, MIN_WIDTH = 200, 300
 OVERFLOW_PX = 4  # a chart whose drawing runs further past its column is clipped (1-3 px: rounding)
-VIEWPORT = {"width": 1500, "height": 1100}
+# BATCHLAB_PLOT_AREAS_WIDTH=1400: the narrower window the charts must also fit.
+VIEWPORT = {"width": int(os.environ.get("BATCHLAB_PLOT_AREAS_WIDTH", "1500")), "height": 1100}
 WAREHOUSES = ("demo", "custom", "bench", "mixed")
 
 
