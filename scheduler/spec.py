@@ -328,6 +328,23 @@ class GridSpec(_Strict):
                 where = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
                 raise SpecError(problems_of(exc, GridSpec, prefix=f"grid[{where}]")) from None
 
+    def scaled_lr_problems(self, marks: Marks | None = None, limit: int = 20) -> list[str]:
+        """One line per (lr, lr_scaling, batch_size) of the axes whose scaled lr is not
+        finite and > 0 (`TrialConfig.scaled_lr_problem`). `iter_trials` derives trials
+        with `model_copy`, which skips TrialConfig's validator: this checks every such
+        combination at load time, at the cost of the three axes' product only."""
+        g = self.grid
+        out = []
+        for (i, lr), rule, bs in itertools.product(enumerate(g.lr), g.lr_scaling, g.batch_size):
+            probe = TrialConfig.model_construct(
+                lr=lr, lr_scaling=rule, batch_size=bs, base_batch_size=self.base_batch_size
+            )
+            if (problem := probe.scaled_lr_problem()) is not None:
+                out.append(f"grid.{problem}" + position(marks, ("grid", "lr", i)))
+        if len(out) > limit:
+            out = [*out[:limit], f"... and {len(out) - limit} more such lr values"]
+        return out
+
     def trials(self) -> list[TrialConfig]:
         """The unique trials: two axis combinations resolving to one config, or to configs
         that train identically (`TrialConfig.canonical`), run once."""
@@ -363,6 +380,8 @@ def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> G
              "trial)" + position(marks, ("grid",))],
             source,
         )  # fmt: skip
+    if bad_lr := spec.scaled_lr_problems(marks):
+        raise SpecError(bad_lr, source)
     # Building every trial validates combinations (e.g. nesterov with adam) up front.
     first = next(spec.iter_trials(), None)
     if first is None:

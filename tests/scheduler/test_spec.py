@@ -271,3 +271,35 @@ def test_data_set_sizes_are_checked_before_a_run():
     spec = parse_spec({**BASE, "dataset": {"name": "digits", "n_train": 5000}})
     (msg,) = check_user_code(spec)
     assert msg == "dataset.n_train: 5000 exceeds the 1438 training examples of digits"
+
+
+def test_scaled_lr_out_of_range_is_refused_at_load_time(tmp_path, capsys):
+    """Trials after the grid's first are derived with model_copy (TrialConfig's validator
+    skipped): an lr whose scaled value is inf under the rule used to parse and only fail in
+    the worker. Now load_spec (so `batchlab run --dry-run`) refuses it, naming lr, the base
+    value, the rule, the batch sizes and the scaled value, with its line and column."""
+    from batchlab.cli import main
+
+    p = tmp_path / "g.yaml"
+    p.write_text(
+        "experiment: x\n"
+        "grid:\n"
+        "  batch_size: [16, 64]\n"
+        "  lr: [0.1, 1.0e+308]\n"  # line 4, column 13: the second lr
+        "  lr_scaling: [none, linear]\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    # Only linear at batch 64 overflows (x2); at 16 it halves, with none it stays.
+    assert info.value.problems == [
+        "grid.lr: 1e+308 scaled by lr_scaling 'linear' (batch_size 64 / base_batch_size 32) "
+        "is inf; the scaled lr must be finite and > 0 (line 4, column 13)"
+    ]
+    assert main(["run", str(p), "--dry-run", "--storage", str(tmp_path / "runs")]) == 2
+    assert "1e+308 scaled by lr_scaling 'linear'" in capsys.readouterr().err
+    # Underflow to 0 too, and the same values under a rule that keeps them finite pass.
+    with pytest.raises(SpecError, match=r"5e-324 scaled by lr_scaling 'sqrt' .* is 0\.0"):
+        parse_spec({**BASE, "grid": {"lr": [5e-324], "lr_scaling": ["sqrt"], "batch_size": [8]}})
+    axes = {"lr": [1e308], "lr_scaling": ["none", "sqrt"], "batch_size": [16, 32]}
+    ok = parse_spec({**BASE, "grid": axes})
+    assert {t.scaled_lr for t in ok.trials()} == {1e308, 1e308 * 0.5**0.5}
