@@ -189,7 +189,7 @@ def _run_members(
     import torch
 
     from scheduler import guards
-    from scheduler.tasks import chain, exit_result
+    from scheduler.tasks import chain, error_result, exit_result
     from workers.pack import run_pack
     from workers.packnet import PackUnsupported, make_pack_net
 
@@ -198,7 +198,14 @@ def _run_members(
         for c in todo:
             lone(c)
         return out
-    data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
+    try:
+        data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
+    except Exception as exc:  # a loader's error, NaN/inf inputs (data_checks.py): all failed
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise  # the driver splits the pack
+        for c in todo:
+            commit(c, error_result(c, exc, str(dev)), in_pack=True)
+        return out
     # Budgets a pack cannot train (stop: caps, until: targets, probes at the best weights):
     # those members train alone, the rest of the group still packs.
     if alone := [c for c in todo if c.unpackable_reason]:

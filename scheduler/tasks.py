@@ -152,9 +152,10 @@ def out_of_memory_result(cfg: TrialConfig, exc: BaseException, device: str) -> T
     )
 
 
-def exit_result(cfg: TrialConfig, exc: BaseException, cause: str, device: str) -> TrialResult:
-    """A trial whose code exited (sys.exit, KeyboardInterrupt, os._exit): `failed`, with the
-    cause as the error's last line (what the driver shows)."""
+def error_result(cfg: TrialConfig, exc: BaseException, device: str, cause: str = "") -> TrialResult:
+    """A trial stopped by `exc` outside run_trial's own handling (a pack's data set that
+    failed to load or was refused by workers/data_checks.py): `failed`, with the traceback
+    as its error, whose last line (what the driver shows) is `cause` or else the exception."""
     return TrialResult(
         trial_id=cfg.trial_id,
         config_hash=cfg.config_hash,
@@ -163,6 +164,12 @@ def exit_result(cfg: TrialConfig, exc: BaseException, cause: str, device: str) -
         summary={**provenance(resolve_device(device))},
         error="".join(traceback.format_exception(exc)) + cause,
     )
+
+
+def exit_result(cfg: TrialConfig, exc: BaseException, cause: str, device: str) -> TrialResult:
+    """A trial whose code exited (sys.exit, KeyboardInterrupt, os._exit): `failed`, with the
+    cause as the error's last line (what the driver shows)."""
+    return error_result(cfg, exc, device, cause)
 
 
 def _timeout_marker(ckpt: TrialCheckpoints) -> str:

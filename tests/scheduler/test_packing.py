@@ -222,3 +222,36 @@ def test_killed_pack_resumes_from_its_members_checkpoints(ray_local, storage, mo
         assert (attempt, resumed) == (2, 1)
         assert final_val_loss == pytest.approx(ref.summary["final_val_loss"], rel=1e-6)
     assert con.execute("SELECT count(*) FROM epochs").fetchone()[0] == 6
+
+
+NAN_LOADER = """
+import torch
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x, xv = torch.randn(64, 5, generator=g), torch.randn(32, 5, generator=g)
+    x[7, 2] = float("nan")
+    return x, torch.arange(64) % 4, xv, torch.arange(32) % 4
+"""
+
+
+def test_bad_data_in_a_pack_fails_every_member_with_a_row(ray_local, storage, tmp_path):
+    """A pack loads its data set before training: NaN inputs (workers/data_checks.py) used
+    to fail the task, so the driver reported the members failed but no `trials` row was
+    written. Now each member is committed `failed` with the data check's message, as a lone
+    trial on that data is."""
+    (tmp_path / "nan.py").write_text(NAN_LOADER)
+    axes = {"batch_size": [16], "lr": [0.05, 0.1], "seed": [0]}
+    grid = {**GRID, "experiment": "bad-data", "dataset": "./nan.py:data", "grid": axes}
+    grid["code_dir"] = str(tmp_path)
+    report = run_grid(parse_spec(grid), storage, progress=False)
+    assert report.counts == {"completed": 0, "diverged": 0, "failed": 2}, report.results
+    assert {r.get("pack_id") for r in report.results} != {None}  # it ran as a pack
+    rows = connect(storage).execute("SELECT status, stop_reason, error, pack_size FROM trials")
+    rows = rows.fetchall()
+    assert len(rows) == 2
+    for status, stop_reason, error, size in rows:
+        last = error.strip().splitlines()[-1]
+        assert (status, stop_reason, size) == ("failed", "error", 2), (status, error)
+        assert "BadDataError: dataset.loader './nan.py:data': x_train holds 1 non-finite" in last
+    assert all("x_train holds 1 non-finite" in r["error"] for r in report.results)
