@@ -36,6 +36,7 @@ import pandas as pd
 
 from warehouse.capture import selection_cte
 from warehouse.queries import Filters
+from warehouse.timings import probe_repeats, probe_step_times, probe_timings
 
 GROUP = ("experiment", "dataset", "model", "batchnorm", "optimizer", "lr_scaling", "workers")
 RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -95,58 +96,6 @@ def trial_steps_sql(f: Filters, target: Target) -> tuple[str, dict[str, Any]]:
 def trial_steps(con: duckdb.DuckDBPyConnection, f: Filters, target: Target) -> pd.DataFrame:
     sql, params = trial_steps_sql(f, target)
     return con.execute(sql, params).fetchdf()
-
-
-TIMING_KEY = ("experiment", "dataset", "model", "batchnorm", "optimizer", "batch_size")
-
-
-def probe_timings_sql(f: Filters) -> tuple[str, dict[str, Any]]:
-    """(SQL, parameters): the `timings` rows (workers/timing.py) of `f`'s experiments, the
-    latest per (experiment, dataset, model, batchnorm, optimizer, batch size, device name)."""
-    params: dict[str, Any] = {}
-    where = "true"
-    if f.experiment:
-        where, params = (
-            "experiment IN (SELECT unnest($experiments))",
-            {"experiments": list(f.experiment)},
-        )
-    sql = f"""
-        SELECT {", ".join(TIMING_KEY)}, device_name, s_per_step, s_per_step_iqr, repeats,
-               steps, torch_threads, cpu_count, ray_num_cpus, load1_before, load1_after, host,
-               device, torch_version, code_version, measured_at
-        FROM timings WHERE {where}
-        QUALIFY row_number() OVER (
-            PARTITION BY {", ".join(TIMING_KEY)}, device_name ORDER BY measured_at DESC) = 1
-        ORDER BY ALL
-    """
-    return sql, params
-
-
-def probe_timings(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
-    """The named query of the timing probes (`probe_timings_sql`)."""
-    sql, params = probe_timings_sql(f)
-    return con.execute(sql, params).fetchdf()
-
-
-def _probe_step_times(
-    timings: pd.DataFrame | None, group: dict[str, Any], devices: set[str], grid: list[int]
-) -> dict[int, dict[str, Any]] | None:
-    """Per batch size of `grid`, the probe timing of the group on the trials' device (the
-    only device timed, when the trials name none); None unless every batch size has one."""
-    if timings is None or timings.empty:
-        return None
-    t = timings
-    for k in TIMING_KEY[:-1]:
-        t = t[t[k] == group[k]]
-    if devices and t["device_name"].isin(devices).any():
-        t = t[t["device_name"].isin(devices)]
-    if t["device_name"].nunique() > 1:
-        return None
-    out = {
-        int(r["batch_size"]): {**r, "measured_at": str(r["measured_at"])}
-        for r in t.to_dict(orient="records")
-    }
-    return out if all(b in out for b in grid) else None
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -277,22 +226,30 @@ def _interval(x: np.ndarray, confidence: float) -> list[float]:
     return [float(np.percentile(x, a)), float(np.percentile(x, 100 - a))]
 
 
-def _bootstrap(cells: Cells, grid: list[int], n_resamples: int, confidence: float, seed: int):
-    """(replicates x statistic) array, or None when no cell has two seeds."""
+def _bootstrap(
+    cells: Cells, grid: list[int], n_resamples: int, confidence: float, seed: int, reps=None
+):
+    """(replicates x statistic) array, or None when nothing has two draws. `reps`: per batch
+    size, the timing probe's repeats (s/step), resampled too (their median replaces s/step)."""
     from scipy import stats  # imported here: connect() builds the macros
 
     keys = [k for k, (st, _) in cells.items() if len(st) >= 2]
-    if not keys or n_resamples <= 0:
+    rkeys = [b for b, r in (reps or {}).items() if len(r) >= 2]
+    if not (keys or rkeys) or n_resamples <= 0:
         return None
 
     def statistic(*idx: np.ndarray) -> np.ndarray:
         c = dict(cells)
-        for k, i in zip(keys, idx, strict=True):
+        for k, i in zip(keys, idx[: len(keys)], strict=True):
             i = np.asarray(i, dtype=int)
             c[k] = (cells[k][0][i], cells[k][1][i])
+        for b, i in zip(rkeys, idx[len(keys) :], strict=True):
+            med = float(np.median(reps[b][np.asarray(i, dtype=int)]))
+            c.update({k: (v[0], np.full(len(v[0]), med)) for k, v in c.items() if k[0] == b})
         return _vector(_summary(c), grid)
 
     data = tuple(np.arange(len(cells[k][0]), dtype=float) for k in keys)
+    data += tuple(np.arange(len(reps[b]), dtype=float) for b in rkeys)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         res = stats.bootstrap(
@@ -398,7 +355,7 @@ def advise(
             )
         grid = sorted({b for b, _ in cells})
         devices = set(g["device_name"].dropna())
-        probe = _probe_step_times(timings, group, devices, grid)
+        probe = probe_step_times(timings, group, devices, grid)
         if step_times == "probe" and probe is None:
             raise ValueError(
                 f"no timing probe for every batch size of {group['experiment']} "
@@ -411,7 +368,8 @@ def advise(
                 for (b, lr), (st, _) in cells.items()
             }
         s = _summary(cells)
-        boot = _bootstrap(cells, grid, n_resamples, confidence, seed)
+        reps = None if probe is None else {b: probe_repeats(probe[b]) for b in grid}
+        boot = _bootstrap(cells, grid, n_resamples, confidence, seed, reps)
 
         def ci(j: int, boot: np.ndarray | None = boot) -> list[float]:
             return [math.nan, math.nan] if boot is None else _interval(boot[:, j], confidence)
