@@ -231,6 +231,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
         args.experiment = [study.experiment]
         args.target_val_error = study.target_val_error
     layout = require_warehouse(storage, args.experiment)
+    if args.target_val_error is None and args.target_train_loss is None:
+        args.target_val_error = _study_target(layout, args.experiment)
     if args.target_val_error is not None:
         target = Target("val_error", args.target_val_error)
     elif args.target_train_loss is not None:
@@ -255,6 +257,20 @@ def cmd_advise(args: argparse.Namespace) -> int:
     else:
         print(format_advice(res))
     return 0
+
+
+def _study_target(layout: Any, experiments: list[str]) -> float | None:
+    """The target of a stored `advise --dataset` study (its study.json) when the one
+    experiment asked for is such a study: its stage 0 ran without a stored target."""
+    if len(experiments) != 1:
+        return None
+    raw = layout.get_bytes(layout.path("studies", f"experiment={experiments[0]}", "study.json"))
+    target = json.loads(raw).get("target_val_error") if raw else None
+    if target is not None:
+        import sys
+
+        print(f"target: the study's, validation error <= {target:g} (study.json)", file=sys.stderr)
+    return target
 
 
 def _study(args: argparse.Namespace) -> Any:

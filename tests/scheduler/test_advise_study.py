@@ -134,3 +134,20 @@ def test_advise_from_a_dataset_and_a_model_runs_the_study_and_resumes(ray_local,
     finally:
         con.close()
     assert first_s < 60
+    # advising from the stored study alone takes its target from study.json
+    assert (
+        main(
+            [
+                "advise",
+                "--storage",
+                storage,
+                "--experiment",
+                "advise-mnist1d-mlp",
+                "--resamples",
+                "20",
+            ]
+        )
+        == 0
+    )
+    alone = capsys.readouterr()
+    assert alone.out == cap.out and "(study.json)" in alone.err
