@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from workers.probe_settings import AdaptiveSharpnessConfig, BatchSharpnessConfig
+
 DATASETS = ("mnist1d", "digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "cnn", "lenet", "vgg", "keskar_f1", "keskar_c1")
 OPTIMIZERS = ("sgd", "adam")
@@ -54,6 +56,8 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("until",), None),
     (("measure", "at"), ["final"]),
     (("measure", "sharpness", "restarts"), 0),
+    (("measure", "batch_sharpness"), None),
+    (("measure", "adaptive_sharpness"), None),
     (("performance", "tf32"), None),
     (("performance",), {}),  # after the execution keys below are dropped: {} at defaults
 )
@@ -326,6 +330,10 @@ class MeasureConfig(_Strict):
     sharpness: SharpnessConfig | None = None
     hessian: HessianConfig | None = None
     noise_scale: NoiseScaleConfig | None = None
+    # Andreyev & Beneventano's batch sharpness; Kwon et al.'s adaptive sharpness, per rho
+    # (workers/probe_settings.py; docs/science.md).
+    batch_sharpness: BatchSharpnessConfig | None = None
+    adaptive_sharpness: AdaptiveSharpnessConfig | None = None
     # Also run the enabled probes every N epochs during training (None = at the end only).
     probe_every_epochs: PositiveInt | None = None
     # Save initial and final weights (needed by the landscape analyses).
@@ -341,6 +349,12 @@ class MeasureConfig(_Strict):
         if not v or len(set(v)) != len(v):
             raise ValueError("a non-empty list of distinct points: 'final', 'best'")
         return v
+
+    @property
+    def probes_on(self) -> bool:
+        """Whether any probe (`run_probes`) is enabled."""
+        probes = (self.sharpness, self.hessian, self.noise_scale, self.batch_sharpness)
+        return any(p is not None for p in (*probes, self.adaptive_sharpness))
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

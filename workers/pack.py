@@ -388,12 +388,13 @@ def _validate(m: _Member, vl: float, va: float, epoch: int) -> str | None:
 
 def _probe_rows(model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int) -> list[dict]:
     m = cfg.measure
-    if m.sharpness is None and m.hessian is None and m.noise_scale is None:
+    if not m.probes_on:
         return []
     from workers.probes import run_probes
 
+    x, y, fn = data.x_train, data.y_train, loss_of(cfg).fn
     return run_probes(
-        model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch, loss_fn=loss_of(cfg).fn
+        model, x, y, m, seed=cfg.seed, epoch=epoch, loss_fn=fn, batch_size=cfg.batch_size
     )
 
 

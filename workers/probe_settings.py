@@ -1,9 +1,7 @@
-"""Settings of the sharpness probes of workers/probes/curvature.py, in the style of
-workers/config.py's `measure:` sections. `run_probes` reads them as
-`measure.batch_sharpness` and `measure.adaptive_sharpness` when the MeasureConfig it is
-given has those fields (docs/science.md, "Enabling the new probes"): the grid's
-MeasureConfig gains them with two lines; until then they run from code that passes a
-MeasureConfig subclass (tests/workers/test_sharpness_measures.py)."""
+"""Settings of the sharpness probes of workers/probes/curvature.py: the grid's
+`measure.batch_sharpness` and `measure.adaptive_sharpness` (workers/config.py MeasureConfig,
+docs/grid.md). Pure pydantic, no torch (workers/config.py imports it), in the style of
+workers/config.py's `measure:` sections (strict, unknown keys refused, frozen)."""
 
 from __future__ import annotations
 

@@ -716,13 +716,12 @@ def _probes(
     """The enabled probes at the model's weights; each row's `at` names the point
     ("final", "best", or "epoch" for a probe_every_epochs probe during training)."""
     m = cfg.measure
-    if m.sharpness is None and m.hessian is None and m.noise_scale is None:
+    if not m.probes_on:
         return []
     from workers.probes import run_probes
 
-    rows = run_probes(
-        model, data.x_train, data.y_train, m, seed=cfg.seed, epoch=epoch, loss_fn=lossf.fn
-    )
+    x, y, bs = data.x_train, data.y_train, cfg.batch_size
+    rows = run_probes(model, x, y, m, seed=cfg.seed, epoch=epoch, loss_fn=lossf.fn, batch_size=bs)
     return [{**r, "measured_at": at} for r in rows]
 
 

@@ -405,7 +405,7 @@ class Trial:
         epoch = epoch if epoch is not None else self.st["epoch"]
         t0 = time.perf_counter()
         rows = run_probes(model, x, y, self.config.measure, seed=self.seed, epoch=epoch,
-                          loss_fn=loss_fn or self.loss.fn)  # fmt: skip
+                          loss_fn=loss_fn or self.loss.fn, batch_size=self.config.batch_size)  # fmt: skip
         self._probe_s += time.perf_counter() - t0
         self.st["probes"] = [r for r in self.st["probes"] if r["epoch"] != epoch] + rows
         self.st["measured_epochs"].append(epoch)
@@ -417,8 +417,8 @@ class Trial:
         m = self.config.measure
         if not completed or self._model is None:
             return
-        wants = m.sharpness is not None or m.hessian is not None or m.noise_scale is not None
-        if wants and self._data is not None and self.st["epoch"] not in self.st["measured_epochs"]:
+        due = self._data is not None and self.st["epoch"] not in self.st["measured_epochs"]
+        if m.probes_on and due:
             self.measure()
         if self._ckpt is not None and m.checkpoints:
             self._ckpt.save(

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.config import MeasureConfig
+from workers.probe_settings import AdaptiveSharpnessConfig, BatchSharpnessConfig
 from workers.probes import (
     adaptive_sharpness,
     batch_indices,
@@ -22,7 +23,6 @@ from workers.probes import (
     hessian_top_eigenvalue,
     run_probes,
 )
-from workers.probes.settings import AdaptiveSharpnessConfig, BatchSharpnessConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -195,19 +195,12 @@ def test_adaptive_bad_arguments_and_nan_model():
     assert math.isnan(batch_sharpness(net, x, y, batch_size=8, n_batches=2)["value"])
 
 
-class _Measure(MeasureConfig):
-    """MeasureConfig with the two fields docs/science.md proposes for workers/config.py."""
-
-    batch_sharpness: BatchSharpnessConfig | None = None
-    adaptive_sharpness: AdaptiveSharpnessConfig | None = None
-
-
 def test_run_probes_rows_for_the_new_measures():
     x, y = _data(n=64)
     net = _relu_net().float()
     x = x.float()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    m = _Measure(
+    m = MeasureConfig(
         update_norms=False,
         batch_sharpness=BatchSharpnessConfig(n_batches=3),
         adaptive_sharpness=AdaptiveSharpnessConfig(
@@ -230,7 +223,7 @@ def test_run_probes_rows_for_the_new_measures():
     # without a batch size (neither configured nor the trial's) batch sharpness is skipped
     rows = run_probes(net, x, y, m, seed=0, epoch=2)
     assert "batch_sharpness" not in [r["probe"] for r in rows]
-    # the grid's MeasureConfig (no such fields yet) runs none of them
+    # a MeasureConfig without them set runs none of them
     assert run_probes(net, x, y, MeasureConfig(), seed=0, epoch=2, batch_size=16) == []
 
 
@@ -240,7 +233,7 @@ def test_new_measures_on_cuda_match_cpu():
     and perturbations; only float reduction order differs (float64 here)."""
     x, y = _data(n=128)
     net = _relu_net()
-    m = _Measure(
+    m = MeasureConfig(
         update_norms=False,
         batch_sharpness=BatchSharpnessConfig(n_batches=4),
         adaptive_sharpness=AdaptiveSharpnessConfig(

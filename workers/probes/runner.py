@@ -98,7 +98,8 @@ def run_probes(
     - measure.noise_scale: one "noise_scale_two_batch" row (batches drawn from the whole
       training set: the config names no subset for it), plus "noise_scale_exact" when the model
       has <= exact_max_params trainable parameters.
-    - measure.batch_sharpness (when the MeasureConfig has that field; workers/probes/settings.py):
+    - measure.batch_sharpness (workers/probe_settings.py; read with getattr, so a MeasureConfig
+      without the field runs none):
       one "batch_sharpness" row, mini-batches of its batch_size or else `batch_size` (the
       trial's training batch size; the probe is skipped when neither is given).
     - measure.adaptive_sharpness (likewise): one "adaptive_sharpness_<kind>[_<norm>]" row per
