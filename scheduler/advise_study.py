@@ -295,6 +295,18 @@ def _timing_task(cfg: Any, device: str, threads: int, kw: dict[str, Any]) -> dic
     return time_steps(cfg, device=device, threads=threads, **kw)
 
 
+def _stored_timings(layout: Any, exp: str) -> set[str]:
+    """The timing ids stored for `exp` (per-key files or compacted parts alike)."""
+    from warehouse.db import connect
+
+    con = connect(layout)
+    try:
+        rows = con.execute("SELECT timing_id FROM timings WHERE experiment = $e", {"e": exp})
+        return {r[0] for r in rows.fetchall()}
+    finally:
+        con.close()
+
+
 def _whole_node_cpus() -> float:
     import ray
 
@@ -320,12 +332,12 @@ def run_timings(
     threads = max(1, int(opts.cpus_per_trial))
     kw = {"warmup": opts.timing_warmup, "steps": opts.timing_steps, "repeats": opts.timing_repeats}
     task = ray.remote(_timing_task)
+    stored = _stored_timings(layout, opts.name())
     rows = []
     for spec in specs:
         cfg = spec.trials()[0]
         tid = timing_id(cfg, device, threads)
-        path = layout.table_file("timings", spec.experiment, tid)
-        if layout.exists(path):
+        if tid in stored:
             print(f"   timing of batch size {cfg.batch_size}: stored ({tid})", file=out)
             continue
         ref = task.options(
