@@ -163,7 +163,9 @@ def _named(exc: OSError, layout: Layout) -> OSError:
     """`exc` naming the file or directory it is about, not a hidden temporary (or the root
     when it names nothing)."""
     name = exc.filename
-    if name and exc.errno and TMP_MARK not in os.path.basename(str(name)):
+    if not exc.errno:  # not a storage fault the OS reported: keep its own message
+        return exc
+    if name and TMP_MARK not in os.path.basename(str(name)):
         return exc
     hidden = name and TMP_MARK in os.path.basename(str(name))
     where = (os.path.dirname(str(name)) if hidden else name) or layout.root
