@@ -50,3 +50,30 @@ def test_a_tune_sweep_lands_in_the_warehouse(ray_local, tmp_path):
     assert eps[2]["train_loss"] == pytest.approx(0.25) and math.isfinite(eps[0]["epoch_time_s"])
     m = rows(tmp_path / "runs", "SELECT DISTINCT name FROM metrics")
     assert {r["name"] for r in m} == {"other"}
+
+
+def test_tune_sweep_and_mlflow_import_are_judged_in_the_app(ray_local, tmp_path, monkeypatch):
+    """Issue 27's acceptance: a sweep logged by the callback and a store written by the real
+    mlflow package, side by side in one warehouse, render on the app's pages (AppTest) with
+    both studies selectable and judged on the Findings page."""
+    pytest.importorskip("mlflow")
+    from tests.app.test_pages import assert_clean, open_page
+    from tests.integrations.test_mlflow import write_store
+    from warehouse.importers import import_trials
+    from warehouse.importers import mlflow as ml
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    root = tmp_path / "runs"
+    cb = BatchlabLoggerCallback(root, experiment="sweep", max_epochs=3)
+    tune.Tuner(
+        trainable,
+        param_space={"batch_size": tune.grid_search([16, 32]), "lr": 0.5, "width": 8},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), callbacks=[cb], verbose=0),
+    ).fit()
+    db = tmp_path / "mlflow.db"
+    write_store(f"sqlite:///{db}")
+    import_trials(str(root), "mlflow", str(db), "mlflow-study", ml.read(db))
+    for page in ("findings.py", "overview.py", "generalization.py", "curves.py"):
+        at = open_page(monkeypatch, str(root), page)
+        assert_clean(at, page)
+        assert at.sidebar.multiselect(key="f_experiment").value == ["mlflow-study", "sweep"]
