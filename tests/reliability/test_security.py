@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from batchlab import cli
+from batchlab import cli, cli_app
 from tests.reliability.helpers import REPO, kill_pids, pids_mentioning
 
 HEAD = """
@@ -135,7 +135,7 @@ def test_embedded_ray_refuses_clients_without_its_token(ray_tmp, tmp_path):
 
 def test_app_binds_to_localhost_unless_told_otherwise(monkeypatch, tmp_path, capsys):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env=None: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli_app.subprocess, "call", lambda cmd, env=None: calls.append(cmd) or 0)
     assert cli.main(["app", "--storage", str(tmp_path)]) == 0
     assert cli.main(["app", "--host", "0.0.0.0", "--port", "9000"]) == 0
     default, explicit = calls
