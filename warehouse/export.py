@@ -27,7 +27,6 @@ import errno
 import json
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.db import connect
-from warehouse.layout import Layout
+from warehouse.layout import Layout, dead_writer
 from warehouse.schemas import KEY_COLUMN, SCHEMA_VERSION, SCHEMAS
 
 FORMATS = {
@@ -48,7 +47,6 @@ FORMATS = {
 _DOC = Path(__file__).resolve().parent.parent / "docs" / "warehouse.md"
 MANIFEST = "batchlab-export.json"  # marks a folder batchlab's export wrote (see check_output_dir)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula
-STALE_TMP_S = 3600.0  # a temporary this old is a dead writer's, whatever its host
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
@@ -253,21 +251,11 @@ def check_output_file(layout: Layout, path: Path, force: bool = False) -> None:
 # ---- writing ------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
-
-
 def clean_stale_temporaries(folder: Path, names: set[str]) -> int:
     """Delete hidden temporaries `.<name>.tmp-<host>-<pid>-<id>` of the files `names` in
     `folder` that a killed writer left: its pid is gone (this host), or older than an hour
     (any host). A live writer's and any other file are kept. Returns the count."""
-    host, now, n = socket.gethostname(), time.time(), 0
+    now, n = time.time(), 0
     if not folder.is_dir():
         return 0
     for p in folder.iterdir():
@@ -275,8 +263,7 @@ def clean_stale_temporaries(folder: Path, names: set[str]) -> int:
         if not m or m["name"] not in names or p.is_symlink() or not p.is_file():
             continue
         with contextlib.suppress(FileNotFoundError):
-            old = now - p.stat().st_mtime > STALE_TMP_S
-            if old or (m["host"] == host and not _pid_alive(int(m["pid"]))):
+            if dead_writer(m["host"], int(m["pid"]), p.stat().st_mtime, now=now):
                 p.unlink()
                 n += 1
     return n

@@ -46,6 +46,7 @@ from warehouse.schemas import SCHEMAS
 DEFAULT_ROOT = "./batchlab-runs"
 EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TMP_MARK = ".tmp-"
+STALE_TMP_S = 3600.0  # a temporary this old is a dead writer's, whatever its host
 # Compacted files: `part-g<generation>-<uuid>.parquet`; any other name is a per-trial file.
 PART_RE = re.compile(r"^part-g(\d{6,})-[0-9a-f]{32}\.parquet$")
 # URI query keys that would put a secret into a root string (roots are logged and shipped
@@ -390,13 +391,12 @@ class Layout:
             if i.type == pafs.FileType.Directory and i.base_name.startswith("experiment=")
         )
 
-    def clean_temporaries(self, max_age_s: float = 3600.0) -> int:
+    def clean_temporaries(self, max_age_s: float = STALE_TMP_S) -> int:
         """Delete temporary files left by crashed writers (local roots only): those of a dead
         process on this host, or older than `max_age_s` from anywhere. Returns the count."""
         if not self.is_local:
             return 0
         n = 0
-        host = socket.gethostname()
         now = time.time()
         selectors = [
             pafs.FileSelector(self.path(sub), recursive=True, allow_not_found=True)
@@ -414,10 +414,8 @@ class Layout:
                 ):
                     continue
                 w_host, _, rest = name.rsplit(TMP_MARK, 1)[1].rpartition("-")[0].rpartition("-")
-                stale = now - info.mtime.timestamp() > max_age_s
-                if stale or (
-                    w_host == host and not _pid_alive(int(rest) if rest.isdigit() else -1)
-                ):
+                pid = int(rest) if rest.isdigit() else -1
+                if dead_writer(w_host, pid, info.mtime.timestamp(), now=now, max_age_s=max_age_s):
                     with contextlib.suppress(FileNotFoundError):
                         self.fs.delete_file(info.path)
                         n += 1
@@ -487,7 +485,9 @@ def _fault_crash_writing(path: str, fh, data: bytes) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's process counts); never
+    for pid <= 0 (os.kill would signal a process group)."""
     if pid <= 0:
         return False
     try:
@@ -497,3 +497,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def dead_writer(
+    host: str, pid: int, mtime: float, *, now: float, max_age_s: float = STALE_TMP_S
+) -> bool:
+    """Whether a temporary that process `pid` on `host` wrote (`Layout.temp_path`'s name:
+    `.<name>.tmp-<host>-<pid>-<id>`), last modified at `mtime`, is a crashed writer's: older
+    than `max_age_s` (any host), or this host's with its pid gone."""
+    return now - mtime > max_age_s or (host == socket.gethostname() and not pid_alive(pid))

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.layout import Layout, _pid_alive, check_experiment
+from warehouse.layout import Layout, check_experiment, pid_alive
 from warehouse.schemas import SCHEMAS, to_table
 
 HEARTBEAT_S = 5.0  # seconds between status writes of a running trial / driver
@@ -266,7 +266,7 @@ def driver_alive(run: Mapping[str, Any], stall_s: float = STALL_S) -> bool:
     if run.get("state") != "running":
         return False
     if run.get("host") == socket.gethostname() and run.get("pid"):
-        return _pid_alive(int(run["pid"])) and _age_s(run.get("heartbeat")) < stall_s
+        return pid_alive(int(run["pid"])) and _age_s(run.get("heartbeat")) < stall_s
     return _age_s(run.get("heartbeat")) < stall_s
 
 
@@ -279,7 +279,7 @@ def trial_statuses(
     for s in _json_files(layout, "status", experiment):
         s["age_s"] = _age_s(s.get("heartbeat"))
         gone = (
-            s.get("host") == socket.gethostname() and s.get("pid") and not _pid_alive(int(s["pid"]))
+            s.get("host") == socket.gethostname() and s.get("pid") and not pid_alive(int(s["pid"]))
         )
         if s.get("state") == "running" and (s["age_s"] > stall_s or gone):
             s["state"] = "stalled"

@@ -54,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.db import define_views, snapshot
-from warehouse.layout import Layout
+from warehouse.layout import Layout, pid_alive
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_ROWS = 100_000
@@ -331,20 +331,10 @@ def remove_stale_private_dirs() -> int:
         except OSError:
             continue
         mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
-        if mine and pid.isdigit() and not _alive(int(pid)):
+        if mine and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
             n += 1
     return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_in_child(
