@@ -131,6 +131,37 @@ def next_attempt(ckpt: TrialCheckpoints) -> int:
     return n
 
 
+def failed_result(
+    cfg: TrialConfig, stop_reason: str, error: str, summary: dict[str, Any] | None = None
+) -> TrialResult:
+    """A `failed` TrialResult of `cfg` with no rows: `stop_reason`, `error` (the driver shows
+    its last line) and `summary` (none by default)."""
+    return TrialResult(
+        trial_id=cfg.trial_id,
+        config_hash=cfg.config_hash,
+        status="failed",
+        stop_reason=stop_reason,
+        summary={} if summary is None else summary,
+        error=error,
+    )
+
+
+def commit_failed(
+    cfg: TrialConfig,
+    layout: Layout,
+    experiment: str,
+    *,
+    stop_reason: str,
+    error: str,
+    summary: dict[str, Any] | None = None,
+    **row: Any,
+) -> None:
+    """Commit the `trials` row of `failed_result(cfg, stop_reason, error, summary)` (no other
+    rows); `row`: `trial_row`'s keywords (code_version, attempt, started_at, ...)."""
+    result = failed_result(cfg, stop_reason, error, summary)
+    write_trial(layout, experiment, trial_row(cfg, result, **row), {})
+
+
 def out_of_memory_result(cfg: TrialConfig, exc: BaseException, device: str) -> TrialResult:
     """A lone trial that ran out of device memory: recorded as `failed` with stop reason
     "out_of_memory" (the grid goes on; the next `batchlab run` tries it again, from its last
@@ -140,15 +171,13 @@ def out_of_memory_result(cfg: TrialConfig, exc: BaseException, device: str) -> T
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # give the memory back before this worker takes another trial
     lines = str(exc).strip().splitlines()
-    return TrialResult(
-        trial_id=cfg.trial_id,
-        config_hash=cfg.config_hash,
-        status="failed",
-        stop_reason="out_of_memory",
-        summary={**provenance(resolve_device(device))},
+    return failed_result(
+        cfg,
+        "out_of_memory",
         # The driver shows the last line: the reason, then the exception's first line.
-        error="".join(traceback.format_exception(exc))
+        "".join(traceback.format_exception(exc))
         + f"out of memory: {lines[0] if lines else type(exc).__name__}",
+        {**provenance(resolve_device(device))},
     )
 
 
@@ -156,13 +185,11 @@ def error_result(cfg: TrialConfig, exc: BaseException, device: str, cause: str =
     """A trial stopped by `exc` outside run_trial's own handling (a pack's data set that
     failed to load or was refused by workers/data_checks.py): `failed`, with the traceback
     as its error, whose last line (what the driver shows) is `cause` or else the exception."""
-    return TrialResult(
-        trial_id=cfg.trial_id,
-        config_hash=cfg.config_hash,
-        status="failed",
-        stop_reason="error",
-        summary={**provenance(resolve_device(device))},
-        error="".join(traceback.format_exception(exc)) + cause,
+    return failed_result(
+        cfg,
+        "error",
+        "".join(traceback.format_exception(exc)) + cause,
+        {**provenance(resolve_device(device))},
     )
 
 
@@ -204,22 +231,16 @@ def record_lost_trial(
 
     if committed_status(layout, experiment, cfg.trial_id) is not None:
         return False
-    lost = TrialResult(
-        trial_id=cfg.trial_id,
-        config_hash=cfg.config_hash,
-        status="failed",
-        stop_reason="worker_died",
-        summary={},
-        error=error,
-    )
-    row = trial_row(
+    commit_failed(
         cfg,
-        lost,
+        layout,
+        experiment,
+        stop_reason="worker_died",
+        error=error,
         code_version=code_version,
         attempt=attempt,
         started_at=dt.datetime.now(dt.timezone.utc),
     )
-    write_trial(layout, experiment, row, {})
     return True
 
 
@@ -273,24 +294,19 @@ def execute_trial(
 
     def expire(elapsed: float) -> None:  # in the timer thread: commit `failed`, then exit
         error = guards.timeout_error(timeout_s or 0.0, elapsed)
-        lost = TrialResult(
-            trial_id=cfg.trial_id,
-            config_hash=cfg.config_hash,
-            status="failed",
-            stop_reason="timeout",
-            summary={**provenance(resolve_device(device))},
-            error=error,
-        )
-        row = trial_row(
+        commit_failed(
             cfg,
-            lost,
+            layout,
+            experiment,
+            stop_reason="timeout",
+            error=error,
+            summary={**provenance(resolve_device(device))},
             code_version=code_version,
             attempt=attempt,
             started_at=started,
             node_id=node_id,
             ray_version=ray_version,
         )
-        write_trial(layout, experiment, row, {})
         layout.put_bytes(
             _timeout_marker(ckpt), json.dumps({"token": token, "error": error}).encode()
         )
