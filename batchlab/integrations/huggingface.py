@@ -32,8 +32,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from batchlab.integrations.session import (
     Recorder,
-    TrialSession,
     epoch_values,
+    integration_session,
     numbers,
     running_trial,
     trial_config,
@@ -99,12 +99,12 @@ class BatchlabCallback(TrainerCallback):
             )
             device = str(next(model.parameters()).device) if model is not None else "cpu"
             self._rec = Recorder(
-                session=TrialSession(
+                session=integration_session(
                     cfg,
+                    f"{FRAMEWORK}=={transformers.__version__}",
                     storage=self.storage,
                     experiment=self.experiment,
                     device=device,
-                    code_version=f"integration:{FRAMEWORK}=={transformers.__version__}",
                 )
             )
         self._pending, self._losses, self._last = None, [], 0

@@ -35,6 +35,8 @@ from batchlab.integrations.session import (
     Recorder,
     TrialSession,
     epoch_values,
+    flatten,
+    integration_session,
     numbers,
     running_trial,
     trial_config,
@@ -87,7 +89,7 @@ class BatchlabLogger(Logger):
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace, *args: Any, **kw: Any) -> None:
         params = vars(params) if isinstance(params, Namespace) else dict(params)
-        self._hparams.update(_flat(params))
+        self._hparams.update(flatten(params))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -145,13 +147,12 @@ class BatchlabLogger(Logger):
             model=type(module).__name__ if module is not None else None,
             optimizer=found.get("optimizer"),
         )
-        device = str(module.device) if module is not None else "cpu"
-        return TrialSession(
+        return integration_session(
             cfg,
+            f"{FRAMEWORK}=={lightning.__version__}",
             storage=self.storage,
             experiment=self.experiment,
-            device=device,
-            code_version=f"integration:{FRAMEWORK}=={lightning.__version__}",
+            device=str(module.device) if module is not None else "cpu",
         )
 
     def _log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
@@ -169,16 +170,6 @@ def _epoch_budget(trainer: Trainer) -> int | None:
     if trainer.max_steps > 0 and isinstance(n, int) and n > 0:
         return math.ceil(trainer.max_steps / max(1, n // trainer.accumulate_grad_batches))
     return None
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _names(field: str) -> tuple[str, ...]:

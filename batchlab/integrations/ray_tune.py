@@ -24,7 +24,6 @@ trainable for those).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,9 @@ from ray.tune.logger import LoggerCallback
 
 from batchlab.integrations.session import (
     Recorder,
-    TrialSession,
     epoch_values,
+    flatten,
+    integration_session,
     numbers,
     trial_config,
 )
@@ -58,16 +58,6 @@ SKIP = {
     "should_checkpoint",
     "date",
 }
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _error_text(trial: Any) -> str | None:
@@ -105,7 +95,7 @@ class BatchlabLoggerCallback(LoggerCallback):
     def log_trial_start(self, trial: Any) -> None:
         if trial.trial_id in self._recs:  # a restored trial: its session goes on
             return
-        hp = {k: v for k, v in _flat(trial.config or {}).items() if not callable(v)}
+        hp = {k: v for k, v in flatten(trial.config or {}).items() if not callable(v)}
         if not any(k in hp for k in ("seed", "random_seed")):
             key = repr(sorted((k, repr(v)) for k, v in hp.items()))
             hp["seed"] = self._replicates[key] = self._replicates.get(key, -1) + 1
@@ -113,11 +103,11 @@ class BatchlabLoggerCallback(LoggerCallback):
             hp, framework=FRAMEWORK, max_epochs=self.max_epochs, model=trial.trainable_name
         )
         self._recs[trial.trial_id] = Recorder(
-            session=TrialSession(
+            session=integration_session(
                 cfg,
+                f"{FRAMEWORK}=={ray.__version__}",
                 storage=self.storage,
                 experiment=self.experiment,
-                code_version=f"integration:{FRAMEWORK}=={ray.__version__}",
             )
         )
 
@@ -125,7 +115,7 @@ class BatchlabLoggerCallback(LoggerCallback):
         rec = self._recs.get(trial.trial_id)
         if rec is None:
             return
-        vals = {k: v for k, v in numbers(_flat(result)).items() if k not in SKIP}
+        vals = {k: v for k, v in numbers(flatten(result)).items() if k not in SKIP}
         vals = {k: v for k, v in vals.items() if not k.startswith("config.")}
         epoch = int(vals.pop("epoch", result.get("training_iteration", iteration)))
         kw = epoch_values(vals)

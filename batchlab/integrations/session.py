@@ -244,6 +244,25 @@ class TrialSession:
             self.finish("the process exited before the framework ended training")
 
 
+def integration_session(
+    cfg: TrialConfig,
+    framework: str,
+    *,
+    storage: str | os.PathLike | None,
+    experiment: str,
+    device: str = "cpu",
+) -> TrialSession:
+    """A standalone `TrialSession` of a framework integration; `framework` is
+    `<name>==<version>`, recorded as the trial's code version `integration:<framework>`."""
+    return TrialSession(
+        cfg,
+        storage=storage,
+        experiment=experiment,
+        device=device,
+        code_version=f"integration:{framework}",
+    )
+
+
 class Recorder:
     """What an integration logs to: the grid's running trial, or a standalone session.
 
@@ -290,6 +309,18 @@ class Recorder:
     def finish(self, error: str | None = None) -> dict[str, Any] | None:
         """Standalone: commit the trial; inside a grid: nothing (the grid commits it)."""
         return self.session.finish(error) if self.session is not None else None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as one level, its keys joined by dots (`{"a": {"b": 1}}` ->
+    `{"a.b": 1}`)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:
