@@ -101,7 +101,8 @@ class BatchlabCallback(TrainerCallback):
             self._rec = Recorder(
                 session=integration_session(
                     cfg,
-                    f"{FRAMEWORK}=={transformers.__version__}",
+                    FRAMEWORK,
+                    transformers.__version__,
                     storage=self.storage,
                     experiment=self.experiment,
                     device=device,

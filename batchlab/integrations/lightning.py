@@ -149,7 +149,8 @@ class BatchlabLogger(Logger):
         )
         return integration_session(
             cfg,
-            f"{FRAMEWORK}=={lightning.__version__}",
+            FRAMEWORK,
+            lightning.__version__,
             storage=self.storage,
             experiment=self.experiment,
             device=str(module.device) if module is not None else "cpu",

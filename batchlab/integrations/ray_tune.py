@@ -105,7 +105,8 @@ class BatchlabLoggerCallback(LoggerCallback):
         self._recs[trial.trial_id] = Recorder(
             session=integration_session(
                 cfg,
-                f"{FRAMEWORK}=={ray.__version__}",
+                FRAMEWORK,
+                ray.__version__,
                 storage=self.storage,
                 experiment=self.experiment,
             )

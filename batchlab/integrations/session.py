@@ -247,19 +247,20 @@ class TrialSession:
 def integration_session(
     cfg: TrialConfig,
     framework: str,
+    version: str,
     *,
     storage: str | os.PathLike | None,
     experiment: str,
     device: str = "cpu",
 ) -> TrialSession:
-    """A standalone `TrialSession` of a framework integration; `framework` is
-    `<name>==<version>`, recorded as the trial's code version `integration:<framework>`."""
+    """A standalone `TrialSession` of a framework integration, its code version
+    `integration:<framework>==<version>` (the framework package's version)."""
     return TrialSession(
         cfg,
         storage=storage,
         experiment=experiment,
         device=device,
-        code_version=f"integration:{framework}",
+        code_version=f"integration:{framework}=={version}",
     )
 
 
