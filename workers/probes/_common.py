@@ -169,6 +169,22 @@ def _batch_grad(
     return g.detach()
 
 
+def start_clock(model: nn.Module, x: Tensor) -> tuple[torch.device, float]:
+    """A probe's device and start time: `time.perf_counter()` once the device's queued work
+    is done (`_elapsed(t0, device)` reads the clock at the end)."""
+    device = _device(model, x)
+    _sync(device)
+    return device, time.perf_counter()
+
+
+def flat_params(model: nn.Module) -> tuple[list[str], list[Tensor], Tensor]:
+    """(names, detached tensors, flat copy) of the model's trainable parameters: the point a
+    probe perturbs through `_loss_at` / `_loss_grad_at` (the copy is never written back)."""
+    names, params = _trainable(model)
+    like = [p.detach() for p in params]
+    return names, like, _flat(like).detach().clone()
+
+
 def _elapsed(t0: float, device: torch.device) -> float:
     _sync(device)
     return time.perf_counter() - t0

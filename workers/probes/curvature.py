@@ -18,7 +18,6 @@ written, seeded CPU draws, a non-finite loss gives NaN, never an exception.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -28,15 +27,15 @@ from torch.func import functional_call, grad, jvp
 
 from workers.probes._common import (
     LossFn,
-    _device,
     _elapsed,
     _eval_mode,
     _flat,
     _loss_at,
     _loss_grad_at,
     _NonFinite,
-    _sync,
     _trainable,
+    flat_params,
+    start_clock,
 )
 
 NORMS = ("linf", "l2")
@@ -79,9 +78,7 @@ def batch_sharpness(
     "zero_grad_batches". Returns {"value", "std" (over batches), "sem", "per_batch",
     "batch_size", "n_batches", "seed", "n_examples", "seconds"}; value NaN on a non-finite
     loss, gradient or product."""
-    device = _device(model, x)
-    _sync(device)
-    t0 = time.perf_counter()
+    device, t0 = start_clock(model, x)
     n = int(x.shape[0])
     batches = batch_indices(n, int(batch_size), int(n_batches), seed)
     vals: list[float] = []
@@ -185,9 +182,7 @@ def adaptive_sharpness(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
-    device = _device(model, x)
-    _sync(device)
-    t0 = time.perf_counter()
+    device, t0 = start_clock(model, x)
     res: dict[str, Any] = {
         "rho": float(rho),
         "norm": norm,
@@ -198,9 +193,7 @@ def adaptive_sharpness(
     }
     gen = torch.Generator().manual_seed(seed)
     with _eval_mode(model):
-        names, params = _trainable(model)
-        like = [p.detach() for p in params]
-        w0 = _flat(like).detach().clone()
+        names, like, w0 = flat_params(model)
         s = w0.abs() + eta
 
         def loss(u: Tensor) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -13,14 +12,13 @@ from torch import Tensor, nn
 from workers.probes._common import (
     LossFn,
     _chunks,
-    _device,
     _elapsed,
     _eval_mode,
     _flat,
     _grads_or_zeros,
-    _sync,
     _trainable,
     _unflat,
+    start_clock,
 )
 
 
@@ -45,9 +43,7 @@ def hessian_top_eigenvalue(
     Returns {"value", "iterations" (Hessian-vector products computed), "converged",
     "n_examples", "seconds", "seed"}; "value" is NaN when the loss or Hv is non-finite.
     """
-    device = _device(model, x)
-    _sync(device)
-    t0 = time.perf_counter()
+    device, t0 = start_clock(model, x)
     n = int(x.shape[0])
     with _eval_mode(model):
         _, params = _trainable(model)

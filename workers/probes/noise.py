@@ -4,7 +4,6 @@ and the exact value from per-example gradients (torch.func vmap(grad))."""
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -17,11 +16,10 @@ from workers.probes._common import (
     LossFn,
     _batch_grad,
     _chunks,
-    _device,
     _elapsed,
     _eval_mode,
-    _sync,
     _trainable,
+    start_clock,
 )
 
 
@@ -58,9 +56,7 @@ def noise_scale_two_batch(
 
     The |G|^2 estimate can be negative when noise dominates; the ratio is reported as is.
     """
-    device = _device(model, x)
-    _sync(device)
-    t0 = time.perf_counter()
+    device, t0 = start_clock(model, x)
     n = int(x.shape[0])
     b_big_eff = min(int(b_big), n)
     if not 0 < b_small < b_big_eff:
@@ -126,9 +122,7 @@ def noise_scale_exact(
     relative precision only when tr(Sigma) << 1e-7 |G|^2, far below any B_simple of interest.
     Returns {"value", "g2" (= ||g_mean||^2), "trace_sigma", "n_examples", "seconds", "chunk_size"}.
     """
-    device = _device(model, x)
-    _sync(device)
-    t0 = time.perf_counter()
+    device, t0 = start_clock(model, x)
     n = int(x.shape[0])
     with _eval_mode(model):
         names, params = _trainable(model)

@@ -4,7 +4,6 @@ the kept maximum over solvers and restarts (`keskar_sharpness_max`)."""
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -15,15 +14,13 @@ from torch import Tensor, nn
 
 from workers.probes._common import (
     LossFn,
-    _device,
     _elapsed,
     _eval_mode,
-    _flat,
     _loss_at,
     _loss_grad_at,
     _NonFinite,
-    _sync,
-    _trainable,
+    flat_params,
+    start_clock,
 )
 
 
@@ -70,9 +67,7 @@ def keskar_sharpness(
         raise ValueError(f"start must be 'zero' or 'random', got {start!r}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    device = _device(model, x)
-    _sync(device)
-    t0 = time.perf_counter()
+    device, t0 = start_clock(model, x)
     n_ex = int(x.shape[0])
     result: dict[str, Any] = {
         "eps": float(eps),
@@ -84,9 +79,7 @@ def keskar_sharpness(
         "max_iter": max_iter,
     }
     with _eval_mode(model):
-        names, params = _trainable(model)
-        like = [p.detach() for p in params]
-        x0 = _flat(like).detach().clone()  # float32, on the device; never written back
+        names, like, x0 = flat_params(model)  # x0: float32, on the device; never written back
         gen = torch.Generator().manual_seed(seed)
         if subspace_dim is None:
             A = None
