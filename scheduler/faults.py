@@ -52,6 +52,17 @@ def active() -> bool:
     return any(k.startswith(PREFIX) for k in os.environ)
 
 
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """No fault variable in this process for the block: the driver's own bookkeeping writes
+    (a lost trial's `failed` row) are not the workers' writes the faults are aimed at."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(PREFIX)}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def settings(trial_id: str) -> dict[str, str]:
     """The fault settings that apply to `trial_id`: `{NAME: value}` (names without the
     prefix), plain variables overridden by the first matching `PLAN` entry."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.faults import suspended as fault_free
 from scheduler.ray_setup import embedded_node, init_ray
 from scheduler.spec import GridSpec
 from scheduler.storage_errors import check_writable, describe, engine_error
@@ -248,9 +249,15 @@ def record_lost_trials(spec: GridSpec, layout: Layout, report: RunReport, out) -
         times = r.get("attempt") or spec.resources.max_retries + 1
         r["error"] = worker_died_error(times, r.get("error") or "")
         if (t := by_id.get(r["trial_id"])) is not None:
-            record_lost_trial(
-                t, layout, spec.experiment, error=r["error"], attempt=times, code_version=version
-            )
+            with fault_free():
+                record_lost_trial(
+                    t,
+                    layout,
+                    spec.experiment,
+                    error=r["error"],
+                    attempt=times,
+                    code_version=version,
+                )
     if failed:
         print(f"{len(failed)} trial(s) failed:", file=out)
         for r in failed:

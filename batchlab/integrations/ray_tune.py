@@ -57,6 +57,10 @@ SKIP = {
     "checkpoint_dir_name",
     "should_checkpoint",
     "date",
+    "trial_id",
+    "experiment_tag",
+    "hostname",
+    "node_ip",
 }
 
 

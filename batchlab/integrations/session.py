@@ -328,6 +328,8 @@ def numbers(values: Mapping[str, Any]) -> dict[str, float]:
     """The one-number values of a metrics mapping (tensors of one element included)."""
     out = {}
     for k, v in values.items():
+        if isinstance(v, str | bytes):  # float("13215_00001") is a number to Python
+            continue
         try:
             if hasattr(v, "numel") and v.numel() != 1:
                 continue
