@@ -36,8 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.db import connect
-from warehouse.layout import Layout, dead_writer
+from warehouse.layout import Layout
 from warehouse.schemas import KEY_COLUMN, SCHEMA_VERSION, SCHEMAS
+from warehouse.writers import dead_writer
 
 FORMATS = {
     "parquet": ("parquet", "(FORMAT parquet, COMPRESSION zstd)"),

@@ -42,11 +42,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from warehouse.schemas import SCHEMAS
+from warehouse.writers import STALE_TMP_S, dead_writer
 
 DEFAULT_ROOT = "./batchlab-runs"
 EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TMP_MARK = ".tmp-"
-STALE_TMP_S = 3600.0  # a temporary this old is a dead writer's, whatever its host
 # Compacted files: `part-g<generation>-<uuid>.parquet`; any other name is a per-trial file.
 PART_RE = re.compile(r"^part-g(\d{6,})-[0-9a-f]{32}\.parquet$")
 # URI query keys that would put a secret into a root string (roots are logged and shipped
@@ -483,26 +483,3 @@ def _fault_crash_writing(path: str, fh, data: bytes) -> None:
         fh.write(data[: len(data) // 2])
         fh.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's process counts); never
-    for pid <= 0 (os.kill would signal a process group)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def dead_writer(
-    host: str, pid: int, mtime: float, *, now: float, max_age_s: float = STALE_TMP_S
-) -> bool:
-    """Whether a temporary that process `pid` on `host` wrote (`Layout.temp_path`'s name:
-    `.<name>.tmp-<host>-<pid>-<id>`), last modified at `mtime`, is a crashed writer's: older
-    than `max_age_s` (any host), or this host's with its pid gone."""
-    return now - mtime > max_age_s or (host == socket.gethostname() and not pid_alive(pid))

@@ -32,8 +32,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.layout import Layout, check_experiment, pid_alive
+from warehouse.layout import Layout, check_experiment
 from warehouse.schemas import SCHEMAS, to_table
+from warehouse.writers import pid_alive
 
 HEARTBEAT_S = 5.0  # seconds between status writes of a running trial / driver
 INTERVAL_S = 2.0  # at most one epochs-file write per this many seconds

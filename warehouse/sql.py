@@ -54,7 +54,8 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.db import define_views, snapshot
-from warehouse.layout import Layout, pid_alive
+from warehouse.layout import Layout
+from warehouse.writers import pid_alive
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_ROWS = 100_000
