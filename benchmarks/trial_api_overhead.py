@@ -70,7 +70,7 @@ def main() -> None:
     import plain_train
 
     from warehouse.layout import Layout
-    from warehouse.store import TrialCheckpoints
+    from workers.checkpoint_io import TrialCheckpoints
     from workers.config import TrialConfig
     from workers.train import run_trial
     from workers.user import use_code_dir

@@ -37,7 +37,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from warehouse.layout import Layout
-from warehouse.store import TrialCheckpoints, write_rows
+from warehouse.store import write_rows
+from workers.checkpoint_io import TrialCheckpoints
 from workers.config import TrialConfig
 
 

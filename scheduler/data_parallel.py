@@ -19,7 +19,8 @@ import tempfile
 from typing import Any
 
 from warehouse.layout import Layout
-from warehouse.store import TrialCheckpoints, write_trial
+from warehouse.store import write_trial
+from workers.checkpoint_io import TrialCheckpoints
 from workers.config import TrialConfig
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from warehouse.layout import Layout
-from warehouse.store import TrialCheckpoints, write_trial
+from warehouse.store import write_trial
+from workers.checkpoint_io import TrialCheckpoints
 from workers.config import DatasetConfig, TrialConfig
 
 DONE_STATUSES = ("completed", "diverged")

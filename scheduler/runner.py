@@ -409,7 +409,7 @@ def _task_failed(
     """The driver's record of a task that raised instead of returning: a trial_timeout_s
     kill (the worker committed the row), else a worker that died on every execution."""
     from scheduler.tasks import timed_out
-    from warehouse.store import TrialCheckpoints
+    from workers.checkpoint_io import TrialCheckpoints
 
     res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc), "attempt": attempts}
     if (

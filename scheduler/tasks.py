@@ -13,7 +13,8 @@ from typing import Any
 
 from scheduler import faults, guards
 from warehouse.layout import Layout
-from warehouse.store import TrialCheckpoints, write_trial
+from warehouse.store import write_trial
+from workers.checkpoint_io import TrialCheckpoints
 from workers.config import TrialConfig
 from workers.train import TrialResult, provenance, resolve_device, run_trial
 

@@ -115,9 +115,11 @@ def write_run_record(
     )
 
 
-class TrialCheckpoints:
-    """`workers.train.CheckpointIO` over the storage root: torch.save bytes written
-    atomically, read back with `weights_only=True` (no pickle code execution)."""
+class CheckpointFiles:
+    """One trial's checkpoint files under the storage root, as bytes: where each lives
+    (`Layout.checkpoint_file`), read, written atomically, deleted. What the bytes hold is
+    the workers' business (`workers.checkpoint_io.TrialCheckpoints` adds torch.save/load):
+    the warehouse never imports torch."""
 
     def __init__(self, layout: Layout, experiment: str, trial_id: str):
         self.layout, self.experiment, self.trial_id = layout, experiment, trial_id
@@ -125,26 +127,13 @@ class TrialCheckpoints:
     def path(self, name: str) -> str:
         return self.layout.checkpoint_file(self.experiment, self.trial_id, name)
 
-    def save(self, name: str, state: dict[str, Any]) -> None:
-        import torch
+    def get_bytes(self, name: str) -> bytes | None:
+        """The checkpoint's bytes, None when it does not exist."""
+        return self.layout.get_bytes(self.path(name))
 
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.layout.put_bytes(self.path(name), buf.getvalue())
-
-    def load(self, name: str) -> dict[str, Any] | None:
-        import torch
-
-        data = self.layout.get_bytes(self.path(name))
-        if data is None:
-            return None
-        try:
-            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as exc:
-            raise ValueError(
-                f"checkpoint {self.path(name)} is corrupt or not a plain tensor file ({exc}); "
-                "delete it to start the trial from scratch"
-            ) from exc
+    def put_bytes(self, name: str, data: bytes) -> None:
+        """Replace the checkpoint atomically (readers see the old file or the new one)."""
+        self.layout.put_bytes(self.path(name), data)
 
     def delete(self, name: str) -> None:
         p = self.path(name)

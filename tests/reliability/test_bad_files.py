@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from warehouse.layout import Layout
-from warehouse.store import TrialCheckpoints
 from workers import downloads
+from workers.checkpoint_io import TrialCheckpoints
 from workers.config import DatasetConfig, ModelConfig, TrialConfig
 from workers.data import load_dataset
 from workers.downloads import ChecksumError

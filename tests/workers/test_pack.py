@@ -45,7 +45,7 @@ def digits():
 
 class MemoryCheckpoints:
     """workers.train.CheckpointIO in memory, through torch.save/torch.load(weights_only=True)
-    exactly as warehouse.store.TrialCheckpoints (so a non-tensor type in a state fails here)."""
+    exactly as workers.checkpoint_io.TrialCheckpoints (so a non-tensor type in a state fails here)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
