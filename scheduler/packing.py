@@ -224,6 +224,7 @@ def execute_packs(
 
     from scheduler.pack_tasks import execute_pack, measure_packs
     from scheduler.progress import EpochBar
+    from scheduler.ray_setup import stop_running
 
     r = spec.resources
     gpu: GpuFacts | None = None
@@ -322,8 +323,7 @@ def execute_packs(
                         bar.finished(rec)
     except KeyboardInterrupt:
         report.cancelled = True
-        for ref in pending:
-            ray.cancel(ref)  # not force=True: see the note in scheduler/runner.py
+        stop_running()  # no ray.cancel: see its docstring (scheduler/ray_setup.py)
         print(
             "\ncancelled: running packs were stopped; finished members are stored. "
             "Run the same command again to resume.",

@@ -9,7 +9,6 @@ the grid goes on. See docs/architecture.md.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.faults import suspended as fault_free
-from scheduler.ray_setup import embedded_node, init_ray
+from scheduler.ray_setup import embedded_node, init_ray, stop_running
 from scheduler.spec import GridSpec
 from scheduler.storage_errors import check_writable, describe, engine_error
 from warehouse.db import write_duckdb_file
@@ -381,13 +380,7 @@ def _execute(
                 bar.finished(res)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (scheduler/interrupts.py)
         report.cancelled = True
-        # Not force=True: force-cancelling a task whose result is already on its way makes
-        # Ray 2.60's driver abort ("Tried to complete task that was not pending") before the
-        # run record is written (tests/reliability/test_driver_interrupts.py). A plain cancel
-        # interrupts the running trials; whatever is left dies with the driver's job.
-        for ref in pending:
-            with contextlib.suppress(Exception):  # after SIGTERM the raylet may be gone too
-                ray.cancel(ref)
+        stop_running()  # no ray.cancel: see its docstring
         print(
             "\ncancelled: running trials were stopped; nothing half-written is visible. "
             "Run the same command again to resume.",
