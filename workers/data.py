@@ -3,7 +3,8 @@
 A trial never touches a DataLoader: the whole split is a pair of tensors on the device,
 normalized on the device with the training split's statistics, and batches are slices of a
 device-side permutation (the cifar10-airbench recipe). Every loader returns the same
-`Dataset` record, so models and measurements do not care where data came from.
+`Dataset` record (defined in workers/dataset.py, re-exported here), so models and
+measurements do not care where data came from.
 
 `mnist1d` (generated offline, deterministic) and `digits` (bundled with scikit-learn) need no
 network. `mnist`, `fashion-mnist` and `cifar10` are read from their official files by
@@ -14,49 +15,17 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from workers import downloads, user
 from workers.config import DatasetConfig
+from workers.data_checks import check_finite, one_thread
+from workers.dataset import Dataset, cache_dir
+from workers.user_data import load_user_dataset
 
-
-@dataclass
-class Dataset:
-    name: str
-    x_train: torch.Tensor  # float32, normalized, shape (N, *input_shape)
-    y_train: torch.Tensor  # int64 class ids
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]
-    # Where the data came from (files and their checksums, generator arguments).
-    source: dict = field(default_factory=dict)
-    # A user data set too large for the device (torch.utils.data.Dataset objects): batches
-    # come from a DataLoader; x_train/y_train and x_val/y_val then hold a fixed seeded
-    # subset (on the device) for the full-set evaluations and probes (docs/custom.md).
-    train_set: Any = None
-    val_set: Any = None
-
-    @property
-    def streaming(self) -> bool:
-        return self.train_set is not None
-
-    @property
-    def n_train(self) -> int:
-        return len(self.train_set) if self.streaming else int(self.x_train.shape[0])
-
-    @property
-    def n_val(self) -> int:
-        return len(self.val_set) if self.streaming else int(self.x_val.shape[0])
-
-
-def cache_dir() -> Path:
-    """Where generated or downloaded data sets are kept ($BATCHLAB_DATA_CACHE)."""
-    return Path(os.environ.get("BATCHLAB_DATA_CACHE", Path.home() / ".cache" / "batchlab" / "data"))
+__all__ = ["Dataset", "cache_dir", "load_dataset", "load_dataset_cached"]
 
 
 def _mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -106,8 +75,6 @@ def _raw(cfg: DatasetConfig, data_dir: str | None, download: bool = True):
         x = d.data.astype(np.float32).reshape(-1, 1, 8, 8)
         xtr, ytr, xv, yv = _split(x, d.target.astype(np.int64), cfg.val_fraction, cfg.split_seed)
         return xtr, ytr, xv, yv, 10, (1, 8, 8), {"source": "sklearn.datasets.load_digits"}
-    from workers import downloads
-
     return downloads.load_official(cfg.name, data_dir, download=download)
 
 
@@ -121,8 +88,6 @@ def load_dataset(
     mean and std, or the user's loader's data as it returns it (workers/user_data.py).
     `download=False`: official files missing here raise DownloadError (the preflight)."""
     if cfg.loader is not None:
-        from workers.user_data import load_user_dataset
-
         return load_user_dataset(cfg, device, data_dir)
     xtr, ytr, xv, yv, num_classes, shape, source = _raw(cfg, data_dir, download)
     if cfg.n_train is not None:
@@ -155,8 +120,6 @@ def load_dataset(
 
 @functools.lru_cache(maxsize=1)
 def _cached(dataset_json: str, device: str, data_dir: str | None, code_dir: str | None) -> Dataset:
-    from workers.data_checks import check_finite, one_thread  # issue 24
-
     with one_thread():  # normalization statistics summed in one order, whatever the threads
         ds = load_dataset(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
     return check_finite(ds)  # NaN/inf inputs refused
@@ -169,6 +132,4 @@ def load_dataset_cached(
     members of a pack, the next trial of a grid on a reused Ray worker, and a retried trial
     in the same process do not load (or call the user's loader) again. Callers must not
     modify the returned tensors."""
-    from workers.user import code_dir
-
-    return _cached(cfg.model_dump_json(), str(torch.device(device)), data_dir, code_dir())
+    return _cached(cfg.model_dump_json(), str(torch.device(device)), data_dir, user.code_dir())

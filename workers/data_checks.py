@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 
 from workers import torch_state
-
-if TYPE_CHECKING:
-    from workers.data import Dataset
+from workers.dataset import Dataset
 
 
 class BadDataError(ValueError):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from workers.config import DatasetConfig
-from workers.data import Dataset
+from workers.dataset import Dataset
 from workers.user import UserCodeError, call_with, resolve
 
 SUBSET = 10_000  # examples of a streamed training set kept on the device for evaluations
