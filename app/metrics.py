@@ -38,7 +38,7 @@ def _names(root: str, v: str, f: q.Filters) -> list[str]:
     c = _connection(root, v).cursor()
     if not _usable(c):
         return []
-    sel, params = q._sel(f)
+    sel, params = q.sel_cte(f)
     df = c.execute(
         f"""WITH {sel}
         SELECT DISTINCT m.name FROM metrics m
@@ -58,7 +58,7 @@ def metric_names(f: q.Filters) -> list[str]:
 @persisted
 def _curves(root: str, v: str, f: q.Filters, name: str) -> pd.DataFrame:
     c = _connection(root, v).cursor()
-    sel, params = q._sel(f)
+    sel, params = q.sel_cte(f)
     key = ", ".join(f"sel.{k}" for k in q.KEY)
     return c.execute(
         f"""WITH {sel},
@@ -69,7 +69,7 @@ def _curves(root: str, v: str, f: q.Filters, name: str) -> pd.DataFrame:
             WHERE m.name = $name AND m.epoch IS NOT NULL
             GROUP BY ALL
         )
-        SELECT {", ".join(q.KEY)}, epoch, median(step) AS step, {q._stat("value", "value")},
+        SELECT {", ".join(q.KEY)}, epoch, median(step) AS step, {q.seed_stat("value", "value")},
                count(*) AS n_seeds
         FROM per_trial GROUP BY ALL ORDER BY {", ".join(q.KEY)}, epoch""",
         {**params, "name": name},

@@ -93,9 +93,11 @@ def test_golden(name, con):
 
 
 def test_named_queries_cover_every_filtered_query():
-    """Every public function of warehouse.queries taking (con, Filters) is registered."""
+    """Every public function of warehouse.queries' family modules taking (con, Filters) is
+    registered (`warehouse.queries.base` holds the building blocks, not queries)."""
     for name, fn in inspect.getmembers(q, inspect.isfunction):
-        if fn.__module__ != q.__name__ or name.startswith("_"):
+        family = fn.__module__.startswith(f"{q.__name__}.") and fn.__module__ != q.base.__name__
+        if not family or name.startswith("_"):
             continue
         params = list(inspect.signature(fn).parameters)
         if params[:2] == ["con", "f"]:

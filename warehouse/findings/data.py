@@ -12,7 +12,7 @@ serves every lr rule its setting was run with: it is counted in the `none`, `lin
 `sqrt` groups alike (`shared` is True in the copies), and two such trials of the same
 setting and seed (the same training run twice) count once. The sidebar's lr-rule filter is
 applied after this, so a `linear` selection still sees the shared trial. The named queries
-apply the same rule in SQL (`queries._sel`), so the pages and the verdicts count alike.
+apply the same rule in SQL (`queries.sel_cte`), so the pages and the verdicts count alike.
 
 **Convergence.** `converged` is True when the trial stopped by its own criterion
 (`stop_reason` in `CONVERGED_STOPS`) or ended with training accuracy >= `TRAIN_ACC_CONVERGED`
@@ -45,7 +45,7 @@ def _unfiltered(f: q.Filters, **changes) -> q.Filters:
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, f: q.Filters) -> pd.DataFrame:
-    sel, params = q._sel_with_epoch_summaries(con, _unfiltered(f))
+    sel, params = q.sel_with_epoch_summaries(con, _unfiltered(f))
     cols = ", ".join(f"s.{c}" for c in q.KEY)
     df = con.execute(
         f"""
@@ -181,7 +181,7 @@ class Data:
         """A per-(experiment, trial_id) table joined onto the (expanded) trials."""
 
         def make() -> pd.DataFrame:
-            sel, params = q._sel(_unfiltered(self.f))
+            sel, params = q.sel_cte(_unfiltered(self.f))
             # `sel` holds a shared trial once per lr rule: its rows are read once (`ids`).
             ids = "ids AS (SELECT DISTINCT experiment, trial_id FROM sel)"
             rows = self.con.execute(
@@ -198,7 +198,7 @@ class Data:
         last probed epoch."""
         return self._per_trial(
             "probes",
-            f"""SELECT s.experiment, s.trial_id, p.probe, {q._PROBE_EPS} AS eps,
+            f"""SELECT s.experiment, s.trial_id, p.probe, {q.PROBE_EPS} AS eps,
                        p.epoch AS probe_epoch, p.value
                 FROM ids s JOIN probes_raw p USING (experiment, trial_id)
                 WHERE p.probe IN ('keskar_sharpness', 'hessian_top_eig')
