@@ -59,6 +59,7 @@ PAGES: tuple[PageInfo, ...] = (
     PageInfo("sharpness", "sharpness.py", "Sharpness", ":material/landscape:"),
     PageInfo("landscapes", "landscapes.py", "Landscapes", ":material/terrain:"),
     PageInfo("lr_batch", "lr_batch.py", "lr x batch size", ":material/grid_on:"),
+    PageInfo("choose", "choose.py", "Choose a batch size", ":material/recommend:"),
     PageInfo("sql", "sql.py", "SQL", ":material/terminal:"),
 )
 PAGE_BY_URL = {p.url_path: p for p in PAGES}

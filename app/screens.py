@@ -51,6 +51,7 @@ TITLES = {
     "sharpness": "Sharpness and the critical batch size",
     "landscapes": "Loss landscapes",
     "lr_batch": "Learning rate x batch size",
+    "choose": "Choose a batch size",
     "sql": "SQL",
 }
 
