@@ -80,7 +80,7 @@ def data_version(root: str) -> str:
     layout = Layout.open(root)
     h = hashlib.sha256(root.encode())
     for table in SCHEMAS:
-        base = layout.path("tables", table)
+        base = layout.table_root(table)
         if layout.is_local:
             sel = pafs.FileSelector(base, recursive=False, allow_not_found=True)
             infos = [i for i in layout.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]

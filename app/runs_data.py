@@ -146,7 +146,7 @@ def trial(experiment: str, trial_id: str) -> dict:
 def checkpoints(experiment: str, trial_id: str) -> pd.DataFrame:
     """The trial's checkpoint files (init / final / resume states): name, size, time."""
     layout = Layout.open(storage_root())
-    base = layout.path("checkpoints", f"experiment={experiment}", trial_id)
+    base = layout.checkpoint_dir(experiment, trial_id)
     sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     infos = [i for i in layout.fs.get_file_info(sel) if i.type == pafs.FileType.File]
     return pd.DataFrame(

@@ -264,7 +264,7 @@ def _study_target(layout: Any, experiments: list[str]) -> float | None:
     experiment asked for is such a study: its stage 0 ran without a stored target."""
     if len(experiments) != 1:
         return None
-    raw = layout.get_bytes(layout.path("studies", f"experiment={experiments[0]}", "study.json"))
+    raw = layout.get_bytes(layout.study_file(experiments[0], "study.json"))
     target = json.loads(raw).get("target_val_error") if raw else None
     if target is not None:
         import sys

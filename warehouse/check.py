@@ -353,7 +353,7 @@ def check_warehouse(root: str | Layout | None = None, *, deep: bool = False) -> 
         problems.append(
             Problem(
                 "unreadable",
-                layout.path("tables"),
+                layout.table_root(),
                 f"the row checks could not run: {error}; `batchlab check --repair` reads "
                 "every file in full and moves damaged ones aside",
             )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from warehouse.layout import Layout, check_experiment
+from warehouse.layout import Layout
 from warehouse.schemas import SCHEMAS, TRIAL_TABLES, to_table
 from warehouse.store import read_trial_rows
 
@@ -40,20 +40,13 @@ class Invalidated:
 
 
 def _record_path(layout: Layout, experiment: str, trial_id: str) -> str:
-    return layout.path(
-        "quarantine",
-        "invalidated",
-        f"experiment={check_experiment(experiment)}",
-        f"{trial_id}.json",
-    )
+    return layout.invalidation_file(experiment, trial_id)
 
 
 def _records(layout: Layout) -> list[Invalidated]:
     import pyarrow.fs as pafs
 
-    sel = pafs.FileSelector(
-        layout.path("quarantine", "invalidated"), recursive=True, allow_not_found=True
-    )
+    sel = pafs.FileSelector(layout.invalidation_file(), recursive=True, allow_not_found=True)
     out = []
     for info in layout.fs.get_file_info(sel):
         if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):

@@ -7,7 +7,10 @@
       tables/<table>/experiment=<exp>/_compacted      marker: this directory has been compacted
       checkpoints/experiment=<exp>/<trial_id>/<name>.pt      init / final / resume states
       runs/experiment=<exp>/<run_id>.json             one record per `batchlab run`
+      live/<kind>/experiment=<exp>/...                running attempts (warehouse/live.py)
+      studies/experiment=<exp>/<name>                 an `advise --dataset` study's stages
       quarantine/<path under the root>                corrupt files moved aside (+ .reason.txt)
+      quarantine/invalidated/experiment=<exp>/<trial_id>.json   invalidated trials
       cluster-check/<token>-<node>                    seconds-long files of the multi-node check
 
 Partitioned only by low-cardinality keys (table, experiment). A root is a local path or a
@@ -41,8 +44,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from warehouse.partitions import PARTITION_COLUMNS, file_schema, for_file
 from warehouse.schemas import SCHEMAS
 from warehouse.writers import STALE_TMP_S, dead_writer
+
+# Re-exported: callers import the stored files' schema from the layout.
+__all__ = ["PARTITION_COLUMNS", "file_schema", "for_file"]
 
 DEFAULT_ROOT = "./batchlab-runs"
 EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -52,36 +59,6 @@ PART_RE = re.compile(r"^part-g(\d{6,})-[0-9a-f]{32}\.parquet$")
 # URI query keys that would put a secret into a root string (roots are logged and shipped
 # to workers); credentials come from the environment (AWS_ACCESS_KEY_ID, ...) instead.
 _SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token"}
-
-
-# Columns that are also hive partition keys of the directories (`experiment=<exp>`): stored
-# dictionary-encoded in the files' Arrow schema, the type pyarrow infers for a hive key
-# (pandas.read_parquet / pyarrow.parquet.read_table use `infer_dictionary=True`), so that
-# the default readers of a table folder (pandas, pyarrow, polars, DuckDB with
-# hive_partitioning) read it without "Field experiment has incompatible types: string vs
-# dictionary". The Parquet physical type is the same BYTE_ARRAY as before: files of older
-# batchlab versions (plain strings) read together with newer ones (docs/warehouse.md).
-PARTITION_COLUMNS = ("experiment",)
-_PARTITION_TYPE = pa.dictionary(pa.int32(), pa.string())
-
-
-def file_schema(schema: pa.Schema) -> pa.Schema:
-    """`schema` as stored in a table file: the partition columns dictionary-encoded."""
-    return pa.schema(
-        [
-            f.with_type(_PARTITION_TYPE)
-            if f.name in PARTITION_COLUMNS and pa.types.is_string(f.type)
-            else f
-            for f in schema
-        ],
-        metadata=schema.metadata,
-    )
-
-
-def for_file(table: pa.Table) -> pa.Table:
-    """`table` cast to `file_schema` (values unchanged)."""
-    target = file_schema(table.schema)
-    return table if target.equals(table.schema) else table.cast(target)
 
 
 def default_root() -> str:
@@ -124,6 +101,10 @@ class Layout:
     def path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 
+    def table_root(self, table: str | None = None) -> str:
+        """`tables/<table>` (every experiment's directory of `table`), or `tables`."""
+        return self.path("tables", table) if table else self.path("tables")
+
     def table_dir(self, table: str, experiment: str) -> str:
         if table not in SCHEMAS:
             raise KeyError(f"unknown table {table!r}; tables: {sorted(SCHEMAS)}")
@@ -141,10 +122,28 @@ class Layout:
         """Glob of every committed file of `table` (hidden temporaries never match)."""
         return self.path("tables", table, "experiment=*", "*.parquet")
 
+    def checkpoint_dir(self, experiment: str, trial_id: str) -> str:
+        return self.path("checkpoints", f"experiment={check_experiment(experiment)}", trial_id)
+
     def checkpoint_file(self, experiment: str, trial_id: str, name: str) -> str:
-        return self.path(
-            "checkpoints", f"experiment={check_experiment(experiment)}", trial_id, f"{name}.pt"
-        )
+        return f"{self.checkpoint_dir(experiment, trial_id)}/{name}.pt"
+
+    def live_dir(self, kind: str, experiment: str | None = None) -> str:
+        """`live/<kind>` or its experiment's directory (warehouse/live.py)."""
+        if experiment is None:
+            return self.path("live", kind)
+        return self.path("live", kind, f"experiment={check_experiment(experiment)}")
+
+    def study_file(self, experiment: str, name: str) -> str:
+        """A file of an `advise --dataset` study (its stage grids, `study.json`)."""
+        return self.path("studies", f"experiment={check_experiment(experiment)}", name)
+
+    def invalidation_file(self, experiment: str | None = None, trial_id: str = "") -> str:
+        """The record of an invalidated trial; without arguments, the records' directory."""
+        if experiment is None:
+            return self.path("quarantine", "invalidated")
+        exp = f"experiment={check_experiment(experiment)}"
+        return self.path("quarantine", "invalidated", exp, f"{trial_id}.json")
 
     def run_file(self, experiment: str, run_id: str) -> str:
         return self.path("runs", f"experiment={check_experiment(experiment)}", f"{run_id}.json")
@@ -384,7 +383,7 @@ class Layout:
         return f"{self.table_dir(table, experiment)}/_compacted"
 
     def list_experiments(self) -> list[str]:
-        sel = pafs.FileSelector(self.path("tables", "trials"), allow_not_found=True)
+        sel = pafs.FileSelector(self.table_root("trials"), allow_not_found=True)
         return sorted(
             i.base_name.split("=", 1)[1]
             for i in self.fs.get_file_info(sel)

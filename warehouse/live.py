@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.layout import Layout, check_experiment
+from warehouse.layout import Layout
 from warehouse.schemas import SCHEMAS, to_table
 from warehouse.writers import pid_alive
 
@@ -46,7 +46,7 @@ def _now() -> str:
 
 
 def _dir(layout: Layout, kind: str, experiment: str) -> str:
-    return layout.path("live", kind, f"experiment={check_experiment(experiment)}")
+    return layout.live_dir(kind, experiment)
 
 
 def epochs_file(layout: Layout, experiment: str, trial_id: str) -> str:
@@ -296,7 +296,7 @@ def live_epochs(layout: Layout, experiment: str | None = None) -> pa.Table:
     """The live epochs rows (of one experiment, or all), as one Arrow table."""
     import pyarrow.fs as pafs
 
-    base = _dir(layout, "epochs", experiment) if experiment else layout.path("live", "epochs")
+    base = layout.live_dir("epochs", experiment or None)
     sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     tables = []
     for info in layout.fs.get_file_info(sel):
@@ -317,7 +317,7 @@ def live_experiments(layout: Layout) -> list[str]:
 
     names = set()
     for kind in ("status", "runs"):
-        sel = pafs.FileSelector(layout.path("live", kind), allow_not_found=True)
+        sel = pafs.FileSelector(layout.live_dir(kind), allow_not_found=True)
         for i in layout.fs.get_file_info(sel):
             if i.type == pafs.FileType.Directory and i.base_name.startswith("experiment="):
                 names.add(i.base_name.split("=", 1)[1])
