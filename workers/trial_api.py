@@ -40,9 +40,16 @@ from torch import nn
 
 from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
+from workers.evaluation import evaluate_split
 from workers.losses import Loss, loss_of
+from workers.models import build_model
 from workers.resume_rows import compact_rows, expand_rows
+from workers.trial.result import TrialResult
+from workers.trial.rows import layer_rows, summary_row
+from workers.trial.state import TrialState, is_divergent, probe_due, saves_checkpoints
 from workers.trial_epochs import epoch_problem, file_rows, first_after
+from workers.trial_measures import norm_of_diff, provenance, quantiles, system_metrics
+from workers.user import resolve
 
 # Columns of the `epochs` table log_epoch fills from its keyword arguments; the rest of the
 # table (distances, norms, times) batchlab computes itself.
@@ -106,29 +113,23 @@ class Trial:
         self._prev_epoch: list[torch.Tensor] = []
         self._prev_step: list[torch.Tensor] | None = None
         self._user_state: dict[str, Any] | None = None
-        self.st: dict[str, Any] = {
-            "epoch": 0, "step": 0, "best_val": math.inf, "best_epoch": -1, "best_step": -1,
-            "best_acc": 0.0, "since_best": 0, "plateau": 0, "elapsed_s": 0.0,
-            "steps_to_target": -1, "diverged_step": -1, "decay": 1.0, "decays": 0,
-            "epochs": [], "steps": [], "layers": [], "probes": [], "metrics": [],
-            "stop": None, "measured_epochs": [],
-        }  # fmt: skip
+        self.st = TrialState()
         self._t_epoch = time.perf_counter()
         self._probe_s = 0.0
         self.resumed_from_epoch = 0
         self.api_error: TrialAPIError | None = None  # raised again if the user's loop caught it
         self._epochs_logged = 0  # log_epoch calls of this attempt
         if checkpoints is not None and (saved := checkpoints.load("resume")) is not None:
-            self.st.update(expand_rows(saved["trial"]))
+            self.st = TrialState.from_saved(expand_rows(saved["trial"]))
             self._user_state = saved["user"]
             self._saved_init = saved.get("init")
             self._saved_prev = saved.get("prev")
-            self.resumed_from_epoch = self.st["epoch"]
+            self.resumed_from_epoch = self.st.resumed_from_epoch = self.st.epoch
         else:
             self._saved_init = self._saved_prev = None
         # Step/metric rows from here on are the next logged epoch's (workers/trial_epochs.py).
-        self._pending_steps = first_after(self.st["steps"], self.st["epoch"])
-        self._pending_metrics = first_after(self.st["metrics"], self.st["epoch"])
+        self._pending_steps = first_after(self.st.steps, self.st.epoch)
+        self._pending_metrics = first_after(self.st.metrics, self.st.epoch)
 
     # ------------------------------------------------------------------ what the trial is
     @property
@@ -165,19 +166,23 @@ class Trial:
 
     @property
     def should_stop(self) -> bool:
-        return self.st["stop"] is not None
+        return self.st.stop is not None
+
+    @property
+    def lr_decay(self) -> float:
+        """The plateau decay factor so far (`plateau_decay:`, from the logged val_loss; 1.0
+        without it): a loop that follows batchlab's schedule multiplies its lr by it."""
+        return self.st.decay
 
     @property
     def start_epoch(self) -> int:
         """The last epoch already logged (0 for a fresh trial): resume after it."""
-        return self.st["epoch"]
+        return self.st.epoch
 
     # ------------------------------------------------------------------ the model
     def build_model(self) -> nn.Module:
         """The configured model (`model:`), built after torch.manual_seed(seed), on the
         device, watched."""
-        from workers.models import build_model
-
         torch.manual_seed(self.config.seed)
         d = self.data
         return self.watch(
@@ -194,7 +199,7 @@ class Trial:
             self._init = [t.to(self.device) for t in self._saved_init]
         else:
             self._init = [p.detach().clone() for _, p in named]
-            if self._ckpt is not None and self.config.measure.checkpoints:
+            if self._ckpt is not None and saves_checkpoints(self.config):
                 self._ckpt.save(
                     "init", {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 )
@@ -214,20 +219,20 @@ class Trial:
 
     # ------------------------------------------------------------------ logging
     def _check_loss(self, name: str, v: float, step: int) -> None:
-        if not math.isfinite(v) or v > self.config.divergence_loss:
-            self.st["diverged_step"] = step
+        if is_divergent(v, self.config.divergence_loss):
+            self.st.diverged_step = step
             raise Diverged(f"{name} = {v}")
 
     def log_step(
         self, loss: Any = None, lr: Any = None, step: int | None = None, **extra: Any
     ) -> None:
         """One optimizer step done (call after optimizer.step())."""
-        self.st["step"] = int(step) if step is not None else self.st["step"] + 1
-        s = self.st["step"]
-        row: dict[str, Any] = {"step": s, "epoch": self.st["epoch"] + 1}
+        self.st.step = int(step) if step is not None else self.st.step + 1
+        s = self.st.step
+        row: dict[str, Any] = {"step": s, "epoch": self.st.epoch + 1}
         cap = self.config.stop.max_steps if self.config.stop is not None else None
-        if cap is not None and s >= cap and self.st["stop"] is None:
-            self.st["stop"] = "max_steps"
+        if cap is not None and s >= cap and self.st.stop is None:
+            self.st.stop = "max_steps"
         if loss is not None:
             row["batch_loss"] = _number("loss", loss, "trial.log_step")
             self._check_loss("batch loss", row["batch_loss"], s)
@@ -246,91 +251,90 @@ class Trial:
                     [torch.linalg.vector_norm(a - b) for a, b in zip(ps, self._prev_step, strict=True)])).item()  # fmt: skip
             self._prev_step = [p.clone() for p in ps]
         if m.store_steps:
-            self.st["steps"].append(row)
+            self.st.steps.append(row)
         for k, v in extra.items():
-            self.st["metrics"].append({"epoch": row["epoch"], "step": s, "name": k,
+            self.st.metrics.append({"epoch": row["epoch"], "step": s, "name": k,
                                        "value": _number(k, v, "trial.log_step")})  # fmt: skip
 
     def log_epoch(self, epoch: int, **values: Any) -> None:
         """Epoch `epoch` (1-based, increasing, <= max_epochs: workers/trial_epochs.py) ended.
         Known names: EPOCH_COLUMNS; other numbers go to `metrics`. The first epoch a resumed
         attempt logs may go back: it replaces the rows from that epoch on."""
-        from workers.train import record_validation
-
         now = time.perf_counter()
         st = self.st
-        last, back = st["epoch"], bool(self.resumed_from_epoch) and self._epochs_logged == 0
+        last, back = st.epoch, bool(self.resumed_from_epoch) and self._epochs_logged == 0
         if (problem := epoch_problem(epoch, last, self.config.max_epochs, back)) is not None:
             self.api_error = self.api_error or TrialAPIError(problem)
             raise TrialAPIError(problem)
         self._epochs_logged += 1
         replace = epoch <= last  # a resumed attempt re-runs epochs: drop their old rows
-        for k in ("epochs", "layers", "probes") if replace else ():
-            st[k] = [r for r in st[k] if r["epoch"] < epoch]
-        st["steps"] = file_rows(st["steps"], self._pending_steps, epoch, replace)
-        st["metrics"] = file_rows(st["metrics"], self._pending_metrics, epoch, replace)
+        if replace:
+            st.drop_from(epoch)
+        st.steps = file_rows(st.steps, self._pending_steps, epoch, replace)
+        st.metrics = file_rows(st.metrics, self._pending_metrics, epoch, replace)
         known = {
             k: _number(k, v, "trial.log_epoch") for k, v in values.items() if k in EPOCH_COLUMNS
         }
         extra = {
             k: _number(k, v, "trial.log_epoch") for k, v in values.items() if k not in EPOCH_COLUMNS
         }
-        t_epoch = known.pop("epoch_time_s", None)
-        if t_epoch is None:
-            t_epoch = max(0.0, now - self._t_epoch - self._probe_s)
-        st["elapsed_s"] += t_epoch
-        row: dict[str, Any] = {"epoch": epoch, "step": st["step"], "epoch_time_s": t_epoch,
-                               "elapsed_s": st["elapsed_s"], **known}  # fmt: skip
-        if "step" in known:
-            st["step"] = int(known["step"])
-            row["step"] = st["step"]
-        if "examples_seen" not in row and self._data is not None:
-            row["examples_seen"] = epoch * self._data.n_train
-        if "examples_per_s" not in row and t_epoch > 0 and "examples_seen" in row:
-            prev = st["epochs"][-1].get("examples_seen", 0) if st["epochs"] else 0
-            row["examples_per_s"] = (row["examples_seen"] - (prev or 0)) / t_epoch
-        self._epoch_steps(row, epoch)
-        self._distances(row, epoch)
-        from workers.train import system_metrics
-
-        system_metrics(row, time.perf_counter(), self.device, st)
-        row["eval_time_s"] = math.nan  # inside the user's loop: not separable from training
-        row["probe_time_s"] = self._probe_s
-        st["epoch"] = epoch
-        st["epochs"].append(row)
+        row = self._epoch_row(epoch, known, now)
+        st.epoch = epoch
+        st.epochs.append(row)
         for name in ("train_loss", "val_loss"):
             if name in row:
-                self._check_loss(name, row[name], st["step"])
+                self._check_loss(name, row[name], st.step)
         for k, v in extra.items():
-            st["metrics"].append({"epoch": epoch, "step": st["step"], "name": k, "value": v})
+            st.metrics.append({"epoch": epoch, "step": st.step, "name": k, "value": v})
+        reason = None
         if "val_loss" in row:
-            reason = record_validation(
-                self.config, st, row["val_loss"], row.get("val_acc", math.nan), epoch
+            reason = st.record_validation(
+                self.config, row["val_loss"], row.get("val_acc", math.nan), epoch
             )
-            if reason is not None and st["stop"] is None:
-                st["stop"] = reason
-        if st["stop"] is None:
-            from workers.budget import epoch_end_stop
-
-            st["stop"] = epoch_end_stop(self.config, row)
-        m = self.config.measure
-        due = m.probe_every_epochs and epoch % m.probe_every_epochs == 0
-        if due and epoch < self.max_epochs and self._model is not None and self._data is not None:
+        # The shared epoch-end rule (workers/trial/state.py), with the `stop:` caps checked
+        # here (a user loop reports steps and examples at epoch ends).
+        decision = st.close_epoch(self.config, row, reason, caps=True)
+        if st.stop is None:
+            st.stop = decision
+        if probe_due(self.config, epoch) and self._model is not None and self._data is not None:
             self.measure(epoch=epoch)
         self._probe_s = 0.0
-        self._pending_steps, self._pending_metrics = len(st["steps"]), len(st["metrics"])
+        self._pending_steps, self._pending_metrics = len(st.steps), len(st.metrics)
         if self._on_epoch is not None:
             self._on_epoch(row)
         self._t_epoch = time.perf_counter()
 
+    def _epoch_row(self, epoch: int, known: dict[str, float], now: float) -> dict[str, Any]:
+        """The epochs row of a logged epoch: the user's numbers, and what batchlab measures
+        itself (times, step-norm quantiles, distances, system metrics)."""
+        st = self.st
+        t_epoch = known.pop("epoch_time_s", None)
+        if t_epoch is None:
+            t_epoch = max(0.0, now - self._t_epoch - self._probe_s)
+        st.elapsed_s += t_epoch
+        row: dict[str, Any] = {"epoch": epoch, "step": st.step, "epoch_time_s": t_epoch,
+                               "elapsed_s": st.elapsed_s, **known}  # fmt: skip
+        if "step" in known:
+            st.step = int(known["step"])
+            row["step"] = st.step
+        if "examples_seen" not in row and self._data is not None:
+            row["examples_seen"] = epoch * self._data.n_train
+        if "examples_per_s" not in row and t_epoch > 0 and "examples_seen" in row:
+            prev = st.epochs[-1].get("examples_seen", 0) if st.epochs else 0
+            row["examples_per_s"] = (row["examples_seen"] - (prev or 0)) / t_epoch
+        self._epoch_steps(row, epoch)
+        self._distances(row, epoch)
+        system_metrics(row, time.perf_counter(), self.device, st)
+        row["eval_time_s"] = math.nan  # inside the user's loop: not separable from training
+        row["probe_time_s"] = self._probe_s
+        return row
+
     def _epoch_steps(self, row: dict[str, Any], epoch: int) -> None:
         """Per-epoch quantiles of the epoch's logged step norms (as batchlab's loop)."""
-        from workers.train import _quantiles
-
-        steps = [r for r in self.st["steps"] if r["epoch"] == epoch]
+        steps = [r for r in self.st.steps if r["epoch"] == epoch]
         for col in ("update_norm", "grad_norm"):
             vals = torch.tensor([r[col] for r in steps if col in r], dtype=torch.float64)
-            row.update({f"{col}_{k}": v for k, v in _quantiles(vals).items()})
+            row.update({f"{col}_{k}": v for k, v in quantiles(vals).items()})
         if "train_loss" not in row:
             losses = [r["batch_loss"] for r in steps if "batch_loss" in r]
             if losses:
@@ -342,24 +346,20 @@ class Trial:
 
     def _distances(self, row: dict[str, Any], epoch: int) -> None:
         """Distance from init (total, per layer) and from the previous epoch, as batchlab's
-        loop measures them (`workers.train._norm_of_diff`), with one host sync per list."""
-        from workers.train import _norm_of_diff
-
+        loop measures them (`workers.trial_measures.norm_of_diff`), with one host sync per
+        list."""
         if self._model is None:
             return
         cur = self._params()
-        d_init, per = _norm_of_diff(cur, self._init)
-        ep_dist, _ = _norm_of_diff(cur, self._prev_epoch)
+        d_init, per = norm_of_diff(cur, self._init)
+        ep_dist, _ = norm_of_diff(cur, self._prev_epoch)
         row["dist_from_init"], row["epoch_distance"] = d_init.item(), ep_dist.item()
         self._prev_epoch = [p.clone() for p in cur]
         if self.config.measure.layers:
             norms0 = torch.stack([torch.linalg.vector_norm(p0) for p0 in self._init]).tolist()
             pnorms = torch.stack([torch.linalg.vector_norm(p) for p in cur]).tolist()
-            for nm, d, n0, pn, p in zip(self._names, per.tolist(), norms0, pnorms, cur, strict=True):  # fmt: skip
-                self.st["layers"].append({
-                    "epoch": epoch, "layer": nm, "numel": p.numel(), "dist_from_init": d,
-                    "rel_dist_from_init": d / max(n0, 1e-12), "param_norm": pn,
-                })  # fmt: skip
+            numels = [p.numel() for p in cur]
+            self.st.layers += layer_rows(epoch, self._names, numels, per.tolist(), norms0, pnorms)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -371,7 +371,7 @@ class Trial:
             raise TrialAPIError(
                 f"trial.save_checkpoint: state is a {type(state).__name__}; expected a dict"
             )
-        saved = {"user": state, "trial": compact_rows(self.st)}  # workers/resume_rows.py
+        saved = {"user": state, "trial": compact_rows(self.st.as_saved())}  # workers/resume_rows.py
         if self._init:
             saved["init"] = [t.cpu() for t in self._init]
             saved["prev"] = [t.cpu() for t in self._params()]
@@ -384,8 +384,6 @@ class Trial:
     # ------------------------------------------------------------------ measurements
     def evaluate(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
         """(mean loss, accuracy) of `model` on the configured data's split ("val"/"train")."""
-        from workers.train import evaluate_split
-
         loss, acc = evaluate_split(model, self.data, split, self.loss)
         return loss.item(), acc.item()
 
@@ -402,25 +400,30 @@ class Trial:
                 "trial.measure: no model given and none watched (trial.watch(model))"
             )
         x, y = data if data is not None else (self.data.x_train, self.data.y_train)
-        epoch = epoch if epoch is not None else self.st["epoch"]
+        epoch = epoch if epoch is not None else self.st.epoch
         t0 = time.perf_counter()
         rows = run_probes(model, x, y, self.config.measure, seed=self.seed, epoch=epoch,
                           loss_fn=loss_fn or self.loss.fn, batch_size=self.config.batch_size)  # fmt: skip
         self._probe_s += time.perf_counter() - t0
-        self.st["probes"] = [r for r in self.st["probes"] if r["epoch"] != epoch] + rows
-        self.st["measured_epochs"].append(epoch)
+        self.st.probes = [r for r in self.st.probes if r["epoch"] != epoch] + rows
+        self.st.measured_epochs.append(epoch)
         return rows
 
-    def _finish(self, completed: bool) -> None:
+    @property
+    def data_if_loaded(self) -> Dataset | None:
+        """The configured data set when the user's loop used it (else None: not loaded)."""
+        return self._data
+
+    def finish(self, completed: bool) -> None:
         """End of a completed trial: probes at the final weights (when a model is watched and
         the configured data was used), final weights."""
         m = self.config.measure
         if not completed or self._model is None:
             return
-        due = self._data is not None and self.st["epoch"] not in self.st["measured_epochs"]
+        due = self._data is not None and self.st.epoch not in self.st.measured_epochs
         if m.probes_on and due:
             self.measure()
-        if self._ckpt is not None and m.checkpoints:
+        if self._ckpt is not None and saves_checkpoints(self.config):
             self._ckpt.save(
                 "final", {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
             )
@@ -442,12 +445,9 @@ def _call(fn: Callable[..., Any], trial: Trial) -> Any:
 def run_user_trial(
     cfg: TrialConfig, dev: torch.device, data_dir: str | None, checkpoints,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-):  # fmt: skip
+) -> TrialResult:  # fmt: skip
     """Run `cfg.trainable` and turn what it logged into a TrialResult (see the module
     docstring). Exceptions of the user's code propagate (run_trial records them)."""
-    from workers.train import TrialResult, provenance
-    from workers.user import resolve
-
     t_start = time.perf_counter()
     fn = resolve(cfg.trainable, "trainable")
     trial = Trial(cfg, dev, data_dir, checkpoints, on_epoch)
@@ -465,36 +465,25 @@ def run_user_trial(
     if trial.api_error is not None:  # the user's loop caught it and went on: still failed
         raise trial.api_error
     st = trial.st
-    if not st["epochs"] and status == "completed":
+    if not st.epochs and status == "completed":
         raise TrialAPIError(
             f"trainable: {cfg.trainable!r} returned without logging an epoch; call "
             "trial.log_epoch(epoch, train_loss=..., val_loss=...) at every epoch end"
         )
     if status == "completed":
-        stop_reason = st["stop"] or ("max_epochs" if st["epoch"] >= cfg.max_epochs else "returned")
-        trial._finish(True)
-    last = st["epochs"][-1] if st["epochs"] else {}
-    data = trial._data
-    summary = {
-        **provenance(dev),
-        "n_train": data.n_train if data is not None else None,
-        "n_val": data.n_val if data is not None else None,
-        "steps_per_epoch": st["step"] // max(1, st["epoch"]) if st["step"] else None,
-        "epochs_run": st["epoch"], "steps_run": st["step"],
-        "best_val_loss": st["best_val"] if math.isfinite(st["best_val"]) else math.nan,
-        "best_val_acc": st["best_acc"]
-        if any(math.isfinite(r.get("val_acc", math.nan)) for r in st["epochs"]) else math.nan,
-        "best_epoch": st["best_epoch"], "best_step": st["best_step"],
-        "steps_to_target": st["steps_to_target"], "diverged_step": st["diverged_step"],
-        "final_train_loss": last.get("train_loss_eval", last.get("train_loss", math.nan)),
-        "final_val_loss": last.get("val_loss", math.nan),
-        "final_dist_from_init": last.get("dist_from_init", math.nan),
-        "train_time_s": st["elapsed_s"], "wall_time_s": time.perf_counter() - t_start,
-        "peak_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else math.nan,
-        "resumed_from_epoch": trial.resumed_from_epoch, "scaled_lr": cfg.scaled_lr,
-    }  # fmt: skip
+        stop_reason = st.stop or ("max_epochs" if st.epoch >= cfg.max_epochs else "returned")
+        trial.finish(True)
+    data = trial.data_if_loaded
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else math.nan
+    summary = summary_row(
+        st, provenance=provenance(dev),
+        n_train=data.n_train if data is not None else None,
+        n_val=data.n_val if data is not None else None,
+        steps_per_epoch=st.step // max(1, st.epoch) if st.step else None,
+        scaled_lr=cfg.scaled_lr, wall_time_s=time.perf_counter() - t_start, peak_memory_mb=peak,
+    )  # fmt: skip
     return TrialResult(
         trial_id=cfg.trial_id, config_hash=cfg.config_hash, status=status,
-        stop_reason=stop_reason, summary=summary, epochs=st["epochs"], steps=st["steps"],
-        layers=st["layers"], probes=st["probes"], metrics=st["metrics"],
+        stop_reason=stop_reason, summary=summary, epochs=st.epochs, steps=st.steps,
+        layers=st.layers, probes=st.probes, metrics=st.metrics,
     )  # fmt: skip

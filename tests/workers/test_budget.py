@@ -97,10 +97,10 @@ def test_trial_api_should_stop_follows_the_budget():
     t.log_epoch(1, train_loss=1.0, train_loss_eval=1.0, train_acc_eval=0.5)
     assert not t.should_stop
     t.log_epoch(2, train_loss=0.5, train_loss_eval=0.5, train_acc_eval=0.95)
-    assert t.should_stop and t.st["stop"] == "train_target_reached"
+    assert t.should_stop and t.st.stop == "train_target_reached"
     t = Trial(cfg(stop={"max_steps": 3}), torch.device("cpu"), None, None)
     for _ in range(2):
         t.log_step(loss=1.0)
     assert not t.should_stop
     t.log_step(loss=1.0)
-    assert t.should_stop and t.st["stop"] == "max_steps"
+    assert t.should_stop and t.st.stop == "max_steps"
