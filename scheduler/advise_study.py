@@ -308,9 +308,9 @@ def _stored_timings(layout: Any, exp: str) -> set[str]:
 
 
 def _whole_node_cpus() -> float:
-    import ray
+    from scheduler.ray_backend import alive_node_table
 
-    cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    cpus = [n["Resources"].get("CPU", 0.0) for n in alive_node_table()]
     return max(cpus) if cpus else 1.0
 
 
@@ -319,10 +319,9 @@ def run_timings(
 ) -> list[dict[str, Any]]:
     """One timing probe per stage's batch size, one at a time, each a Ray task reserving a
     whole node's CPUs; rows already stored (same timing_id) are skipped."""
-    import ray
-
+    from scheduler import ray_backend
     from scheduler.ray_setup import init_ray
-    from scheduler.runner import code_version
+    from scheduler.versions import code_version
     from warehouse.store import write_rows
     from workers.timing import timing_id
 
@@ -331,7 +330,6 @@ def run_timings(
     device = "cuda" if opts.gpus_per_trial > 0 else "cpu"
     threads = max(1, int(opts.cpus_per_trial))
     kw = {"warmup": opts.timing_warmup, "steps": opts.timing_steps, "repeats": opts.timing_repeats}
-    task = ray.remote(_timing_task)
     stored = _stored_timings(layout, opts.name())
     rows = []
     for spec in specs:
@@ -340,10 +338,11 @@ def run_timings(
         if tid in stored:
             print(f"   timing of batch size {cfg.batch_size}: stored ({tid})", file=out)
             continue
-        ref = task.options(
-            num_cpus=node_cpus, num_gpus=1 if device == "cuda" else 0, max_retries=1
-        ).remote(cfg, device, threads, kw)
-        row = ray.get(ref)  # one at a time: nothing else of this run is on the node
+        task = ray_backend.remote(
+            _timing_task, num_cpus=node_cpus, num_gpus=1 if device == "cuda" else 0, max_retries=1
+        )
+        row = ray_backend.get(task.remote(cfg, device, threads, kw))  # one at a time: nothing
+        # else of this run is on the node
         row.update(
             experiment=spec.experiment,
             ray_num_cpus=node_cpus,

@@ -318,8 +318,7 @@ def execute_analysis(
 
 def run_analyses(spec, layout: Layout, *, code_version: str, device: str, out) -> dict[str, int]:
     """Plan the grid's analyses, skip stored ones, run the rest as Ray tasks. Returns counts."""
-    import ray
-
+    from scheduler.ray_backend import ray_task, run_all
     from warehouse.store import read_trial_rows
 
     planned = plan_analyses(list(spec.analyses), spec.trials())
@@ -333,32 +332,21 @@ def run_analyses(spec, layout: Layout, *, code_version: str, device: str, out) -
         return {}
     status = {r["trial_id"]: r["status"] for r in read_trial_rows(layout, spec.experiment)}
     r = spec.resources
-    remote = ray.remote(_ray_analysis).options(
-        num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial, max_retries=r.max_retries
-    )
-    refs = [
-        remote.remote(
-            {"analysis_id": a.analysis_id, "kind": a.kind, "name": a.name, "settings": a.settings,
-             "trials": [t.model_dump_json() for t in a.trials]},
-            spec.experiment, layout.root, code_version=code_version, device=device, data_dir=spec.data_dir, code_dir=spec.code_dir,
-            input_status={t.trial_id: status.get(t.trial_id, "missing") for t in a.trials},
-        )
+    calls = [
+        ((execute_analysis,
+          {"analysis_id": a.analysis_id, "kind": a.kind, "name": a.name, "settings": a.settings,
+           "trials": [t.model_dump_json() for t in a.trials]},
+          spec.experiment, layout.root),
+         {"code_version": code_version, "device": device, "data_dir": spec.data_dir,
+          "code_dir": spec.code_dir,
+          "input_status": {t.trial_id: status.get(t.trial_id, "missing") for t in a.trials}})
         for a in todo
     ]  # fmt: skip
+    results = run_all(ray_task, calls, num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
+                      max_retries=r.max_retries)  # fmt: skip
     counts: dict[str, int] = {}
-    for res in ray.get(refs):
+    for res in results:
         counts[res["status"]] = counts.get(res["status"], 0) + 1
         if res["status"] != "completed":
             print(f"  analysis {res['analysis_id']} {res['status']}: {res['reason']}", file=out)
     return counts
-
-
-def _ray_analysis(*args, **kwargs):
-    import ray
-
-    return execute_analysis(
-        *args,
-        node_id=ray.get_runtime_context().get_node_id(),
-        ray_version=ray.__version__,
-        **kwargs,
-    )

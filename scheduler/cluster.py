@@ -116,12 +116,10 @@ def storage_shared_from_env() -> bool:
 
 def alive_nodes() -> list[NodeInfo]:
     """The alive nodes of the connected Ray cluster."""
-    import ray
+    from scheduler.ray_backend import alive_node_table
 
     out = []
-    for n in ray.nodes():
-        if not n.get("Alive"):
-            continue
+    for n in alive_node_table():
         res = n.get("Resources", {})
         out.append(
             NodeInfo(
@@ -182,7 +180,7 @@ def check_storage_here(root: str | None) -> Layout:
     except Exception as exc:
         raise ClusterStorageError(
             f"storage root {layout.root!r} is not reachable from {socket.gethostname()}: "
-            f"{type(exc).__name__}: {_one_line(exc)}. For s3:// roots check the credentials "
+            f"{type(exc).__name__}: {one_line(exc)}. For s3:// roots check the credentials "
             "of this machine (an IAM instance profile on a cloud node, AWS_* variables "
             "elsewhere); for a folder check that it is mounted and writable."
         ) from None
@@ -202,35 +200,24 @@ def probe_nodes(
 ) -> list[str]:
     """Check from every node in `nodes` that it sees the storage root the driver sees.
     Returns the problems, one line per node and cause (empty: all good)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from scheduler.ray_backend import run_on_nodes
 
     token = uuid.uuid4().hex
     driver_file = layout.cluster_check_file(f"{token}-driver")
     layout.put_bytes(driver_file, token.encode())
-    probe = ray.remote(_probe_on_node)
-    refs = {
-        probe.options(
-            num_cpus=0,
-            max_retries=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False),
-        ).remote(layout.root, token): n
-        for n in nodes
-    }
+    by_id = {n.node_id: n for n in nodes}
     problems: list[str] = []
     try:
-        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        for ref in not_ready:
+        answers, late = run_on_nodes(probe_on_node, (layout.root, token), list(by_id), timeout_s)
+        for node_id in late:
             problems.append(
-                f"{refs[ref].label()}: did not answer the storage check within {timeout_s:.0f} s"
+                f"{by_id[node_id].label()}: did not answer the storage check within "
+                f"{timeout_s:.0f} s"
             )
-            ray.cancel(ref, force=True)
-        for ref in ready:
-            node = refs[ref]
-            try:
-                answer = ray.get(ref)
-            except Exception as exc:
-                problems.append(f"{node.label()}: the storage check failed: {_one_line(exc)}")
+        for node_id, answer in answers.items():
+            node = by_id[node_id]
+            if isinstance(answer, Exception):
+                problems.append(f"{node.label()}: the storage check failed: {one_line(answer)}")
                 continue
             problems += [f"{node.label()}: {p}" for p in answer["problems"]]
             if answer["wrote"]:
@@ -263,15 +250,12 @@ def check_cluster(
     Does nothing on one node that runs every trial itself (the embedded local instance).
     `address` is where the driver connected (None: embedded, unless $RAY_ADDRESS);
     `storage_shared` None reads $BATCHLAB_STORAGE_SHARED. Raises `ClusterStorageError`."""
-    import ray
+    from scheduler.ray_backend import driver_node_id
 
     out = out or sys.stdout
     nodes = alive_nodes()
     existing = bool(address or os.environ.get("RAY_ADDRESS"))
-    try:
-        here = ray.get_runtime_context().get_node_id()
-    except Exception:  # a Ray Client driver runs outside the cluster
-        here = None
+    here = driver_node_id()  # None: a Ray Client driver runs outside the cluster
     r = spec.resources
     if not trials_leave_driver_node(
         nodes, here, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
@@ -297,18 +281,18 @@ def check_cluster(
     return layout
 
 
-def _probe_on_node(root: str, token: str) -> dict[str, Any]:
+def probe_on_node(root: str, token: str) -> dict[str, Any]:
     """Runs on one node: read the file the driver wrote, write this node's own."""
-    import ray
+    from scheduler.ray_backend import node_id as this_node
 
-    node_id = ray.get_runtime_context().get_node_id()
+    node_id = this_node()
     layout = Layout.open(root)
     problems = []
     path = layout.cluster_check_file(f"{token}-driver")
     try:
         got = layout.get_bytes(path)
     except Exception as exc:
-        problems.append(f"cannot read the storage root: {type(exc).__name__}: {_one_line(exc)}")
+        problems.append(f"cannot read the storage root: {type(exc).__name__}: {one_line(exc)}")
     else:
         if got != token.encode():
             problems.append(
@@ -320,10 +304,10 @@ def _probe_on_node(root: str, token: str) -> dict[str, Any]:
         layout.put_bytes(layout.cluster_check_file(f"{token}-{node_id}"), token.encode())
         wrote = True
     except Exception as exc:
-        problems.append(f"cannot write to the storage root: {type(exc).__name__}: {_one_line(exc)}")
+        problems.append(f"cannot write to the storage root: {type(exc).__name__}: {one_line(exc)}")
     return {"problems": problems, "wrote": wrote, "host": socket.gethostname()}
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     lines = [x for x in str(exc).strip().splitlines() if x.strip()]
     return lines[-1].strip() if lines else type(exc).__name__

@@ -17,52 +17,27 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import gc
-import io
 import os
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from scheduler import guards
+from scheduler.commit import DONE_STATUSES, TABLES, commit_trial, committed_status, next_attempt
+from scheduler.dispatch import TaskArgs
+from scheduler.tasks import chain, error_result, exit_result, live_trial
 from warehouse.layout import Layout
-from warehouse.store import write_trial
 from workers.checkpoint_io import TrialCheckpoints
 from workers.config import DatasetConfig, TrialConfig
 
-DONE_STATUSES = ("completed", "diverged")
-TABLES = ("epochs", "steps", "layers", "probes", "metrics")  # a TrialResult's row lists
+__all__ = ["DONE_STATUSES", "TABLES", "committed_status", "execute_pack", "measure_packs"]
 
 
-def _dataset(dataset_json: str, device: str, data_dir: str | None):
+def load_data(dataset_json: str, device: str, data_dir: str | None):
     """The data set on the device, loaded once per worker process (Ray reuses workers, so
     consecutive packs of one grid share it). maxsize=1: one data set on the GPU at a time."""
     from workers.data import load_dataset_cached
 
     return load_dataset_cached(DatasetConfig.model_validate_json(dataset_json), device, data_dir)
-
-
-def committed_status(layout: Layout, experiment: str, trial_id: str) -> str | None:
-    """The status in a trial's committed `trials` row, or None when it has none."""
-    data = layout.get_bytes(layout.table_file("trials", experiment, trial_id))
-    if data is None:
-        return None
-    try:
-        return pq.read_table(io.BytesIO(data), columns=["status"]).column(0)[0].as_py()
-    except Exception:  # unreadable: the warehouse checks quarantine it; train again
-        return None
-
-
-def _record(cfg: TrialConfig, result, attempt: int, pack_id: str | None) -> dict[str, Any]:
-    return {
-        "trial_id": cfg.trial_id,
-        "status": result.status,
-        "stop_reason": result.stop_reason,
-        "best_val_loss": result.summary.get("best_val_loss"),
-        "epochs_run": result.summary.get("epochs_run"),
-        "error": (result.error or "").strip().splitlines()[-1] if result.error else None,
-        "attempt": attempt,
-        "pack_id": pack_id,
-    }
 
 
 def execute_pack(
@@ -71,35 +46,29 @@ def execute_pack(
     root: str,
     *,
     pack_id: str,
-    code_version: str,
-    device: str = "auto",
-    resume: bool = True,
-    node_id: str = "",
-    ray_version: str = "",
-    num_threads: int | None = None,
-    data_dir: str | None = None,
-    code_dir: str | None = None,
+    attempt: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Train the trials `cfg_jsons` as one pack and commit each member's rows.
+    """Train the trials `cfg_jsons` as one pack and commit each member's rows. `options`:
+    the other fields of `TaskArgs` (scheduler/dispatch.py); `attempt`: Ray's count of this
+    task's executions (scheduler/ray_backend.py ray_task; 1 outside Ray).
 
     Returns {"pack_id", "members": [one status record per finished trial, as
-    execute_trial's], "oom": [config JSON of the members left unfinished by a CUDA
-    out-of-memory error], "device_name"}.
+    execute_trial's, with its pack_id], "oom": [config JSON of the members left unfinished
+    by a CUDA out-of-memory error], "device_name"}.
     """
     import torch
 
-    from scheduler import guards
-    from scheduler.runner import ray_attempt
-    from scheduler.tasks import exit_result, live_trial, next_attempt, trial_row
     from workers.train import resolve_device, run_trial
     from workers.user import use_code_dir
 
-    use_code_dir(code_dir)
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    task = TaskArgs(experiment, root, attempt=attempt or 1, **options)
+    use_code_dir(task.code_dir)
+    if task.num_threads:
+        torch.set_num_threads(task.num_threads)
     cfgs = [TrialConfig.model_validate_json(j) for j in cfg_jsons]
     layout = Layout.open(root)
-    dev = resolve_device(device)
+    dev = resolve_device(task.device)
     out: dict[str, Any] = {"pack_id": pack_id, "members": [], "oom": []}
 
     # Members an earlier attempt of this task already committed (its worker died later).
@@ -116,16 +85,14 @@ def execute_pack(
         return out
     ckpts = {c.trial_id: TrialCheckpoints(layout, experiment, c.trial_id) for c in todo}
     for c in todo:
-        next_attempt(
-            ckpts[c.trial_id]
-        )  # marks the member in flight (checkpoints/.../attempts.json)
+        next_attempt(ckpts[c.trial_id])  # marks the member in flight
     # Counted per run, as a lone trial's: Ray's executions of this pack's task (a member
     # re-run by a later `batchlab run` starts at 1 again; tests/reliability/test_round3_exits.py).
-    attempts = dict.fromkeys((c.trial_id for c in todo), ray_attempt())
+    attempts = dict.fromkeys((c.trial_id for c in todo), task.attempt)
     started = dt.datetime.now(dt.timezone.utc)
     lives = {
         c.trial_id: live_trial(layout, experiment, c, attempt=attempts[c.trial_id],
-                               node_id=node_id, pack_id=pack_id)
+                               node_id=task.node_id, pack_id=pack_id)
         for c in todo
     }  # fmt: skip
 
@@ -137,26 +104,25 @@ def execute_pack(
     def commit(cfg: TrialConfig, result, in_pack: bool) -> None:
         if (live := lives.pop(cfg.trial_id, None)) is not None:
             live.close()
-        row = trial_row(
-            cfg, result, code_version=code_version, attempt=attempts[cfg.trial_id],
-            started_at=started, node_id=node_id, ray_version=ray_version,
+        rec = commit_trial(
+            cfg, result, task, attempt=attempts[cfg.trial_id], started_at=started,
+            ckpt=ckpts[cfg.trial_id] if task.resume else None, layout=layout,
             pack_id=pack_id if in_pack else None, pack_size=len(cfgs) if in_pack else 1,
         )  # fmt: skip
-        tables = {k: getattr(result, k) for k in TABLES}
-        write_trial(layout, experiment, row, tables)
-        if resume and result.status != "failed":
-            ckpts[cfg.trial_id].delete("resume")  # the committed rows now supersede it
-        out["members"].append(
-            _record(cfg, result, attempts[cfg.trial_id], pack_id if in_pack else None)
-        )
+        out["members"].append({**rec, "pack_id": pack_id if in_pack else None})
 
     def lone(c: TrialConfig, data=None) -> None:
-        ck = ckpts[c.trial_id] if resume else None
+        ck = ckpts[c.trial_id] if task.resume else None
         hook = functools.partial(publish, c.trial_id)
         try:
             with guards.no_os_exit():
                 result = run_trial(
-                    c, device=str(dev), data=data, data_dir=data_dir, checkpoints=ck, on_epoch=hook
+                    c,
+                    device=str(dev),
+                    data=data,
+                    data_dir=task.data_dir,
+                    checkpoints=ck,
+                    on_epoch=hook,
                 )
         except BaseException as exc:  # the user's code exiting: a failed trial (guards.py)
             if (cause := guards.user_exit(exc)) is None:
@@ -165,32 +131,27 @@ def execute_pack(
         commit(c, result, in_pack=False)
 
     try:
-        return _run_members(
-            todo,
-            layout,
-            experiment,
-            dev,
-            data_dir,
-            resume,
-            ckpts,
-            attempts,
-            out,
-            commit,
-            lone,
-            publish,
-        )
+        return run_members(todo, task, dev, ckpts, attempts, out, commit, lone, publish)
     finally:
         for live in lives.values():
             live.close()
 
 
-def _run_members(
-    todo, layout, experiment, dev, data_dir, resume, ckpts, attempts, out, commit, lone, publish
+def run_members(
+    todo: list[TrialConfig],
+    task: TaskArgs,
+    dev: Any,
+    ckpts: dict[str, TrialCheckpoints],
+    attempts: dict[str, int],
+    out: dict[str, Any],
+    commit: Callable[[TrialConfig, Any, bool], None],
+    lone: Callable[..., None],
+    publish: Callable[[str, dict[str, Any]], None],
 ) -> dict[str, Any]:
+    """Train the pack's unfinished members `todo` (execute_pack's closures commit, train
+    one member alone and publish an epoch row); fills and returns `out`."""
     import torch
 
-    from scheduler import guards
-    from scheduler.tasks import chain, error_result, exit_result
     from workers.pack import run_pack
     from workers.packnet import PackUnsupported, make_pack_net
 
@@ -200,7 +161,7 @@ def _run_members(
             lone(c)
         return out
     try:
-        data = _dataset(todo[0].dataset.model_dump_json(), str(dev), data_dir)
+        data = load_data(todo[0].dataset.model_dump_json(), str(dev), task.data_dir)
     except Exception as exc:  # a loader's error, NaN/inf inputs (data_checks.py): all failed
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise  # the driver splits the pack
@@ -234,7 +195,7 @@ def _run_members(
     # Members resume in lockstep only from the same epoch: group them by their resume epoch.
     groups: dict[int, list[TrialConfig]] = {}
     for c in todo:
-        saved = ckpts[c.trial_id].load("resume") if resume else None
+        saved = ckpts[c.trial_id].load("resume") if task.resume else None
         groups.setdefault(saved["state"]["epoch"] if saved else 0, []).append(c)
     oom_above = int(os.environ.get("BATCHLAB_FAULT_PACK_OOM_ABOVE") or 0)
     oom = False
@@ -246,7 +207,7 @@ def _run_members(
             with guards.no_os_exit():
                 run_pack(
                     group, device=str(dev), data=data,
-                    checkpoints=[ckpts[c.trial_id] for c in group] if resume else None,
+                    checkpoints=[ckpts[c.trial_id] for c in group] if task.resume else None,
                     on_epoch=chain(publish, _fault_hooks(group, attempts)),
                     on_done=lambda r: commit(by_id[r.trial_id], r, in_pack=True),
                 )  # fmt: skip
@@ -314,7 +275,7 @@ def measure_packs(
     for j in cfg_jsons:
         cfg = TrialConfig.model_validate_json(j)
         before = torch.cuda.memory_allocated(dev)
-        data = _dataset(cfg.dataset.model_dump_json(), str(dev), data_dir)
+        data = load_data(cfg.dataset.model_dump_json(), str(dev), data_dir)
         out["data_bytes"][cfg.dataset.model_dump_json()] = max(
             out["data_bytes"].get(cfg.dataset.model_dump_json(), 0),
             torch.cuda.memory_allocated(dev) - before,

@@ -18,8 +18,8 @@ reductions sum in an order set by the thread count, so a trial's numbers would d
 the grid it ran in).
 A CUDA out-of-memory error re-queues the pack's unfinished members as two halves.
 
-The planning functions here are pure (tested without Ray); `execute_packs` is the Ray loop,
-called by `scheduler.runner._execute`.
+The planning functions here are pure (tested without Ray); `execute_packs` is the loop over
+pack tasks, called by `scheduler.execute.execute`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler.dispatch import TaskArgs, drain, task_env
 from workers.config import TrialConfig
 
 GPU_MAX_PACK = 64  # members; beyond this small-batch throughput stops growing (PERFORMANCE.md)
@@ -215,135 +216,155 @@ def pack_resources(
 
 
 def execute_packs(
-    spec, trials: list[TrialConfig], layout, report, progress: bool, out, *, device: str,
-    code_version: str,
-) -> None:  # fmt: skip
-    """Run `trials` as packs on the connected Ray instance; fills `report` like the
-    single-trial path of scheduler.runner._execute does."""
-    import ray
-
-    from scheduler.pack_tasks import execute_pack, measure_packs
+    spec: Any,
+    trials: list[TrialConfig],
+    layout: Any,
+    report: Any,
+    progress: bool,
+    out: Any,
+    *,
+    task: TaskArgs,
+    backend: Any,
+) -> None:
+    """Run `trials` as packs on the connected task system (scheduler/ray_backend.py);
+    fills `report` as the lone-trial loop of scheduler/execute.py does. `task`: the
+    arguments every pack task gets (scheduler/dispatch.py)."""
     from scheduler.progress import EpochBar
-    from scheduler.ray_setup import stop_running
 
-    r = spec.resources
-    gpu: GpuFacts | None = None
-    if device != "cpu":
-        if not ray.cluster_resources().get("GPU"):
-            raise RuntimeError(
-                f"resources.device is {device!r} but the Ray cluster has no GPU "
-                f"({ray.cluster_resources()}); set resources.device: cpu or connect to a GPU "
-                "cluster (--address)"
-            )
-        one_per_shape = [g[0].model_dump_json() for g in group_by_shape(trials).values()]
-        probe = ray.remote(measure_packs).options(num_cpus=r.cpus_per_trial, num_gpus=1)
-        facts = ray.get(probe.remote(one_per_shape, "cuda", spec.data_dir))
-        gpu = GpuFacts(
-            facts["free_bytes"], facts["total_bytes"], facts["data_bytes"],
-            {k: tuple(v) for k, v in facts["members"].items()}, facts.get("device_name", ""),
-        )  # fmt: skip
-        print(
-            f"GPU {gpu.device_name}: {gpu.free_bytes / 2**30:.1f} GiB free; measured MiB per "
-            "pack member: " + ", ".join(f"{v[0] / 2**20:.0f}" for v in gpu.members.values()),
-            file=out,
-        )
-    packs = plan_packs(trials, device, r.max_pack_size, gpu)
+    gpu = measure_gpu(spec, trials, out, task.device, backend)
+    packs = plan_packs(trials, task.device, spec.resources.max_pack_size, gpu)
     print(
         f"{len(trials)} trials in {len(packs)} packs (sizes "
         f"{', '.join(str(len(p)) for p in packs)})",
         file=out,
     )
-    pending: dict[Any, Pack] = {}
-    tries: dict[str, int] = {}
-    # Fault injection and the live-area switch: reach the worker processes of this run only.
-    faults = {
-        k: v for k, v in os.environ.items() if k.startswith(("BATCHLAB_FAULT_", "BATCHLAB_LIVE"))
-    }
-
-    def submit(p: Pack) -> None:
-        for t in p.trials:
-            tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
-        cpus, gpus = pack_resources(p, r.cpus_per_trial, r.gpus_per_trial, device, gpu)
-        opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": r.max_retries,
-                                "retry_exceptions": False}  # fmt: skip
-        if faults:  # fault-injection tests: reach the worker processes of this run only
-            opts["runtime_env"] = {"env_vars": faults}
-        remote = ray.remote(_ray_pack).options(**opts)
-        ref = remote.remote(
-            execute_pack, [t.model_dump_json() for t in p.trials], spec.experiment, layout.root,
-            pack_id=p.pack_id, code_version=code_version, device=device,
-            resume=r.resume_checkpoints, num_threads=trial_threads(r.cpus_per_trial),
-            data_dir=spec.data_dir, code_dir=spec.code_dir,
-        )  # fmt: skip
-        pending[ref] = p
-
+    loop = PackLoop(spec, task, gpu, report, backend, out)
     for p in packs:
-        submit(p)
-    counts = {"completed": 0, "diverged": 0, "failed": 0}
-    bar = EpochBar(layout, spec.experiment, trials, enabled=progress, out=out)
-    said: set[str] = set()  # reasons a pack trained its members as lone trials, said once
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            bar.poll()
-            for ref in done:
-                p = pending.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except Exception as exc:  # the task failed: worker died too often, storage error
-                    res = {"members": [_failed(t, exc, p) for t in p.trials], "oom": []}
-                if (why := res.get("unsupported")) and why not in said:
-                    said.add(why)
-                    bar.bar.write(f"packs of this shape train one trial at a time: {why}", file=out)
-                by_id = {t.trial_id: t for t in p.trials}
-                retry = []
-                for rec in res["members"]:
-                    if rec["status"] == "failed" and tries[rec["trial_id"]] <= r.retry_failed:
-                        retry.append(by_id[rec["trial_id"]])
-                        continue
-                    counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-                    report.results.append(rec)
-                    bar.finished(rec)
-                if retry:
-                    submit(Pack(tuple(retry)))
-                if res["oom"]:
-                    left = Pack(tuple(TrialConfig.model_validate_json(j) for j in res["oom"]))
-                    if len(left) > 1:
-                        print(f"pack {p.pack_id}: CUDA out of memory, re-queued as two packs of "
-                              f"{len(left.halves()[0])} and {len(left.halves()[1])}", file=out)  # fmt: skip
-                        for half in left.halves():
-                            for t in half.trials:
-                                tries[t.trial_id] -= 1  # a split is not a retry
-                            submit(half)
-                    else:
-                        t = left.trials[0]
-                        rec = _failed(t, "CUDA out of memory with a single trial in the pack", p)
-                        counts["failed"] += 1
-                        report.results.append(rec)
-                        bar.finished(rec)
-    except KeyboardInterrupt:
+        loop.submit(p)
+    loop.bar = EpochBar(layout, spec.experiment, trials, enabled=progress, out=out)
+
+    def cancelled() -> None:
         report.cancelled = True
-        stop_running()  # no ray.cancel: see its docstring (scheduler/ray_setup.py)
         print(
             "\ncancelled: running packs were stopped; finished members are stored. "
             "Run the same command again to resume.",
             file=out,
         )
+
+    try:
+        drain(backend, loop.pending, loop.on_result, poll=loop.bar.poll, on_cancel=cancelled)
     finally:
-        bar.close()
-        report.counts = counts
+        loop.bar.close()
+        report.counts = loop.counts
 
 
-def _failed(t: TrialConfig, exc: BaseException | str, p: Pack) -> dict[str, Any]:
+def measure_gpu(
+    spec: Any, trials: list[TrialConfig], out: Any, device: str, backend: Any
+) -> GpuFacts | None:
+    """On a GPU: what one probe task measures there (scheduler/pack_tasks.measure_packs),
+    for sizing the packs; None on CPU."""
+    if device == "cpu":
+        return None
+    from scheduler.pack_tasks import measure_packs
+
+    if not backend.cluster_resources().get("GPU"):
+        raise RuntimeError(
+            f"resources.device is {device!r} but the Ray cluster has no GPU "
+            f"({backend.cluster_resources()}); set resources.device: cpu or connect to a GPU "
+            "cluster (--address)"
+        )
+    one_per_shape = [g[0].model_dump_json() for g in group_by_shape(trials).values()]
+    probe = backend.remote(measure_packs, num_cpus=spec.resources.cpus_per_trial, num_gpus=1)
+    facts = backend.get(probe.remote(one_per_shape, "cuda", spec.data_dir))
+    gpu = GpuFacts(
+        facts["free_bytes"], facts["total_bytes"], facts["data_bytes"],
+        {k: tuple(v) for k, v in facts["members"].items()}, facts.get("device_name", ""),
+    )  # fmt: skip
+    print(
+        f"GPU {gpu.device_name}: {gpu.free_bytes / 2**30:.1f} GiB free; measured MiB per "
+        "pack member: " + ", ".join(f"{v[0] / 2**20:.0f}" for v in gpu.members.values()),
+        file=out,
+    )
+    return gpu
+
+
+class PackLoop:
+    """The driver's bookkeeping of a run's pack tasks: submissions, retries of failed
+    members (`retry_failed`), out-of-memory splits, the run's counts and results."""
+
+    def __init__(
+        self, spec: Any, task: TaskArgs, gpu: GpuFacts | None, report: Any, backend: Any,
+        out: Any,
+    ) -> None:  # fmt: skip
+        self.spec, self.task, self.gpu, self.report = spec, task, gpu, report
+        self.backend, self.out = backend, out
+        self.env = task_env()
+        self.pending: dict[Any, Pack] = {}
+        self.tries: dict[str, int] = {}
+        self.counts = {"completed": 0, "diverged": 0, "failed": 0}
+        self.said: set[str] = set()  # reasons a pack trained its members alone, said once
+        self.bar: Any = None
+
+    def submit(self, p: Pack) -> None:
+        from scheduler.pack_tasks import execute_pack
+
+        r = self.spec.resources
+        for t in p.trials:
+            self.tries[t.trial_id] = self.tries.get(t.trial_id, 0) + 1
+        cpus, gpus = pack_resources(p, r.cpus_per_trial, r.gpus_per_trial, self.task.device,
+                                    self.gpu)  # fmt: skip
+        remote = self.backend.remote(
+            self.backend.ray_task, num_cpus=cpus, num_gpus=gpus, max_retries=r.max_retries,
+            retry_exceptions=False, **self.env,
+        )  # fmt: skip
+        ref = remote.remote(
+            execute_pack, [t.model_dump_json() for t in p.trials], self.task.experiment,
+            self.task.root, pack_id=p.pack_id, attempt_base=0,
+            **self.task.replace(num_threads=trial_threads(r.cpus_per_trial)).options(),
+        )  # fmt: skip
+        self.pending[ref] = p
+
+    def finish(self, rec: dict[str, Any]) -> None:
+        self.counts[rec["status"]] = self.counts.get(rec["status"], 0) + 1
+        self.report.results.append(rec)
+        self.bar.finished(rec)
+
+    def on_result(self, p: Pack, res: Any, exc: Exception | None) -> None:
+        r = self.spec.resources
+        if exc is not None:  # the task failed: worker died too often, storage error
+            res = {"members": [failed_member(t, exc, p) for t in p.trials], "oom": []}
+        if (why := res.get("unsupported")) and why not in self.said:
+            self.said.add(why)
+            self.bar.bar.write(f"packs of this shape train one trial at a time: {why}",
+                               file=self.out)  # fmt: skip
+        by_id = {t.trial_id: t for t in p.trials}
+        retry = []
+        for rec in res["members"]:
+            if rec["status"] == "failed" and self.tries[rec["trial_id"]] <= r.retry_failed:
+                retry.append(by_id[rec["trial_id"]])
+                continue
+            self.finish(rec)
+        if retry:
+            self.submit(Pack(tuple(retry)))
+        if not res["oom"]:
+            return
+        left = Pack(tuple(TrialConfig.model_validate_json(j) for j in res["oom"]))
+        if len(left) > 1:
+            a, b = left.halves()
+            print(f"pack {p.pack_id}: CUDA out of memory, re-queued as two packs of "
+                  f"{len(a)} and {len(b)}", file=self.out)  # fmt: skip
+            for half in (a, b):
+                for t in half.trials:
+                    self.tries[t.trial_id] -= 1  # a split is not a retry
+                self.submit(half)
+        else:
+            t = left.trials[0]
+            self.finish(failed_member(t, "CUDA out of memory with a single trial in the pack", p))
+
+
+def failed_member(t: TrialConfig, exc: BaseException | str, p: Pack) -> dict[str, Any]:
+    """The driver's record of a pack member whose task failed."""
     if isinstance(exc, BaseException):
         lines = str(exc).strip().splitlines()
         exc = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
     return {"trial_id": t.trial_id, "status": "failed", "error": exc, "pack_id": p.pack_id}
-
-
-def _ray_pack(fn, *args, **kwargs):
-    """Runs in a Ray worker: adds the node id and Ray version to the provenance."""
-    import ray
-
-    ctx = ray.get_runtime_context()
-    return fn(*args, node_id=ctx.get_node_id(), ray_version=ray.__version__, **kwargs)

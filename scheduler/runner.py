@@ -1,36 +1,32 @@
-"""Run a grid: plan (what is done, what is left), then execute the rest on Ray.
-
-Only `scheduler/` imports Ray (here, and lazily in packing, data_parallel, analyses, cluster, submit). Each trial is a
-Ray task asking for the spec's `cpus_per_trial` / `gpus_per_trial`; Ray retries a task whose
-worker process died (`max_retries`), and the trial resumes from its last epoch checkpoint.
-A Python exception inside a trial is recorded as a `failed` trial by the worker itself, so
-the grid goes on. See docs/architecture.md.
+"""Run a grid: plan (what is done, what is left), then execute the rest
+(scheduler/execute.py) on Ray (scheduler/ray_backend.py, the only module that imports it),
+record lost trials, run the analyses, write the run record. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from scheduler.commit import DONE_STATUSES
+from scheduler.execute import device_for, execute
 from scheduler.faults import suspended as fault_free
-from scheduler.ray_setup import embedded_node, init_ray, stop_running
+from scheduler.ray_setup import embedded_node, init_ray
 from scheduler.spec import GridSpec
-from scheduler.storage_errors import check_writable, describe, engine_error
+from scheduler.storage_errors import check_writable, engine_error
+from scheduler.versions import code_version
 from warehouse.db import write_duckdb_file
 from warehouse.layout import Layout
 from warehouse.store import read_trial_rows, write_run_record
 from workers.config import TrialConfig
 
-# Statuses that count as done: re-running the grid skips these trials. A `failed` trial
-# (a Python exception, possibly transient) is run again.
-DONE_STATUSES = ("completed", "diverged")
+__all__ = ["DONE_STATUSES", "Plan", "RunReport", "check_feasible", "code_version",
+           "init_ray", "plan", "ray_attempt", "run_grid"]  # fmt: skip
 
 
 @dataclass
@@ -88,32 +84,6 @@ def plan(spec: GridSpec, layout: Layout) -> Plan:
     return Plan(spec, to_run, skipped, failed, invalidated)
 
 
-def code_version() -> str:
-    """git commit of the batchlab checkout (+ '-dirty'), else the package version."""
-    import batchlab
-
-    here = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
-        return f"{batchlab.__version__}+g{sha}{'-dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        return batchlab.__version__
-
-
-def _device_for(spec: GridSpec) -> str:
-    r = spec.resources
-    if r.device != "auto":
-        return r.device
-    return "cuda" if r.gpus_per_trial > 0 else "cpu"
-
-
 def run_grid(
     spec: GridSpec,
     root: str | None = None,
@@ -164,7 +134,7 @@ def run_grid(
 
             init_ray(address, num_cpus)
             report.analyses = run_analyses(
-                spec, layout, code_version=code_version(), device=_device_for(spec), out=out
+                spec, layout, code_version=code_version(), device=device_for(spec), out=out
             )
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP outside the trial loop
         report.cancelled = True
@@ -231,7 +201,7 @@ def _start_and_execute(
     existing = bool(address or os.environ.get("RAY_ADDRESS"))
     check_resources(alive_nodes(), **need, existing_cluster=existing)
     layout = check_cluster(spec, layout, address=address, storage_shared=storage_shared, out=out)
-    _execute(spec, p.to_run, layout, report, progress, out)
+    execute(spec, p.to_run, layout, report, progress, out, code_version=code_version())
 
 
 def record_lost_trials(spec: GridSpec, layout: Layout, report: RunReport, out) -> None:
@@ -268,183 +238,18 @@ def _crash_text(error: str | None) -> bool:
     return (error or "").startswith(("WorkerCrashedError", "NodeDiedError"))
 
 
-def _execute(
-    spec: GridSpec, trials: list[TrialConfig], layout: Layout, report: RunReport, progress, out
-):
-    import ray
-
-    from scheduler.data_parallel import execute_data_parallel_trial
-    from scheduler.progress import EpochBar
-    from scheduler.tasks import execute_trial
-
-    r = spec.resources
-    device = _device_for(spec)
-    version = code_version()
-    if r.pack and r.trial_timeout_s:  # a timeout kills a worker: one trial's, not a pack's
-        print(
-            f"resources.trial_timeout_s={r.trial_timeout_s:g}: every trial runs alone (no packs)",
-            file=out,
-        )
-        spec = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})
-        r = spec.resources
-    if r.pack:  # trial packs (docs/packs.md); data-parallel trials still run one by one
-        from scheduler.packing import execute_packs, split_for_packs
-
-        packed, rest = split_for_packs(trials, r.pack)
-        if not packed:
-            lone = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})
-            return _execute(lone, rest, layout, report, progress, out)
-        execute_packs(
-            spec, packed, layout, report, progress, out, device=device, code_version=version
-        )
-        if rest and not report.cancelled:
-            counts = report.counts
-            lone = spec.model_copy(update={"resources": r.model_copy(update={"pack": False})})
-            _execute(lone, rest, layout, report, progress, out)
-            report.counts = {k: counts.get(k, 0) + report.counts.get(k, 0) for k in {*counts, *report.counts}}  # fmt: skip
-        return
-    opts: dict[str, Any] = {
-        "num_cpus": r.cpus_per_trial,
-        "num_gpus": r.gpus_per_trial,
-        "max_retries": r.max_retries,
-        "retry_exceptions": False,
-    }
-    # Fault injection and the live-area switch: reach the worker processes of this run only.
-    faults = {
-        k: v for k, v in os.environ.items() if k.startswith(("BATCHLAB_FAULT_", "BATCHLAB_LIVE"))
-    }
-    if faults:  # fault-injection tests: reach the worker processes of this run only
-        opts["runtime_env"] = {"env_vars": faults}
-    remote = ray.remote(_ray_trial).options(**opts)
-    dp_opts = {
-        "num_cpus": 0,
-        "max_retries": 0,
-        **({"runtime_env": opts["runtime_env"]} if faults else {}),
-    }
-    dp_remote = ray.remote(_ray_trial).options(**dp_opts)
-    threads = max(1, int(r.cpus_per_trial))
-    pending: dict[Any, TrialConfig] = {}
-    tries: dict[str, int] = {}
-    executions: dict[str, int] = {}  # executions of earlier submissions of a trial (this run)
-    tokens: dict[Any, str] = {}  # a submission's token (a timed-out task's retry finds it)
-
-    def submit(t: TrialConfig) -> None:
-        tries[t.trial_id] = tries.get(t.trial_id, 0) + 1
-        if t.data_parallel_workers > 1:
-            # A Ray Train run: the driver-side task holds no resources; the TorchTrainer
-            # asks for `data_parallel_workers` x (cpus_per_trial [+ 1 GPU]) itself.
-            ref = dp_remote.remote(
-                execute_data_parallel_trial, t.model_dump_json(), spec.experiment, layout.root,
-                code_version=version, use_gpu=device == "cuda", cpus_per_worker=r.cpus_per_trial,
-                max_failures=r.max_retries, data_dir=spec.data_dir, code_dir=spec.code_dir,
-            )  # fmt: skip
-            pending[ref] = t
-            return
-        token = uuid.uuid4().hex
-        ref = remote.remote(
-            execute_trial, t.model_dump_json(), spec.experiment, layout.root,
-            attempt_base=executions.get(t.trial_id, 0),
-            code_version=version, device=device, resume=r.resume_checkpoints, num_threads=threads,
-            data_dir=spec.data_dir, code_dir=spec.code_dir, timeout_s=r.trial_timeout_s,
-            token=token,
-        )  # fmt: skip
-        pending[ref], tokens[ref] = t, token
-
-    for t in trials:
-        submit(t)
-    counts = {"completed": 0, "diverged": 0, "failed": 0}
-    bar = EpochBar(layout, spec.experiment, trials, enabled=progress, out=out)
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            bar.poll()
-            for ref in done:
-                t, token = pending.pop(ref), tokens.pop(ref, None)
-                try:
-                    res = ray.get(ref)
-                except Exception as exc:  # the task failed: its worker died too often
-                    res = _task_failed(
-                        t,
-                        exc,
-                        layout,
-                        spec.experiment,
-                        token,
-                        executions.get(t.trial_id, 0) + r.max_retries + 1,
-                    )
-                executions[t.trial_id] = res.get("attempt") or executions.get(t.trial_id, 0) + 1
-                if res["status"] == "failed" and tries[t.trial_id] <= r.retry_failed:
-                    submit(t)
-                    continue
-                counts[res["status"]] = counts.get(res["status"], 0) + 1
-                report.results.append(res)
-                bar.finished(res)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (scheduler/interrupts.py)
-        report.cancelled = True
-        stop_running()  # no ray.cancel: see its docstring
-        print(
-            "\ncancelled: running trials were stopped; nothing half-written is visible. "
-            "Run the same command again to resume.",
-            file=out,
-        )
-    finally:
-        bar.close()
-        report.counts = counts
-
-
-def _task_failed(
-    t: TrialConfig,
-    exc: Exception,
-    layout: Layout,
-    experiment: str,
-    token: str | None,
-    attempts: int,
-) -> dict[str, Any]:
-    """The driver's record of a task that raised instead of returning: a trial_timeout_s
-    kill (the worker committed the row), else a worker that died on every execution."""
-    from scheduler.tasks import timed_out
-    from workers.checkpoint_io import TrialCheckpoints
-
-    res = {"trial_id": t.trial_id, "status": "failed", "error": _short(exc), "attempt": attempts}
-    if (
-        line := describe(getattr(exc, "cause", None) or exc, layout.root)
-    ) is not None:  # storage: the path
-        res["error"] = line.removeprefix("batchlab: ")
-    if token and (error := timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)):
-        return {**res, "error": error, "stop_reason": "timeout"}
-    from ray.exceptions import NodeDiedError, WorkerCrashedError
-
-    return {**res, "worker_died": isinstance(exc, (WorkerCrashedError, NodeDiedError))}
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
-
-
-def _ray_trial(fn, *args, attempt_base: int | None = None, **kwargs):
-    """Runs in a Ray worker: adds the node id and Ray version to the provenance, and the
-    trial's attempt number when `fn` takes one (see `ray_attempt`)."""
-    import inspect
-
-    import ray
-
-    ctx = ray.get_runtime_context()
-    if attempt_base is not None and "attempt" in inspect.signature(fn).parameters:
-        kwargs["attempt"] = attempt_base + ray_attempt()
-    return fn(*args, node_id=ctx.get_node_id(), ray_version=ray.__version__, **kwargs)
-
-
 def ray_attempt() -> int:
-    """This execution's number among the executions of the running Ray task (1 first; Ray
-    counts every retry, also of a worker killed while it was starting or unpickling the
-    arguments, before any trial code ran). The driver adds the executions of earlier
-    submissions of the same trial (`retry_failed`), so an attempt counts what *this run*
-    tried: two concurrent runs of one grid each give a never-retried trial attempt 1."""
-    try:
-        import ray
+    """scheduler/ray_backend.py `ray_attempt` (this Ray task execution's number)."""
+    from scheduler.ray_backend import ray_attempt as attempt
 
-        return 1 + int(
-            ray._private.worker.global_worker.core_worker.get_current_task_attempt_number()
-        )
-    except Exception:  # not in a Ray task (tests call the function directly)
-        return 1
+    return attempt()
+
+
+def __getattr__(name: str) -> Any:
+    # `_ray_trial`: the old name of scheduler/ray_backend.py `ray_task`, still importable
+    # (tests/reliability/test_attempts.py) without importing Ray with this module.
+    if name == "_ray_trial":
+        from scheduler.ray_backend import ray_task
+
+        return ray_task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

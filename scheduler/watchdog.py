@@ -76,16 +76,11 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
 """
 
 
-def start_watchdog() -> int | None:
-    """Start the watchdog of the embedded Ray instance this process just started (Linux:
-    it reads /proc); returns its pid."""
-    import ray
-
-    if not os.path.isdir("/proc"):
-        return None
-    try:
-        session = ray._private.worker._global_node.get_session_dir_path()
-    except Exception:  # not an instance this process started
+def start_watchdog(session: str | None) -> int | None:
+    """Start the watchdog of the embedded Ray instance this process just started, whose
+    session folder is `session` (scheduler/ray_backend.py `start_embedded`; Linux: it reads
+    /proc); returns its pid, or None when not started."""
+    if not session or not os.path.isdir("/proc"):
         return None
     proc = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(os.getpid()), session],
