@@ -9,7 +9,7 @@ import pandas as pd
 
 from app.chart_kit import BS_COLOR, EPOCH_AXIS, PLOT_HEIGHT, fit_legend, interactive, positive
 
-LOG2_BS = alt.Scale(type="log", base=2)
+LOG2_BS = alt.Scale(type="log", base=2, padding=12)  # points at the ends drawn whole
 
 
 def steps_fit_chart(points: pd.DataFrame, curve: pd.DataFrame, marks: pd.DataFrame) -> alt.Chart:

@@ -14,6 +14,7 @@ import duckdb
 from warehouse import findings as fnd
 from warehouse import queries as q
 from warehouse import stats
+from warehouse.advice_text import report_section
 from warehouse.db import connect
 from warehouse.findings.data import TRAIN_ACC_CONVERGED
 from warehouse.invalidation import Invalidated, incomplete_trials
@@ -119,6 +120,8 @@ def render_report(
             f"- **{v.id}** ({v.verdict}): {why}. Test: {test}. Statistic: {_md(v.statistic)}."
         )
     lines.append("")
+    # The advisor's answer and F-11 / F-15 / F-29 per sharpness measure (docs/advise.md).
+    lines += report_section(con, f)
     return "\n".join(lines)
 
 
