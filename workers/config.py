@@ -13,13 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -29,7 +26,25 @@ from pydantic import (
     model_validator,
 )
 
+from workers.config_base import IMPORT_PATH, StrictConfig, check_import_path, jsonable
+from workers.identity import config_hash_of, identity_dump
+from workers.measure_config import (
+    HessianConfig,
+    MeasureConfig,
+    NoiseScaleConfig,
+    SharpnessConfig,
+)
 from workers.probe_settings import AdaptiveSharpnessConfig, BatchSharpnessConfig
+
+# Importers have always reached these names here (re-exported after the split: the identity
+# in workers/identity.py, the `measure:` models in workers/measure_config.py).
+__all__ = [
+    "COMPILE_MODES", "DATASETS", "LOSSES", "LR_SCALING", "MODELS", "OPTIMIZERS",
+    "AdaptiveSharpnessConfig", "BatchSharpnessConfig", "DatasetConfig", "EarlyStoppingConfig",
+    "HessianConfig", "MeasureConfig", "ModelConfig", "NoiseScaleConfig", "OptimizerConfig",
+    "PerformanceConfig", "PlateauDecayConfig", "SharpnessConfig", "StopConfig", "TrialConfig",
+    "UntilConfig", "check_import_path", "config_hash_of", "identity_dump",
+]  # fmt: skip
 
 DATASETS = ("mnist1d", "digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "cnn", "lenet", "vgg", "keskar_f1", "keskar_c1")
@@ -37,102 +52,9 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCALING = ("none", "linear", "sqrt")
 LOSSES = ("cross_entropy", "bce", "mse")
 
-# "module.sub:attr" or a path to a .py file ("./nets.py:build", "/abs/nets.py:build").
-_IMPORT_PATH = re.compile(r"(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|[^:\n]*\.py):[A-Za-z_][\w.]*")
-
-# Keys added after trial identities were first stored: left out of the hash while they hold
-# their default, so every trial of an older grid keeps its id (and is skipped on a re-run).
-# (dotted path, default)
-_LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
-    (("dataset", "loader"), None),
-    (("dataset", "kwargs"), {}),
-    (("model", "factory"), None),
-    (("model", "kwargs"), {}),
-    (("loss",), "cross_entropy"),
-    (("loss_kwargs",), {}),
-    (("trainable",), None),
-    (("params",), {}),
-    (("stop",), None),
-    (("until",), None),
-    (("measure", "at"), ["final"]),
-    (("measure", "sharpness", "restarts"), 0),
-    (("measure", "batch_sharpness"), None),
-    (("measure", "adaptive_sharpness"), None),
-    (("performance", "tf32"), None),
-    (("performance",), {}),  # after the execution keys below are dropped: {} at defaults
-)
-
-# Settings that change how a trial is executed, not the arithmetic it computes: never part
-# of its identity (docs/grid.md, `performance`). torch.compile, channels_last, CUDA graphs and
-# cuDNN autotuning run the same fp32 maths; they may round differently at the last bit, as a
-# different GPU or cuDNN version does (neither is part of identity either). TF32 is not here:
-# it computes matmuls/convolutions from 10-bit mantissas, a different experiment.
-_EXECUTION_KEYS: tuple[tuple[str, ...], ...] = (
-    ("performance", "compile"),
-    ("performance", "channels_last"),
-    ("performance", "cuda_graphs"),
-    ("performance", "cudnn_benchmark"),
-)
-
-
-def identity_dump(dumped: dict[str, Any]) -> dict[str, Any]:
-    """The dumped TrialConfig without the execution-only keys and the later keys that hold
-    their defaults (a copy)."""
-    out = dict(dumped)
-    perf = out.get("performance")
-    if isinstance(perf, dict):
-        out["performance"] = {
-            k: v for k, v in perf.items() if ("performance", k) not in _EXECUTION_KEYS
-        }
-    for path, default in _LATER_KEYS:
-        parent: dict[str, Any] | None = out
-        for part in path[:-1]:
-            sub = parent.get(part) if parent is not None else None
-            if not isinstance(sub, dict):
-                parent = None
-                break
-            sub = dict(sub)
-            parent[part] = sub
-            parent = sub
-        if parent is not None and path[-1] in parent and parent[path[-1]] == default:
-            del parent[path[-1]]
-    return out
-
-
-def config_hash_of(dumped: dict[str, Any]) -> str:
-    """sha256 of the key-sorted compact JSON of a dumped TrialConfig (its identity dump)."""
-    return hashlib.sha256(
-        orjson.dumps(identity_dump(dumped), option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
-
-
-def check_import_path(v: str | None, key: str) -> str | None:
-    """`module:attr` or `file.py:attr`, else a ValueError saying what is allowed."""
-    if v is None:
-        return v
-    if not isinstance(v, str) or not _IMPORT_PATH.fullmatch(v):
-        raise ValueError(
-            "not an import path; expected 'package.module:function' or "
-            "'./file.py:function' (a .py file relative to the grid file)"
-        )
-    return v
-
-
-def _jsonable(v: dict[str, Any], key: str) -> dict[str, Any]:
-    try:
-        orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:
-        raise ValueError(
-            f"values must be plain YAML data (numbers, strings, lists, mappings): {exc}"
-        ) from None
-    return v
-
-
-class _Strict(BaseModel):
-    """Base: unknown keys are errors, values are immutable once validated, and nothing is
-    coerced: "32" is not an int, true is not 1, "yes" is not a bool (pydantic strict mode)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+_IMPORT_PATH = IMPORT_PATH
+_jsonable = jsonable
+_Strict = StrictConfig  # the base of every config model (workers/config_base.py)
 
 
 class DatasetConfig(_Strict):
@@ -286,75 +208,6 @@ class UntilConfig(_Strict):
         if self.train_loss_below is None and self.train_acc_above is None:
             raise ValueError("give train_loss_below and/or train_acc_above")
         return self
-
-
-class SharpnessConfig(_Strict):
-    eps: list[PositiveFloat] = Field(default_factory=lambda: [1e-3, 5e-4])
-    # "lbfgsb": SciPy L-BFGS-B, as Keskar et al.; "pga": projected gradient ascent on the
-    # device; "both": each of them, the larger value kept (workers/probes/sharpness.py).
-    solver: Literal["lbfgsb", "pga", "both"] = "lbfgsb"
-    # Extra runs of each solver from seeded uniform points of the box; the largest value of
-    # all runs is kept (each run is a lower bound of the box maximum). 0 = from y = 0 only.
-    restarts: Annotated[int, Field(ge=0, le=100)] = 0
-    max_iter: PositiveInt = 10
-    # None = full space (A = I); an int p = random Gaussian subspace of that dimension.
-    subspace_dim: PositiveInt | None = None
-    # Examples of the training set the loss f is evaluated on (a seeded fixed subset).
-    n_examples: PositiveInt = 2048
-
-
-class HessianConfig(_Strict):
-    max_iter: PositiveInt = 100
-    tol: PositiveFloat = 1e-3
-    n_examples: PositiveInt = 2048
-
-
-class NoiseScaleConfig(_Strict):
-    b_small: PositiveInt = 32
-    b_big: PositiveInt = 1024
-    n_batches: PositiveInt = 20
-    # Also compute the exact per-example value when the model is small enough (params).
-    exact_max_params: Annotated[int, Field(ge=0)] = 200_000
-    exact_n_examples: PositiveInt = 2048
-
-
-class MeasureConfig(_Strict):
-    # Per-step update norms ||theta_{t+1} - theta_t|| and gradient norms (F-9).
-    update_norms: bool = True
-    # Keep every step's row in the `steps` table (else per-epoch quantiles only).
-    store_steps: bool = True
-    # Per-layer distance from init at every epoch end (F-7, F-16).
-    layers: bool = True
-    # Full training set loss/accuracy in eval mode at every epoch end (F-26).
-    train_eval: bool = True
-    sharpness: SharpnessConfig | None = None
-    hessian: HessianConfig | None = None
-    noise_scale: NoiseScaleConfig | None = None
-    # Andreyev & Beneventano's batch sharpness; Kwon et al.'s adaptive sharpness, per rho
-    # (workers/probe_settings.py; docs/science.md).
-    batch_sharpness: BatchSharpnessConfig | None = None
-    adaptive_sharpness: AdaptiveSharpnessConfig | None = None
-    # Also run the enabled probes every N epochs during training (None = at the end only).
-    probe_every_epochs: PositiveInt | None = None
-    # Save initial and final weights (needed by the landscape analyses).
-    checkpoints: bool = True
-    # Where the end-of-training probes measure: "final" (the last weights) and/or "best"
-    # (the weights of the best validation loss, kept in memory while training). Probe rows
-    # carry the point in their `at` column.
-    at: list[Literal["final", "best"]] = Field(default_factory=lambda: ["final"])
-
-    @field_validator("at")
-    @classmethod
-    def _at(cls, v: list[str]) -> list[str]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("a non-empty list of distinct points: 'final', 'best'")
-        return v
-
-    @property
-    def probes_on(self) -> bool:
-        """Whether any probe (`run_probes`) is enabled."""
-        probes = (self.sharpness, self.hessian, self.noise_scale, self.batch_sharpness)
-        return any(p is not None for p in (*probes, self.adaptive_sharpness))
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
