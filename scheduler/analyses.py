@@ -14,7 +14,7 @@
         span: 1.0
         direction_seed: 0
 
-Selections use the grid's axis names (scheduler.spec.AXIS_PATHS). An interpolation pairs
+Selections use the grid's axis names (scheduler/spec_axes.py AXIS_PATHS). An interpolation pairs
 each trial matching `small` with the trial whose config equals it after applying `large`
 (same seed, hence the same initial weights). Each analysis gets a stable id (hash of its kind,
 settings and input trial ids), so a re-run skips analyses already stored; an analysis whose
@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from scheduler.spec_axes import AXIS_PATHS
 from warehouse.layout import Layout
 from warehouse.store import write_rows
 from workers.checkpoint_io import TrialCheckpoints
@@ -98,16 +99,12 @@ AnalysisSpec = Annotated[InterpolateSpec | SurfaceSpec, Field(discriminator="kin
 
 
 def _check_axes(d: dict[str, Any], field: str) -> None:
-    from scheduler.spec import AXIS_PATHS
-
     bad = sorted(set(d) - set(AXIS_PATHS))
     if bad:
         raise ValueError(f"{field}: unknown axis {bad}; axes: {', '.join(AXIS_PATHS)}")
 
 
 def _axis_value(cfg: TrialConfig, axis: str) -> Any:
-    from scheduler.spec import AXIS_PATHS
-
     v: Any = cfg
     for part in AXIS_PATHS[axis].split("."):
         v = getattr(v, part)
@@ -134,8 +131,6 @@ def _equal(a: Any, b: Any) -> bool:
 
 def _with(cfg: TrialConfig, values: dict[str, Any]) -> TrialConfig:
     """`cfg` with the given axes set (validated)."""
-    from scheduler.spec import AXIS_PATHS
-
     d = cfg.model_dump(mode="json")
     for axis, value in values.items():
         *parents, leaf = AXIS_PATHS[axis].split(".")

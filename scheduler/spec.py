@@ -11,6 +11,7 @@ path of the field, the value, and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Iterator, Mapping
@@ -19,8 +20,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
@@ -28,125 +27,24 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
-    model_validator,
 )
 
 from scheduler.analyses import AnalysisSpec
 from scheduler.grid_yaml import Marks, read_yaml, yaml_marks
-from scheduler.spec_errors import SpecError, huge_ints, position, problems_of, too_deep
-from workers.config import (
-    DatasetConfig,
-    EarlyStoppingConfig,
-    MeasureConfig,
-    ModelConfig,
-    OptimizerConfig,
-    PerformanceConfig,
-    PlateauDecayConfig,
-    StopConfig,
-    TrialConfig,
-    UntilConfig,
-    config_hash_of,
+from scheduler.spec_axes import (  # noqa: F401  (AXIS_PATHS, USER_AXIS_PREFIXES: importable here)
+    AXIS_PATHS,
+    USER_AXIS_PREFIXES,
+    GridAxes,
+    Strict,
+    nonempty_unique,
 )
+from scheduler.spec_errors import SpecError, huge_ints, position, problems_of, too_deep
+from workers.config import TrialConfig, config_hash_of
 
 
-class _Strict(BaseModel):
-    # strict: no coercion ("32" is not an int, true is not 1, "yes" is not a bool).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def _nonempty_unique(v: list) -> list:
-    if len(v) == 0:
-        raise ValueError("an axis needs at least one value")
-    if len({repr(x) for x in v}) != len(v):
-        raise ValueError(f"values must be unique, got {v}")
-    return v
-
-
-class GridAxes(_Strict):
-    """The axes of the grid: each a non-empty list; trials are their cartesian product."""
-
-    batch_size: list[PositiveInt] = Field(default_factory=lambda: [32])
-    lr: list[PositiveFloat] = Field(default_factory=lambda: [0.01])
-    lr_scaling: list[Literal["none", "linear", "sqrt"]] = Field(default_factory=lambda: ["none"])
-    warmup_epochs: list[NonNegativeFloat] = Field(default_factory=lambda: [0.0])
-    # Non-negative and 32-bit: larger seeds overflow torch's generator seeding at run time.
-    seed: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default_factory=lambda: [0])
-    momentum: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = None
-    weight_decay: list[NonNegativeFloat] | None = None
-    batchnorm: list[bool] | None = None
-    grad_clip_norm: list[PositiveFloat] | None = None
-    n_train: list[PositiveInt] | None = None
-    data_parallel_workers: list[PositiveInt] | None = None
-    loss: list[str] | None = None
-    # Axes over the user's own settings, by dotted key: `model.kwargs.<name>`,
-    # `dataset.kwargs.<name>`, `loss_kwargs.<name>` and `params.<name>` (docs/custom.md).
-    user_axes: dict[str, list[Any]] = Field(default_factory=dict)
-
-    _check = field_validator("*")(
-        lambda v: v if v is None or isinstance(v, dict) else _nonempty_unique(v)
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_user_axes(cls, v: Any) -> Any:
-        if not isinstance(v, Mapping):
-            return v
-        v = dict(v)
-        given = v.get("user_axes")
-        if given is not None and not isinstance(given, Mapping):
-            return v  # not a mapping: pydantic's error names grid.user_axes
-        user = dict(v.pop("user_axes", None) or {})
-        for key in [k for k in v if isinstance(k, str) and "." in k]:
-            user[key] = v.pop(key)
-        if user:
-            v["user_axes"] = user
-        return v
-
-    @field_validator("user_axes")
-    @classmethod
-    def _user_axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in v.items():
-            prefix, _, name = key.rpartition(".")
-            if prefix not in USER_AXIS_PREFIXES or not name.isidentifier():
-                raise ValueError(
-                    f"grid.{key}: unknown axis; user settings are axes named "
-                    + ", ".join(f"{p}.<name>" for p in USER_AXIS_PREFIXES)
-                )
-            if not isinstance(values, list):
-                raise ValueError(f"grid.{key}: an axis is a list of values, got {values!r}")
-            _nonempty_unique(values)
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _finite(cls, v: list[float]) -> list[float]:
-        for x in v:
-            if not math.isfinite(x):
-                raise ValueError(f"lr must be finite, got {x}")
-        return v
-
-
-USER_AXIS_PREFIXES = ("model.kwargs", "dataset.kwargs", "loss_kwargs", "params")
-
-# Where each axis lands in a TrialConfig (dotted path).
-AXIS_PATHS = {
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "lr_scaling": "lr_scaling",
-    "warmup_epochs": "warmup_epochs",
-    "seed": "seed",
-    "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay",
-    "batchnorm": "model.batchnorm",
-    "grad_clip_norm": "grad_clip_norm",
-    "n_train": "dataset.n_train",
-    "data_parallel_workers": "data_parallel_workers",
-    "loss": "loss",
-}
-
-
-class Resources(_Strict):
+class Resources(Strict):
     """What each trial asks Ray for, and how failures are retried (not part of identity)."""
 
     cpus_per_trial: PositiveFloat = 1.0
@@ -173,51 +71,51 @@ class Resources(_Strict):
     trial_timeout_s: PositiveFloat | None = None
 
 
-class GridSpec(_Strict):
-    """A whole grid.yaml."""
+# The settings a grid shares with all its trials: every TrialConfig field but those the
+# axes set (`grid:`), with TrialConfig's own types, checks and defaults (never restated).
+AXIS_FIELDS = ("batch_size", "lr", "lr_scaling", "warmup_epochs", "seed")
+SHARED_FIELDS = tuple(n for n in TrialConfig.model_fields if n not in AXIS_FIELDS)
 
-    experiment: str
-    description: str = ""
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    max_epochs: PositiveInt = 20
-    early_stopping: EarlyStoppingConfig | None = None
-    plateau_decay: PlateauDecayConfig | None = None
-    grad_clip_norm: PositiveFloat | None = None
-    target_val_error: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    # Budgets besides max_epochs (workers/budget.py): stop: caps, until: train-set targets.
-    stop: StopConfig | None = None
-    until: UntilConfig | None = None
-    divergence_loss: PositiveFloat = 1e4
-    data_parallel_workers: PositiveInt = 1
-    base_batch_size: PositiveInt = 32
-    measure: MeasureConfig = Field(default_factory=MeasureConfig)
-    # The user's code (docs/custom.md): loss, own training loop, free hyperparameters.
-    loss: str = "cross_entropy"
-    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
-    trainable: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    # How the device executes the trials (workers/config.py PerformanceConfig, docs/grid.md).
-    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
-    grid: GridAxes = Field(default_factory=GridAxes)
-    resources: Resources = Field(default_factory=Resources)
+
+def trial_fields(names: tuple[str, ...]) -> dict[str, Any]:
+    """`create_model` field definitions copying TrialConfig's fields `names`."""
+    return {n: (TrialConfig.model_fields[n].annotation, copy.copy(TrialConfig.model_fields[n]))
+            for n in names}  # fmt: skip
+
+
+GridFields = create_model(
+    "GridFields",
+    __base__=Strict,
+    __module__=__name__,
+    experiment=(str, ...),
+    description=(str, ""),
+    **trial_fields(SHARED_FIELDS),
+    grid=(GridAxes, Field(default_factory=GridAxes)),
+    resources=(Resources, Field(default_factory=Resources)),
     # Directory with official data set files (mnist, fashion-mnist, cifar10); relative
     # paths are resolved against the grid file's folder. Not part of trial identity.
-    data_dir: str | None = None
+    data_dir=(str | None, None),
     # The folder relative user-code paths ("./nets.py:build") are resolved against and that
     # is put on the workers' sys.path: the grid file's folder (set by load_spec; not part
     # of trial identity).
-    code_dir: str | None = None
+    code_dir=(str | None, None),
     # Loss-landscape analyses run after the trials they need (scheduler/analyses.py).
-    analyses: list[AnalysisSpec] = Field(default_factory=list)
+    analyses=(list[AnalysisSpec], Field(default_factory=list)),
     # The largest grid planned (the product of the axes' lengths, checked before anything is
     # expanded: planning costs ~65 us and ~4 KB per trial). Not part of trial identity.
-    max_trials: PositiveInt = 200_000
-    # The time limit of each call into the user's code by the preflight (a loader, a factory,
-    # a loss; seconds): a call still running then fails the preflight, naming its key
-    # (scheduler/preflight.py). $BATCHLAB_PREFLIGHT_TIMEOUT_S overrides it. Not identity.
-    preflight_timeout_s: PositiveFloat = 120.0
+    max_trials=(PositiveInt, 200_000),
+    # The time limit of each call into the user's code by the preflight (a loader, a
+    # factory, a loss; seconds): a call still running then fails the preflight, naming its
+    # key (scheduler/preflight.py). $BATCHLAB_PREFLIGHT_TIMEOUT_S overrides it. Not identity.
+    preflight_timeout_s=(PositiveFloat, 120.0),
+)
+
+
+class GridSpec(GridFields):  # type: ignore[misc,valid-type]
+    """A whole grid.yaml: `experiment`, `description`, the settings every trial shares
+    (`SHARED_FIELDS`: TrialConfig's, docs/grid.md), the axes (`grid`), `resources` and the
+    other scheduling settings (none of them part of a trial's identity)."""
+
     _trials: list[TrialConfig] | None = PrivateAttr(default=None)
 
     @field_validator("experiment")

@@ -13,8 +13,9 @@ quoted. So this script:
 2. checks that the storage root ($BATCHLAB_STORAGE, set on every node by deploy/cluster.yaml,
    or --storage) is reachable from the head, connects to the running cluster
    (`address="auto"`), and fails with a message naming what is missing and where to fix it;
-3. runs the grid with the same code as `batchlab run --address auto`, which probes the
-   storage root from every node before the first trial (scheduler/cluster.py).
+3. runs the grid with the same code as `batchlab run --address auto` (the preflight, then
+   scheduler/run_command.py), which probes the storage root from every node before the
+   first trial (scheduler/cluster.py). It imports the scheduler, never the CLI package.
 
 Exit status: `batchlab run`'s (docs/cli.md): 0 done, 2 bad input or unreachable grid /
 storage / cluster, 4 trials failed, 130 interrupted (cancelled).
@@ -68,12 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def project_root() -> Path:
-    """The batchlab checkout installed on this node ($BATCHLAB_PROJECT overrides)."""
+    """The batchlab checkout installed on this node ($BATCHLAB_PROJECT overrides): the
+    folder above the installed `scheduler` package (this file may be a copy elsewhere)."""
     if os.environ.get("BATCHLAB_PROJECT"):
         return Path(os.environ["BATCHLAB_PROJECT"]).expanduser().resolve()
-    import batchlab
+    import scheduler
 
-    return Path(batchlab.__file__).resolve().parent.parent
+    return Path(scheduler.__file__).resolve().parent.parent
 
 
 def resolve_grid(words: list[str], project: Path, cwd: Path) -> Path:
@@ -105,9 +107,10 @@ def resolve_grid(words: list[str], project: Path, cwd: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from batchlab import cli
+        from scheduler import runner
         from scheduler.cluster import ClusterStorageError, check_storage_here
-        from scheduler.runner import init_ray
+        from scheduler.preflight import preflight
+        from scheduler.run_command import guarded, run_command
         from scheduler.spec import SpecError, load_spec
     except ImportError as exc:
         print(f"error: {INSTALL_HINT.format(exc=exc)}", file=sys.stderr)
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"grid {grid}: {spec.n_trials} trials; storage root {layout.root}")
     if not args.dry_run:
         try:
-            where = init_ray("auto")
+            where = runner.init_ray("auto")
         except ConnectionError as exc:
             print(
                 f"error: no running Ray cluster found from {os.uname().nodename} "
@@ -136,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"connected: {where}")
     if args.storage_shared:
         os.environ["BATCHLAB_STORAGE_SHARED"] = "1"  # read by scheduler.cluster.check_cluster
-    argv_run = ["run", str(grid), "--address", "auto", "--storage", layout.root]
-    argv_run += ["--dry-run"] * args.dry_run + ["--no-progress"] * args.no_progress
-    return cli.main(argv_run)
+
+    def run() -> int:  # what `batchlab run GRID --address auto --storage ROOT` does
+        preflight(spec, layout.root)  # user code and data-set sizes, before anything is queued
+        return run_command(
+            spec, layout.root, address="auto", dry_run=args.dry_run,
+            progress=not args.no_progress,
+        )  # fmt: skip
+
+    return guarded(run)
 
 
 if __name__ == "__main__":
