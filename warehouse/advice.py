@@ -34,6 +34,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from warehouse.b_simple import b_simple_by_epoch, b_simple_rows
 from warehouse.capture import selection_cte
 from warehouse.queries import Filters
 from warehouse.timings import probe_repeats, probe_step_times, probe_timings
@@ -334,6 +335,8 @@ def advise(
     intervals, n_reached / n_seeds, p_fastest, p_fewest_examples), `fit` (s_min, e_min,
     b_crit, r2 and intervals), `cbs20`, `lr_rule`, `fastest`, `fewest_examples` and
     `flags`. Groups where no trial reached the target are listed with an empty table.
+    `b_simple`: the group's gradient noise scale at every probed epoch, per batch size and lr
+    (`warehouse.b_simple.b_simple_rows`; empty without noise-scale probes).
 
     `step_times`: the seconds per step behind the seconds to the target. `trial`: each
     trial's own train_time_s / steps_run; `probe`: the timing probe's median (`timings`,
@@ -344,6 +347,7 @@ def advise(
         raise ValueError(f"step_times must be auto, trial or probe: {step_times}")
     df = trial_steps(con, f, target)
     timings = probe_timings(con, f) if step_times != "trial" else None
+    noise = b_simple_by_epoch(con, f)  # B_simple at every probed epoch (warehouse/b_simple.py)
     out = []
     for key, g in df.groupby(list(GROUP), dropna=False, sort=True):
         group = dict(zip(GROUP, (None if pd.isna(k) else k for k in key), strict=True))
@@ -425,6 +429,7 @@ def advise(
                 "fastest": _pick(by_b, s["fastest"], "time_s", "p_fastest"),
                 "fewest_examples": _pick(by_b, s["fewest"], "examples", "p_fewest_examples"),
                 "flags": _flags(g, s, cells, target, probe is not None),
+                "b_simple": b_simple_rows(noise, group),
                 "time_source": "probe" if probe is not None else "trial",
                 "timings": [] if probe is None else [probe[b] for b in grid],
                 "bootstrap": {

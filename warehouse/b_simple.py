@@ -110,3 +110,13 @@ def b_simple_trend(df: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def b_simple_rows(df: pd.DataFrame, group: dict[str, Any]) -> list[dict[str, Any]]:
+    """`b_simple_by_epoch`'s rows of one advice group (its columns that `df` has; every lr),
+    as records: batch size, lr, epoch, B_simple mean / std, seeds, examples seen."""
+    for c, v in group.items():
+        if c in df.columns and v is not None:
+            df = df[df[c] == v]
+    cols = ["batch_size", "lr", "epoch", "b_simple_mean", "b_simple_std", "n_seeds"]
+    return df[[*cols, "examples_mean"]].to_dict(orient="records") if len(df) else []

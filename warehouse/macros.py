@@ -12,7 +12,9 @@ What needs Python (scipy fits and bootstraps) is not a macro; its SQL input is:
 - `advise_trial_steps()`: the per-trial input of `batchlab advise` (warehouse/advice.py)
   at the grid's stored target; the fit and the bootstrap run in Python;
 - `sharpness_measures()`: the input of the rank table (warehouse/measures.py
-  `measure_ranking`, Kendall's tau by scipy).
+  `measure_ranking`, Kendall's tau by scipy);
+- `b_simple_by_epoch()`: B_simple per setting, batch size and probed epoch
+  (warehouse/b_simple.py), the same rows as `batchlab advise --format json`'s `b_simple`.
 docs/advise.md lists them with examples.
 """
 
@@ -38,11 +40,13 @@ NAMED = (
 
 def _own() -> dict[str, Callable[[], tuple[str, dict]]]:
     from warehouse.advice import Target, trial_steps_sql
+    from warehouse.b_simple import b_simple_by_epoch_sql
     from warehouse.measures import sharpness_measures_sql
 
     return {
         "advise_trial_steps": lambda: trial_steps_sql(Filters(), Target()),
         "sharpness_measures": lambda: sharpness_measures_sql(Filters()),
+        "b_simple_by_epoch": lambda: b_simple_by_epoch_sql(Filters()),
     }
 
 
@@ -59,7 +63,7 @@ def macro_sql() -> dict[str, str]:
     return out
 
 
-MACROS = (*NAMED, "advise_trial_steps", "sharpness_measures")
+MACROS = (*NAMED, "advise_trial_steps", "sharpness_measures", "b_simple_by_epoch")
 
 
 def define_macros(con: duckdb.DuckDBPyConnection) -> None:

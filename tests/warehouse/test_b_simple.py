@@ -115,3 +115,39 @@ def test_empty(con):
     df = b_simple_by_epoch(con, Filters(experiment=("none-such",)))
     assert df.empty
     assert b_simple_trend(df).empty
+
+
+def test_the_duckdb_macro_gives_the_same_rows(tmp_path):
+    """`FROM b_simple_by_epoch()` in batchlab.duckdb (warehouse/macros.py) = the function."""
+    import duckdb
+    import pandas as pd
+
+    from warehouse.db import write_duckdb_file
+
+    root = build(str(tmp_path / "runs"))
+    write_duckdb_file(root)
+    c = connect(root)
+    outside = duckdb.connect(f"{root}/batchlab.duckdb", read_only=True)
+    try:
+        got = outside.execute("FROM b_simple_by_epoch()").fetchdf()
+        want = b_simple_by_epoch(c, Filters())
+        assert len(want) == len(BATCHES) * len(EPOCHS) + len(EPOCHS)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    finally:
+        outside.close()
+        c.close()
+
+
+def test_advise_carries_b_simple_per_group(tmp_path):
+    from warehouse.advice import Target, advise
+
+    c = connect(build(str(tmp_path / "runs")))
+    try:
+        res = advise(c, Filters(experiment=("ns",)), Target("val_error", 0.5), n_resamples=0)
+        (a,) = res
+        rows = a["b_simple"]
+        assert len(rows) == len(BATCHES) * len(EPOCHS)
+        r = next(r for r in rows if r["batch_size"] == 128 and r["epoch"] == 3)
+        assert r["b_simple_mean"] == pytest.approx((value(128, 3, 0) + value(128, 3, 1)) / 2)
+    finally:
+        c.close()
