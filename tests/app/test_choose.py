@@ -1,12 +1,12 @@
 """The "Choose a batch size" page (app/views/choose.py) through AppTest: on the demo it
 shows the advisor's answer for the suggested target, the same numbers as
 warehouse.advice.advise, the per-measure verdicts, and says which command produces what is
-missing; on a warehouse with per-epoch noise-scale probes it draws B_simple over training; on
-an empty root it explains and does not crash."""
+missing; on a warehouse with per-epoch noise-scale probes, lone timings and every sharpness
+probe it draws B_simple over training, answers "fastest" from the timings and judges every
+measure; on an empty root it explains and does not crash."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -101,15 +101,69 @@ def test_changing_the_target_changes_the_answer(monkeypatch, demo_copy):
     assert "No batch size reached the target" in text_of(at)
 
 
-def _noise_warehouse(root: Path) -> str:
+def s_per_step(b: int) -> float:
+    """The lone timing probe's seconds per step: with S = 100 (1 + 64 / B) the least wall time
+    is at B = 32 (the trials' own 0.01 s per step would pick 128)."""
+    return 0.002 + 0.0001 * b
+
+
+def _timings(layout: Layout, experiment: str) -> None:
+    from datetime import datetime, timezone
+
+    from warehouse.store import write_rows
+
+    for b in (16, 32, 64, 128):
+        row = {
+            "experiment": experiment,
+            "timing_id": f"t{b}",
+            "dataset": "d",
+            "model": "m",
+            "batchnorm": False,
+            "optimizer": "sgd",
+            "batch_size": b,
+            "s_per_step": s_per_step(b),
+            "s_per_step_iqr": 1e-5,
+            "s_per_step_all": json.dumps([s_per_step(b) * k for k in (0.99, 1.0, 1.01)]),
+            "repeats": 3,
+            "steps": 20,
+            "torch_threads": 1,
+            "ray_num_cpus": 1.0,
+            "load1_before": 0.5,
+            "load1_after": 0.6,
+            "device": "cpu",
+            "device_name": "cpu",
+            "measured_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        }
+        write_rows(layout, "timings", experiment, row["timing_id"], [row])
+
+
+def _sharpness(b: int, seed: int) -> list[dict]:
+    """One row of each sharpness probe (values rising with the batch size)."""
+    v = float(b) + seed
+    rows = [
+        {"probe": "hessian_top_eig", "value": v},
+        {"probe": "batch_sharpness", "value": 2 * v},
+        {"probe": "keskar_sharpness", "value": v / 10, "settings_json": json.dumps({"eps": 1e-3})},
+        {
+            "probe": "adaptive_sharpness_worst_linf",
+            "value": v / 100,
+            "settings_json": json.dumps({"rho": 0.01}),
+        },
+    ]
+    return [{"epoch": 4, "status": "ok", **r} for r in rows]
+
+
+def _noise_warehouse(root: Path, timings: bool = True) -> str:
     """4 batch sizes x 2 seeds, steps to target on the McCandlish curve, B_simple probed at
-    epochs 1..4 and rising (100 x epoch), and no sharpness probes."""
+    epochs 1..4 and rising (100 x epoch), every sharpness probe, lone timings."""
     layout = Layout.open(str(root))
+    if timings:
+        _timings(layout, "noise")
     for b in (16, 32, 64, 128):
         for seed in (0, 1):
             tid = f"n-b{b}-s{seed}"
             steps = round(100 * (1 + 64 / b)) + seed
-            probes = [
+            probes = _sharpness(b, seed) + [
                 {
                     "epoch": e,
                     "probe": "noise_scale_two_batch",
@@ -131,6 +185,7 @@ def _noise_warehouse(root: Path) -> str:
                     "trial_id": tid,
                     "config_hash": tid,
                     "status": "completed",
+                    "stop_reason": "target_reached",
                     "dataset": "d",
                     "model": "m",
                     "optimizer": "sgd",
@@ -160,7 +215,18 @@ def test_b_simple_over_training_is_drawn(monkeypatch, tmp_path):
     text = text_of(at)
     assert "B_simple over training" in [s.value for s in at.subheader]
     assert HOW["noise"] not in text
-    assert HOW["measures"] in text  # no sharpness probes: says how to get them
+    # the lone timing probe decides "fastest": 32 (the trials' own seconds would say 128)
+    assert "Fastest (least wall time on this hardware): batch size 32" in text
+    assert HOW["timing"] not in text
+    tables = [d.value for d in at.dataframe]
+    probe = next(t for t in tables if "s_per_step" in t.columns)
+    assert list(probe["batch_size"]) == [16, 32, 64, 128]
+    # every sharpness measure judged, none said to be missing
+    assert HOW["measures"] not in text
+    verdicts = next(t for t in tables if "contradicted" in t.columns and "measure" in t.columns)
+    names = set(verdicts["measure"])
+    assert {"lambda_max", "batch sharpness", "Keskar (eps 0.001)"} <= names
+    assert "adaptive worst-case (Linf) (rho 0.01)" in names
     charts = at.get("vega_lite_chart")
     specs = [json.loads(c.proto.spec) for c in charts]
     # the fit chart and the B_simple chart, both with a plot area PLOT_HEIGHT tall, fit-x
@@ -180,4 +246,3 @@ def test_filters_that_select_no_completed_trial(monkeypatch, demo_copy):
     at.sidebar.multiselect(key="f_experiment").set_value(["quick-mnist1d"]).run()
     assert_clean(at)
     assert at.selectbox(key="choose_exp").value == "quick-mnist1d"
-    _ = dataclasses  # (kept for parity with the other app tests' imports)
