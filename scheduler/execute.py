@@ -13,6 +13,7 @@ The task system is scheduler/ray_backend.py unless a test passes another `backen
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from scheduler import tasks
@@ -159,7 +160,8 @@ class LoneLoop:
         r = self.spec.resources
         if exc is not None:  # the task failed: its worker died too often
             attempts = self.executions.get(t.trial_id, 0) + r.max_retries + 1
-            res = task_failed(t, exc, self.layout, self.spec.experiment, token, attempts)
+            res = task_failed(t, exc, self.layout, self.spec.experiment, token, attempts,
+                              self.backend.worker_died)  # fmt: skip
         self.executions[t.trial_id] = res.get("attempt") or self.executions.get(t.trial_id, 0) + 1
         if res["status"] == "failed" and self.tries[t.trial_id] <= r.retry_failed:
             self.submit(t)
@@ -176,11 +178,11 @@ def task_failed(
     experiment: str,
     token: str | None,
     attempts: int,
+    worker_died: Callable[[BaseException], bool],
 ) -> dict[str, Any]:
     """The driver's record of a task that raised instead of returning: a trial_timeout_s
-    kill (the worker committed the row), else a worker that died on every execution."""
-    from scheduler.ray_backend import worker_died  # Ray's exception types
-
+    kill (the worker committed the row), else a worker that died on every execution
+    (`worker_died`: the backend's reading of the exception)."""
     res = {"trial_id": t.trial_id, "status": "failed", "error": short_error(exc),
            "attempt": attempts}  # fmt: skip
     if (line := describe(getattr(exc, "cause", None) or exc, layout.root)) is not None:
