@@ -23,6 +23,7 @@ import importlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,7 @@ def load_spec(path: PathLike, **overrides: Any) -> GridSpec:
     from scheduler.spec import load_spec as _load_spec
     from scheduler.spec import parse_spec
 
-    spec = _load_spec(path)
+    spec = _load_spec(Path(path))
     if not overrides:
         return spec
     data = {**spec.model_dump(mode="json", exclude_unset=True), **overrides}
@@ -104,28 +105,22 @@ def run_grid(
     `failed`, not an exception.
     """
     from scheduler.runner import run_grid as _run_grid
+    from scheduler.spec import GridSpec
 
-    if not _is_spec(spec):
-        spec = load_spec(spec)  # type: ignore[arg-type]
+    grid = spec if isinstance(spec, GridSpec) else load_spec(spec)
     root_str = None if root is None else os.fspath(root)
     if preflight:
         from scheduler.preflight import preflight as _preflight
 
-        _preflight(spec, root_str)  # type: ignore[arg-type]
+        _preflight(grid, root_str)
     return _run_grid(
-        spec,  # type: ignore[arg-type]
+        grid,
         root_str,
         address=address,
         num_cpus=num_cpus,
         progress=progress,
         storage_shared=storage_shared,
     )
-
-
-def _is_spec(value: object) -> bool:
-    from scheduler.spec import GridSpec
-
-    return isinstance(value, GridSpec)
 
 
 def open_warehouse(
@@ -187,9 +182,10 @@ class Warehouse:
         if fn is None:
             raise ValueError(f"unknown named query {name!r}; known: {', '.join(self.queries)}")
         names = {f.name for f in fields(Filters)} - {"extra"}
-        chosen = {k: _values(v) for k, v in params.items() if k in names}
+        chosen: dict[str, Any] = {k: _values(v) for k, v in params.items() if k in names}
         rest = {k: v for k, v in params.items() if k not in names}
-        return fn(self.con, Filters(**chosen), **rest)  # type: ignore[call-arg]
+        query: Any = fn  # some named queries take keywords besides the Filters
+        return query(self.con, Filters(**chosen), **rest)
 
     def experiments(self) -> pd.DataFrame:
         """One row per experiment in the storage root, with its trial counts."""
