@@ -246,3 +246,43 @@ def test_filters_that_select_no_completed_trial(monkeypatch, demo_copy):
     at.sidebar.multiselect(key="f_experiment").set_value(["quick-mnist1d"]).run()
     assert_clean(at)
     assert at.selectbox(key="choose_exp").value == "quick-mnist1d"
+
+
+def test_charts_are_valid_vega_lite_with_a_tall_plot():
+    """The builders' specs validate against Vega-Lite's schema (to_dict validates), with
+    and without estimates, intervals and B_simple rows; the plot area is PLOT_HEIGHT tall."""
+    import pandas as pd
+
+    from app.chart_kit import PLOT_HEIGHT
+    from app.choose_charts import b_simple_chart, steps_fit_chart
+
+    pts = pd.DataFrame(
+        {
+            "batch_size": [16, 32, 64],
+            "steps": [500.0, 300.0, 200.0],
+            "steps_lo": [480.0, float("nan"), 190.0],
+            "steps_hi": [520.0, float("nan"), 210.0],
+            "best_lr": [0.1] * 3,
+            "examples": [8000.0, 9600.0, 12800.0],
+        }
+    )
+    curve = pd.DataFrame({"batch_size": [16.0, 64.0], "steps": [500.0, 200.0]})
+    marks = pd.DataFrame({"what": ["B_crit = E_min / S_min"], "value": [64.0]})
+    empty = pd.DataFrame(columns=["what", "value"])
+    for chart in (
+        steps_fit_chart(pts, curve, marks),
+        steps_fit_chart(pts, curve.iloc[:0], empty),
+    ):
+        spec = chart.to_dict()
+        assert spec["height"] == PLOT_HEIGHT
+    ns = pd.DataFrame(
+        {
+            "batch_size": [16, 16],
+            "lr": [0.1, 0.1],
+            "epoch": [1, 2],
+            "b_simple_mean": [100.0, 200.0],
+            "b_simple_std": [1.0, 2.0],
+            "n_seeds": [2, 2],
+        }
+    )
+    assert b_simple_chart(ns).to_dict()["height"] == PLOT_HEIGHT
