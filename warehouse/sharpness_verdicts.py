@@ -193,6 +193,7 @@ def eos_prediction(con: duckdb.DuckDBPyConnection, f: Filters) -> list[dict]:
 
 
 NEAR = 0.5  # lambda_max at >= half the bound: the bound can hold it (Cohen et al.: ~1)
+ABOVE = 1.5  # well above the bound: the bound does not apply to these weights
 
 
 def _predict(rule: str, n: int, b_lo: float, b_hi: float, r_lo: float, r_hi: float) -> str:
@@ -201,6 +202,13 @@ def _predict(rule: str, n: int, b_lo: float, b_hi: float, r_lo: float, r_hi: flo
         f"largest (median over {n} group{'s' if n > 1 else ''})"
     )
     near = r_hi >= NEAR
+    if max(r_lo, r_hi) > ABOVE:
+        return (
+            f"{rule} lr: the bound (2 + 2 beta) / lr is {b_lo:.3g} at the smallest batch size "
+            f"and {b_hi:.3g} at the largest; {at}: above the bound, so it does not hold "
+            "lambda_max here (not a stable point of gradient descent at this lr: an lr "
+            "schedule, warm-up or a probe at other weights), and it predicts nothing."
+        )
     if math.isclose(b_lo, b_hi, rel_tol=1e-6):
         trend = (
             "the lr sets no trend, but SGD keeps lambda_max below the bound, further below "

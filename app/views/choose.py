@@ -169,7 +169,12 @@ def show_measures(f: Filters) -> None:
         "measure in place of the one it names (F-11, F-15: Keskar; F-29: lambda_max)."
     )
     show = table[["id", "label", "verdict", "supported", "contradicted", "undecided"]]
-    st.dataframe(show.rename(columns={"label": "measure"}), hide_index=True, width="stretch")
+    st.dataframe(
+        show.rename(columns={"label": "measure"}),
+        hide_index=True,
+        width="stretch",
+        height=35 * (len(show) + 1) + 3,  # every row, no scrolling inside the table
+    )
     for fid, text in agreement(table).items():
         st.markdown(f"- **{fid}**: {text}")
     st.markdown("**What the 2/lr bound predicts** (edge of stability; lambda_max of SGD):")
@@ -180,8 +185,12 @@ def show_measures(f: Filters) -> None:
     if missing:
         st.info(f"Not measured here: {', '.join(missing)}. {txt.HOW['measures']}.")
     st.markdown("**Which measure tracks the generalization gap** (granulated Kendall tau):")
-    if rank.empty:
-        no_data("measures with a generalization gap")
+    if rank.empty or rank["granulated_tau"].isna().all():
+        no_data(
+            "generalization gap to rank the measures against",
+            "It needs validation and full-training-set losses at the probed epoch: enable "
+            "`measure.train_eval` in grid.yaml.",
+        )
         return
     r = rank.assign(
         measure=[

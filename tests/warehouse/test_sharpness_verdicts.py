@@ -38,7 +38,7 @@ def _lr(rule: str, b: int) -> float:
     return LR0 * (b / 32 if rule == "linear" else 1.0)
 
 
-def build(root: str) -> str:
+def build(root: str, ratio: float = RATIO) -> str:
     layout = Layout.open(root)
     for rule in ("none", "linear"):
         for b in BATCHES:
@@ -64,7 +64,7 @@ def build(root: str) -> str:
                     {
                         "epoch": 5,
                         "probe": "hessian_top_eig",
-                        "value": RATIO * (2 + 2 * BETA) / lr * (1 + 0.001 * seed),
+                        "value": ratio * (2 + 2 * BETA) / lr * (1 + 0.001 * seed),
                         "status": "ok",
                     },
                 ]
@@ -185,3 +185,13 @@ def test_labels():
 def test_empty_selection(con):
     assert measure_verdicts(con, Filters(experiment=("nothing",))).empty
     assert eos_prediction(con, Filters(experiment=("nothing",))) == []
+
+
+def test_eos_prediction_above_the_bound_predicts_nothing(tmp_path):
+    c = connect(build(str(tmp_path / "runs"), ratio=3.0))
+    try:
+        for p in eos_prediction(c, Filters()):
+            assert p["ratio_large"] == pytest.approx(3.0, rel=0.01)
+            assert "above the bound" in p["text"] and "predicts nothing" in p["text"]
+    finally:
+        c.close()
