@@ -68,7 +68,8 @@ def load_spec(path: PathLike, **overrides: Any) -> GridSpec:
     Each keyword of `overrides` replaces that top-level key of the file before the grid is
     validated again, e.g. ``load_spec("grid.yaml", max_epochs=2, analyses=[])`` or
     ``grid={"batch_size": [64, 256], "lr": [0.05], "seed": [0]}``. Relative paths
-    (`data_dir`, `code_dir`, user code) stay resolved against the file's folder. Keys that
+    (`data_dir`, `code_dir`, user code), the file's or an override's, are resolved against
+    the file's folder. Keys that
     enter a trial's identity (everything but `experiment`, `description`, `resources`,
     `data_dir`, `code_dir`, `analyses`, `max_trials`, `preflight_timeout_s`) give new trial
     ids, as editing the file would.
@@ -79,6 +80,14 @@ def load_spec(path: PathLike, **overrides: Any) -> GridSpec:
     spec = _load_spec(Path(path))
     if not overrides:
         return spec
+    for key in ("data_dir", "code_dir"):  # relative to the file, as in the file
+        value = overrides.get(key)
+        if (
+            isinstance(value, str)
+            and "://" not in value
+            and not Path(value).expanduser().is_absolute()
+        ):
+            overrides[key] = str((Path(path).parent / value).resolve())
     data = {**spec.model_dump(mode="json", exclude_unset=True), **overrides}
     return parse_spec(data, str(path))
 

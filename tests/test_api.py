@@ -62,6 +62,9 @@ def test_load_spec_overrides_revalidate():
     assert same.code_dir == spec.code_dir == str((REPO / "examples").resolve())
     small = load_spec(REPO / "examples" / "quick.yaml", grid={"batch_size": [64], "seed": [0]})
     assert small.n_trials == 1
+    moved = load_spec(REPO / "examples" / "quick.yaml", data_dir="data", code_dir="custom")
+    assert moved.data_dir == str((REPO / "examples" / "data").resolve())
+    assert moved.code_dir == str((REPO / "examples" / "custom").resolve())
     with pytest.raises(SpecError, match="max_epochs"):
         load_spec(REPO / "examples" / "quick.yaml", max_epochs=0)
 
