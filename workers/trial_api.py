@@ -442,6 +442,14 @@ def _call(fn: Callable[..., Any], trial: Trial) -> Any:
     return fn(trial) if takes else fn()
 
 
+def _steps_per_epoch(st: TrialState) -> int | None:
+    """A user loop's steps per epoch: the step count at its last logged epoch over the
+    epochs logged (steps of a diverged epoch that was never logged are not counted), None
+    before the first logged epoch."""
+    last = st.epochs[-1].get("step", st.step) if st.epochs else 0
+    return int(last) // st.epoch if st.epoch and last else None
+
+
 def run_user_trial(
     cfg: TrialConfig, dev: torch.device, data_dir: str | None, checkpoints,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -479,7 +487,7 @@ def run_user_trial(
         st, provenance=provenance(dev),
         n_train=data.n_train if data is not None else None,
         n_val=data.n_val if data is not None else None,
-        steps_per_epoch=st.step // max(1, st.epoch) if st.step else None,
+        steps_per_epoch=_steps_per_epoch(st),
         scaled_lr=cfg.scaled_lr, wall_time_s=time.perf_counter() - t_start, peak_memory_mb=peak,
     )  # fmt: skip
     return TrialResult(
