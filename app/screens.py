@@ -199,21 +199,13 @@ def example_runs(storage: str, n: int = 3) -> list[str]:
     """A few completed trials of one setting, seed 0, different batch sizes: the runs the
     Runs, Trial and Compare screenshots show selected."""
     from warehouse.db import connect
+    from warehouse.queries import example_runs as query
 
     con = connect(storage)
     try:
-        rows = con.execute(
-            """SELECT trial_id FROM (
-                SELECT trial_id, batch_size, row_number() OVER (
-                    PARTITION BY batch_size ORDER BY experiment DESC, lr, lr_scaling) AS k
-                FROM trials WHERE status = 'completed' AND seed = 0
-                  AND experiment = (SELECT max(experiment) FROM trials)
-            ) WHERE k = 1 ORDER BY batch_size LIMIT $n""",
-            {"n": n},
-        ).fetchall()
+        return [str(t) for t in query(con, n)["trial_id"]]
     finally:
         con.close()
-    return [r[0] for r in rows]
 
 
 RUN_PAGES = ("compare", "trial", "runs")  # opened with example runs selected

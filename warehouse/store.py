@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -139,3 +140,26 @@ class CheckpointFiles:
         p = self.path(name)
         if self.layout.exists(p):
             self.layout.fs.delete_file(p)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One file under a trial's checkpoint directory."""
+
+    file: str  # relative to the trial's checkpoint directory
+    size: int  # bytes
+    mtime_ns: int | None
+    path: str
+
+
+def list_checkpoints(layout: Layout, experiment: str, trial_id: str) -> list[CheckpointInfo]:
+    """Every file of the trial's checkpoints (init / final / resume states, markers), by path."""
+    import pyarrow.fs as pafs
+
+    base = layout.checkpoint_dir(experiment, trial_id)
+    sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    infos = [i for i in layout.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+    return [
+        CheckpointInfo(i.path[len(base) :].lstrip("/"), i.size or 0, i.mtime_ns, i.path)
+        for i in sorted(infos, key=lambda i: i.path)
+    ]

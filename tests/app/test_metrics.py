@@ -9,9 +9,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from app.metrics import _usable
 from tests.app.test_pages import assert_clean, open_page
 from warehouse.layout import Layout
+from warehouse.queries import metrics_available
 from warehouse.schemas import SCHEMAS, TRIAL_TABLES
 from warehouse.store import write_trial
 
@@ -96,9 +96,9 @@ def test_trial_page_lists_user_metrics(monkeypatch, metrics_root):
 def test_no_metrics_view_means_no_user_metrics():
     c = duckdb.connect()
     c.execute("CREATE TABLE trials (experiment VARCHAR, trial_id VARCHAR)")
-    assert not _usable(c)
+    assert not metrics_available(c)
     c.execute("CREATE VIEW metrics AS SELECT 1 AS x")  # not the table's columns
-    assert not _usable(c)
+    assert not metrics_available(c)
 
 
 def test_pages_without_metrics_rows(monkeypatch, fixture_root):

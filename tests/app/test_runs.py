@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from app import run_charts
-from app.runs_data import _config_columns, verdict_contributions
+from app.runs_data import verdict_contributions
 from tests.app.test_pages import assert_clean, open_page
 from warehouse.db import connect
 from warehouse.findings import evaluate
-from warehouse.queries import Filters
+from warehouse.queries import Filters, config_columns
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_parallel_coordinates_mixed_studies():
 
 def test_config_columns_flatten_nested_keys():
     cfg = pd.Series([json.dumps({"optimizer": {"name": "sgd", "momentum": 0.9}, "lr": 0.1})])
-    got = _config_columns(cfg)
+    got = config_columns(cfg)
     assert got.loc[0, "cfg.optimizer.momentum"] == 0.9 and got.loc[0, "cfg.lr"] == 0.1
 
 

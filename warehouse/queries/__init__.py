@@ -7,8 +7,9 @@ never pasted into the SQL text. The queries live by family of findings:
 - `base`: `Filters`, the configuration key (`GROUP`, `KEY`), the CTE `sel`, the per-seed
   statistics (how every query aggregates over seeds: see its docstring);
 - `trials`: the experiments, filter choices and the trials table;
-- `runs`: the explorer's run-level data (the runs table, one trial's rows) and the user
-  metrics of custom trainables;
+- `runs`: the explorer's run-level data (the runs table, one trial's row, a few trials'
+  rows of one table);
+- `metrics`: the user metrics of custom trainables (the `metrics` table);
 - `training`: curves, time, steps to target, critical batch size, divergence;
 - `generalization`: minimum validation loss, accuracy, gap, lr x batch size;
 - `geometry`: distances, update norms, landscapes;
@@ -56,6 +57,21 @@ from warehouse.queries.geometry import (
     update_norm_quantiles,
     update_norms_by_epoch,
 )
+from warehouse.queries.metrics import (
+    has_view,
+    metric_curves,
+    metric_names,
+    metrics_available,
+    trial_metrics,
+)
+from warehouse.queries.runs import (
+    config_columns,
+    example_runs,
+    flatten,
+    runs_table,
+    trial_row,
+    trial_rows,
+)
 from warehouse.queries.sharpness import noise_scale_by_batch_size, sharpness_by_batch_size
 from warehouse.queries.training import (
     critical_batch_size,
@@ -95,6 +111,9 @@ NAMED_QUERIES: dict[str, Callable[[duckdb.DuckDBPyConnection, Filters], pd.DataF
         divergence_by_lr,
         landscape_1d,
         landscape_2d,
+        runs_table,
+        metric_names,
+        metric_curves,
     )
 }
 
@@ -140,6 +159,7 @@ __all__ = [
     "PROBE_EPS",
     "Filters",
     "best_lr_by_batch_size",
+    "config_columns",
     "critical_batch_size",
     "curves",
     "distance_by_batch_size",
@@ -148,15 +168,22 @@ __all__ = [
     "divergence_by_lr",
     "epoch_distance",
     "epoch_distance_ratio",
+    "example_runs",
     "experiments",
     "fetch",
     "filter_options",
+    "flatten",
     "generalization_by_batch_size",
+    "has_view",
     "landscape_1d",
     "landscape_2d",
     "lr_batch_table",
+    "metric_curves",
+    "metric_names",
+    "metrics_available",
     "noise_scale_by_batch_size",
     "per_config_epoch",
+    "runs_table",
     "seed_stat",
     "sel_cte",
     "sel_with_epoch_summaries",
@@ -165,6 +192,9 @@ __all__ = [
     "time_by_batch_size",
     "time_by_workers",
     "train_loss_at_common_epoch",
+    "trial_metrics",
+    "trial_row",
+    "trial_rows",
     "trial_table",
     "unsummarized",
     "update_norm_histogram",
