@@ -228,9 +228,9 @@ def test_resume_from_epoch_checkpoint_is_exact(mnist1d):
 
     # A crash at the end of epoch 3 (before its checkpoint): the resume state holds epoch 2.
     with pytest.raises(Crash):
-        from workers.train import _train
+        from workers.train import train_lone
 
-        _train(c, torch.device("cpu"), mnist1d, None, ck, crash_at_3)
+        train_lone(c, torch.device("cpu"), mnist1d, None, ck, crash_at_3)
     resumed = run_trial(c, data=mnist1d, checkpoints=ck)
     assert resumed.summary["resumed_from_epoch"] == 2
     assert [e["val_loss"] for e in resumed.epochs] == [e["val_loss"] for e in full.epochs]
