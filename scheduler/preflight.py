@@ -94,7 +94,7 @@ def run_checks(
         return check_here(spec, trials)
     from scheduler.preflight_box import run_boxed
 
-    return run_boxed(spec, timeout_s if timeout_s is not None else timeout_of(spec))
+    return Checks(**run_boxed(spec, timeout_s if timeout_s is not None else timeout_of(spec)))
 
 
 def check_user_code(spec: GridSpec, trials: list[TrialConfig] | None = None) -> list[str]:
@@ -390,3 +390,9 @@ def preflight(spec: GridSpec, root: str | None = None, out: TextIO | None = None
         stored = read_trial_rows(Layout.open(root), spec.experiment, ("user_code_hash",))
         for note in code_changes(spec, trials, stored):
             print(f"note: {note}", file=out)
+
+
+if __name__ == "__main__":  # the box's child process (scheduler/preflight_box.py)
+    from scheduler.preflight_box import serve
+
+    serve(lambda spec, stage: check_here(spec, stage=stage))

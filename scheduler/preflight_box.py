@@ -1,6 +1,7 @@
 """The preflight's calls into user code, in a child process with a time limit per call.
 
-`run_boxed(spec, limit_s)` starts `python -m scheduler.preflight_box`, sends it the grid
+`run_boxed(spec, limit_s)` starts `python -m scheduler.preflight` (whose main calls
+`serve` with the checks: this module never imports the preflight), sends it the grid
 spec (JSON on stdin) and reads, on the child's stdout, one JSON line before each call into
 user code (`{"stage": [key, value]}`: the import of a path, a loader, a factory, a forward,
 a loss) and a last line with the result (`{"result": {"problems": [...], "notes": [...]}}`).
@@ -22,22 +23,26 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from scheduler.preflight import Checks
 from scheduler.spec import GridSpec
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_S = 60.0  # the child's own start (Python, torch, pydantic): not user code
 
 
-def run_boxed(spec: GridSpec, limit_s: float) -> Checks:
-    """The preflight checks of `spec` in a child process, each call into user code limited
-    to `limit_s` seconds."""
+Result = dict[str, list[str]]  # {"problems": [...], "notes": [...]}
+
+
+def run_boxed(spec: GridSpec, limit_s: float, child: str = "scheduler.preflight") -> Result:
+    """The preflight checks of `spec` in a child process (`python -m child`, whose main
+    calls `serve`), each call into user code limited to `limit_s` seconds."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.preflight_box"],
+        [sys.executable, "-m", child],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -58,14 +63,15 @@ def run_boxed(spec: GridSpec, limit_s: float) -> Checks:
             left = deadline - time.monotonic()
             if left <= 0:
                 key, value = stage
-                return Checks(
-                    problems=[
+                return {
+                    "problems": [
                         f"{key}: {value!r} did not return within {limit_s:g} s (a loop that "
                         "never ends, or a slow download?); the preflight stopped it. Make the "
                         "call cheap, or raise preflight_timeout_s in grid.yaml "
                         "($BATCHLAB_PREFLIGHT_TIMEOUT_S)"
-                    ]
-                )
+                    ],
+                    "notes": [],
+                }
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 continue
@@ -84,22 +90,24 @@ def run_boxed(spec: GridSpec, limit_s: float) -> Checks:
         code = proc.wait()
         if result is None:
             key, value = stage
-            return Checks(
-                problems=[
+            return {
+                "problems": [
                     f"{key}: {value!r}: the preflight's process ended (exit code {code}) "
                     "without a result while running it: the code exited its process "
                     "(os._exit?), crashed, or ran out of memory"
-                ]
-            )
-        return Checks(problems=result["problems"], notes=result["notes"])
+                ],
+                "notes": [],
+            }
+        return {"problems": result["problems"], "notes": result["notes"]}
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def main() -> None:
-    """The child: read the spec, run the checks, report stages and the result."""
+def serve(check: Callable[[GridSpec, Callable[[str, str], None]], Any]) -> None:
+    """The child's side: read the spec, run `check(spec, stage)` (its result has
+    `problems` and `notes`), report each stage and the result, then end the process."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the user's prints (and C-level writes) go to stderr, not the protocol
     sys.stdout = sys.stderr
@@ -108,18 +116,12 @@ def main() -> None:
         proto.write(json.dumps({"stage": [key, value]}) + "\n")
         proto.flush()
 
-    from scheduler.preflight import check_here
-
     spec = GridSpec.model_validate(json.loads(sys.stdin.read()))
     try:
-        checks = check_here(spec, stage=stage)
+        checks = check(spec, stage)
         result = {"problems": checks.problems, "notes": checks.notes}
     except BaseException as exc:  # the checks themselves, never silently
         result = {"problems": [f"preflight: failed: {type(exc).__name__}: {exc}"], "notes": []}
     proto.write(json.dumps({"result": result}) + "\n")
     proto.flush()
     os._exit(0)  # threads the user's code started must not keep the child alive
-
-
-if __name__ == "__main__":
-    main()

@@ -389,7 +389,8 @@ def _victim(root: str, experiment: str, worker_ids: list[str]) -> str | None:
         running = list_tasks(filters=[("state", "=", "RUNNING")], raise_on_missing_output=False)
     except Exception:  # the state API can time out on a busy machine: ask again next poll
         return None
-    busy = {t.node_id for t in running if (t.name or "").endswith("_ray_trial")}
+    # A trial task: scheduler/ray_backend.py ray_task (named _ray_trial before issue 25).
+    busy = {t.node_id for t in running if (t.name or "").endswith(("ray_task", "_ray_trial"))}
     for node_id in worker_ids:
         if node_id in busy and node_id in committed.values():
             return node_id
