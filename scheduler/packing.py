@@ -212,7 +212,7 @@ def pack_resources(
     return cpus_per_trial, min(1.0, math.ceil(max(share, 1e-4) * 1e4) / 1e4)
 
 
-# ============================================================================ the Ray loop
+# ================================================================ the loop over pack tasks
 
 
 def execute_packs(
