@@ -118,13 +118,42 @@ def sharpness_measures(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFra
     return con.execute(sql, params).fetchdf()
 
 
-def _tau(a: pd.Series, b: pd.Series) -> float:
-    from scipy import stats  # imported here: connect() builds the macros
+EXACT_MAX_N = 400  # groups up to this size: tau-b from the pairwise signs (numpy)
 
-    if len(a) < 2:
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b, (P - Q) / sqrt((n0 - n1)(n0 - n2)), NaN when undefined (fewer than
+    two values, or a constant side). Small samples from the pairwise signs (the same value
+    as scipy.stats.kendalltau, tested; 50x faster on the many two- to ten-trial groups of
+    the granulated coefficient), larger ones by scipy."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    if n < 2:
         return math.nan
-    res = stats.kendalltau(a.to_numpy(float), b.to_numpy(float))
-    return float(res.statistic)
+    if n > EXACT_MAX_N:
+        from scipy import stats  # imported here: connect() builds the macros
+
+        return float(stats.kendalltau(x, y).statistic)
+    i, j = np.triu_indices(n, 1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    den = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
+    return float(np.dot(sx, sy) / den) if den > 0 else math.nan
+
+
+def _group_taus(d: pd.DataFrame, keys: list[str], axis: str, value: str, gap: str) -> list[float]:
+    """tau(value, gap) within every group of `keys` that holds >= 2 values of `axis`."""
+    gid = d.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    varies = d.groupby(gid, dropna=False)[axis].nunique(dropna=False) > 1
+    keep = np.isin(gid, varies.index[varies.to_numpy()].to_numpy())
+    gid, x, y = gid[keep], d[value].to_numpy(float)[keep], d[gap].to_numpy(float)[keep]
+    order = np.argsort(gid, kind="stable")
+    gid, x, y = gid[order], x[order], y[order]
+    cuts = np.flatnonzero(np.diff(gid)) + 1
+    return [
+        kendall_tau_b(a, b)
+        for a, b in zip(np.split(x, cuts), np.split(y, cuts), strict=True)
+        if len(a)
+    ]
 
 
 def granulated_kendall(
@@ -137,17 +166,15 @@ def granulated_kendall(
     hold at least two values of the axis, of tau(value, gap) within the group (groups whose tau
     is undefined, e.g. a constant measure, are left out); granulated = mean of the psi."""
     d = df[np.isfinite(df[value]) & np.isfinite(df[gap])]
-    out: dict[str, Any] = {"n_trials": len(d), "overall_tau": _tau(d[value], d[gap])}
+    out: dict[str, Any] = {
+        "n_trials": len(d),
+        "overall_tau": kendall_tau_b(d[value].to_numpy(float), d[gap].to_numpy(float)),
+    }
     varying = [a for a in axes if d[a].nunique(dropna=False) > 1]
     psis = []
     for axis in varying:
         keys = ["experiment", "seed", *(a for a in axes if a != axis)]
-        taus = [
-            _tau(g[value], g[gap])
-            for _, g in d.groupby(keys, dropna=False)
-            if g[axis].nunique(dropna=False) > 1
-        ]
-        taus = [t for t in taus if math.isfinite(t)]
+        taus = [t for t in _group_taus(d, keys, axis, value, gap) if math.isfinite(t)]
         psi = float(np.mean(taus)) if taus else math.nan
         out[f"{axis}_tau"] = psi
         out[f"{axis}_groups"] = len(taus)

@@ -177,3 +177,22 @@ def test_cli_advise_sharpness_rank(tmp_path, capsys):
     assert out[2].split()[:2] == ["keskar_sharpness@0.001", "1.00"]
     assert main(["advise", "--storage", root, "--sharpness", "error", "--format", "json"]) == 0
     assert '"granulated_tau": 1.0' in capsys.readouterr().out
+
+
+def test_kendall_tau_b_equals_scipy_with_ties():
+    """The pairwise-sign tau-b (small groups) is scipy's tau-b, ties and constants included."""
+    import numpy as np
+    from scipy import stats
+
+    from warehouse.measures import EXACT_MAX_N, kendall_tau_b
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 4, 9, 40, EXACT_MAX_N + 5):
+        for _ in range(30):
+            x = rng.integers(0, 4, n).astype(float)
+            y = rng.integers(0, 3, n).astype(float)
+            want = stats.kendalltau(x, y).statistic
+            got = kendall_tau_b(x, y)
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-12)
+    assert math.isnan(kendall_tau_b([1.0], [2.0]))
+    assert math.isnan(kendall_tau_b([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
