@@ -9,87 +9,33 @@ unchanged warehouse answers from the cache.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pandas as pd
-import pyarrow.fs as pafs
 import streamlit as st
 
 from app.disk_cache import persisted
 from app.filters import Selection
 from app.filters import sidebar as filter_sidebar
 from app.labels import series_label  # noqa: F401 (re-exported: the pages' import)
+from app.pages import PAGE_BY_URL, PAGES, PageInfo  # noqa: F401 (re-exported: the pages' import)
+from app.warm import start_background
 from warehouse import findings as fnd
 from warehouse import queries as q
 from warehouse.db import connect
-from warehouse.layout import Layout, default_root
-from warehouse.schemas import SCHEMAS
+from warehouse.layout import default_root
+from warehouse.version import data_version
 
-
-@dataclass(frozen=True)
-class PageInfo:
-    url_path: str
-    file: str  # under app/views/
-    title: str
-    icon: str
-    default: bool = False  # served at the root URL
-
-
-# Every page, in navigation order. The Findings page links to figures by `url_path`.
-PAGES: tuple[PageInfo, ...] = (
-    PageInfo("findings", "findings.py", "Findings", ":material/fact_check:", default=True),
-    PageInfo("overview", "overview.py", "Overview", ":material/table:"),
-    PageInfo("running", "running.py", "Running", ":material/directions_run:"),
-    PageInfo("runs", "runs.py", "Runs", ":material/table_rows:"),
-    PageInfo("trial", "trial.py", "Trial", ":material/description:"),
-    PageInfo("compare", "compare.py", "Compare runs", ":material/stacked_line_chart:"),
-    PageInfo("parallel", "parallel.py", "Parallel coordinates", ":material/timeline:"),
-    PageInfo("curves", "curves.py", "Curves", ":material/show_chart:"),
-    PageInfo(
-        "generalization", "generalization.py", "Generalization gap", ":material/compare_arrows:"
-    ),
-    PageInfo("time", "timing.py", "Time", ":material/timer:"),
-    PageInfo("distance", "distance.py", "Distance", ":material/straighten:"),
-    PageInfo("sharpness", "sharpness.py", "Sharpness", ":material/landscape:"),
-    PageInfo("landscapes", "landscapes.py", "Landscapes", ":material/terrain:"),
-    PageInfo("lr_batch", "lr_batch.py", "lr x batch size", ":material/grid_on:"),
-    PageInfo("choose", "choose.py", "Choose a batch size", ":material/recommend:"),
-    PageInfo("sql", "sql.py", "SQL", ":material/terminal:"),
-)
-PAGE_BY_URL = {p.url_path: p for p in PAGES}
 _FILTERS_KEY = "_batchlab_filters"
 LAST_RENDER_S = float("nan")  # app/main.py: its last run's time (benchmarks/app_pages.py)
 
 
 def storage_root() -> str:
     return os.environ.get("BATCHLAB_STORAGE", default_root())
-
-
-def data_version(root: str) -> str:
-    """Changes whenever a committed file is added, replaced or removed: the cache key.
-
-    Local roots: the modification times of the partition directories (a rename into place,
-    a new file or a deletion updates its directory), a few stat calls whatever the number
-    of files. Object stores have no directory times: every file's path, size and time."""
-    layout = Layout.open(root)
-    h = hashlib.sha256(root.encode())
-    for table in SCHEMAS:
-        base = layout.table_root(table)
-        if layout.is_local:
-            sel = pafs.FileSelector(base, recursive=False, allow_not_found=True)
-            infos = [i for i in layout.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
-            infos.append(layout.fs.get_file_info(base))
-        else:
-            infos = layout.fs.get_file_info(layout.list_files(table))
-        for info in sorted(infos, key=lambda i: i.path):
-            h.update(f"{info.path}:{info.type}:{info.size}:{info.mtime_ns}".encode())
-    return h.hexdigest()[:16]
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
@@ -126,8 +72,6 @@ def _warm_in_background(root: str, version: str) -> None:
     from streamlit.runtime import Runtime
 
     if Runtime.exists() and not isinstance(Runtime.instance(), Mock):
-        from app.warm import start_background
-
         start_background(root, version)
 
 

@@ -6,7 +6,7 @@ them, and the findings alone take seconds to evaluate. A result written here onc
 back in milliseconds by the next process.
 
 Correctness: every cached function takes the warehouse's data version among its arguments
-(`app.common.data_version`: a new, replaced or removed file changes it), and the key also
+(`warehouse.version.data_version`: a new, replaced or removed file changes it), and the key also
 holds a fingerprint of the code that computes the results (the source of app/ and
 warehouse/) and of the libraries that pickle them. A new version or new code is a new key:
 a stale result is never read back, it only ages out.

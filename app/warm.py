@@ -4,8 +4,10 @@ selection, so that the results, findings and chart specs a first visit needs are
 before anyone opens the page.
 
 `batchlab app` starts it beside the server; a server that sees a new data version starts it
-again for that version (`app.common.refresh_version`). One warmer per (storage root, data
-version, code) at a time: a lock file in the cache directory; a second one exits at once.
+again for that version (`app.common.refresh_version`; app/common.py imports this module,
+never the other way: the pages come from app/pages.py, the data version from
+warehouse/version.py). One warmer per (storage root, data version, code) at a time: a lock
+file in the cache directory; a second one exits at once.
 
     python -m app.warm --storage ROOT          # prints each page's time
 """
@@ -20,6 +22,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from app.pages import PAGE_BY_URL, PAGES
+from warehouse.version import data_version
 
 REPO = Path(__file__).resolve().parent.parent
 WARMING_ENV = "BATCHLAB_APP_WARMING"  # set inside a warmer: its renders start no warmer
@@ -69,8 +74,6 @@ def page_test(url_path: str, timeout_s: float = 900):
     from streamlit.testing.v1 import AppTest
     from streamlit.util import calc_hash
 
-    from app.common import PAGE_BY_URL
-
     at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=timeout_s)
     at.switch_page(f"views/{PAGE_BY_URL[url_path].file}")
     at._page_hash = calc_hash(url_path)
@@ -83,8 +86,6 @@ def warm(root: str, pages: list[str] | None = None, quiet: bool = True) -> dict[
     os.environ["BATCHLAB_STORAGE"] = root
     os.environ[WARMING_ENV] = "1"
     sys.path.insert(0, str(REPO))
-    from app.common import PAGES, data_version
-
     version = data_version(root)
     lock = _marker(root, version, "lock")
     if lock is None or is_warm(root, version) or not _take_lock(lock):
