@@ -60,12 +60,22 @@ def steps_fit_chart(points: pd.DataFrame, curve: pd.DataFrame, marks: pd.DataFra
 
 
 def b_simple_chart(df: pd.DataFrame) -> alt.Chart:
-    """B_simple (mean over seeds) at each probed epoch, one line per batch size."""
+    """B_simple (mean over seeds) at each probed epoch, one line per batch size; measured at
+    one epoch only: B_simple against batch size instead (a single epoch would be one column
+    of points)."""
     d = positive(df, "b_simple_mean")
-    x = alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS)
     y = alt.Y("b_simple_mean:Q", title="gradient noise scale B_simple (examples, log)")
     y = y.scale(type="log")
     tip = ["batch_size", "lr", "epoch", "b_simple_mean", "b_simple_std", "n_seeds"]
+    if d["epoch"].nunique() < 2:
+        x = alt.X("batch_size:Q", title="batch size (examples, log2)", scale=LOG2_BS)
+        chart = (
+            alt.Chart(d)
+            .mark_line(point=alt.OverlayMarkDef(filled=True, size=60), color="#355f8d")
+            .encode(x=x, y=y, detail="lr:N", tooltip=tip)
+        )
+        return interactive(chart.properties(height=PLOT_HEIGHT))
+    x = alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS)
     chart = (
         alt.Chart(d)
         .mark_line(point=True)

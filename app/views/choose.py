@@ -152,8 +152,9 @@ def show_b_simple(ns: pd.DataFrame) -> None:
     )
     if ns["epoch"].nunique() < 2:
         st.info(
-            "B_simple was measured at one point of training only (the end). Set "
-            "`measure.probe_every_epochs: N` in grid.yaml to see it over training."
+            "B_simple was measured at one point of training only (the end): drawn against "
+            "batch size. Set `measure.probe_every_epochs: N` in grid.yaml to see it over "
+            "training."
         )
     show_chart(f"choose-bsimple-{len(ns)}", b_simple_chart, ns)
 

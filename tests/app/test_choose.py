@@ -286,3 +286,7 @@ def test_charts_are_valid_vega_lite_with_a_tall_plot():
         }
     )
     assert b_simple_chart(ns).to_dict()["height"] == PLOT_HEIGHT
+    one = ns.assign(epoch=3, batch_size=[16, 32])  # one probed epoch: against batch size
+    spec = b_simple_chart(one).to_dict()
+    assert spec["encoding"]["x"]["field"] == "batch_size"
+    assert spec["height"] == PLOT_HEIGHT
