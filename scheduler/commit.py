@@ -13,15 +13,17 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.dispatch import TaskArgs
 from scheduler.versions import package_version
 from warehouse.layout import Layout
 from warehouse.store import write_trial
-from workers.checkpoint_io import TrialCheckpoints
 from workers.config import TrialConfig
-from workers.train import TrialResult
+
+if TYPE_CHECKING:  # torch: imported by the executors that train, not by the driver
+    from workers.checkpoint_io import TrialCheckpoints
+    from workers.train import TrialResult
 
 # Statuses that count as done: re-running the grid skips these trials. A `failed` trial
 # (a Python exception, possibly transient) is run again.
@@ -151,6 +153,8 @@ def failed_result(
 ) -> TrialResult:
     """A `failed` TrialResult of `cfg` with no rows: `stop_reason`, `error` (the driver shows
     its last line) and `summary` (none by default)."""
+    from workers.train import TrialResult
+
     return TrialResult(
         trial_id=cfg.trial_id,
         config_hash=cfg.config_hash,

@@ -16,12 +16,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from scheduler import tasks
 from scheduler.dispatch import TaskArgs, drain, task_env
 from scheduler.spec import GridSpec
 from scheduler.storage_errors import describe
 from warehouse.layout import Layout
-from workers.checkpoint_io import TrialCheckpoints
 from workers.config import TrialConfig
 
 
@@ -146,6 +144,8 @@ class LoneLoop:
             )  # fmt: skip
             self.pending[ref] = (t, None)
             return
+        from scheduler import tasks  # torch: imported once a trial is submitted
+
         token = uuid.uuid4().hex
         # scheduler.tasks.execute_trial looked up now: a benchmark swaps in a timed one.
         ref = self.remote.remote(
@@ -183,13 +183,14 @@ def task_failed(
     """The driver's record of a task that raised instead of returning: a trial_timeout_s
     kill (the worker committed the row), else a worker that died on every execution
     (`worker_died`: the backend's reading of the exception)."""
+    from scheduler.tasks import timed_out
+    from workers.checkpoint_io import TrialCheckpoints
+
     res = {"trial_id": t.trial_id, "status": "failed", "error": short_error(exc),
            "attempt": attempts}  # fmt: skip
     if (line := describe(getattr(exc, "cause", None) or exc, layout.root)) is not None:
         res["error"] = line.removeprefix("batchlab: ")  # storage: the path
-    if token and (
-        error := tasks.timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)
-    ):
+    if token and (error := timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)):
         return {**res, "error": error, "stop_reason": "timeout"}
     return {**res, "worker_died": worker_died(exc)}
 
