@@ -37,11 +37,11 @@ from warehouse.db import define_views, snapshot
 from warehouse.invalidation import (
     DONE_STATUSES,
     Invalidated,
-    _committed,
-    _missing_epochs,
-    _orphans,
+    committed_statuses,
     incomplete_trials,
     invalidate_trials,
+    missing_epochs,
+    orphan_rows,
 )
 from warehouse.layout import Layout, TableFile, TableFiles
 from warehouse.schemas import (
@@ -239,7 +239,7 @@ def _heal(layout: Layout, corrupt: list[CorruptFile], missing: bool) -> RepairRe
             lost_rows.setdefault(exp, set()).update(_trials_of(layout, c, table) or {"*"})
             continue
         if exp not in committed:
-            committed[exp] = _committed(layout, exp)
+            committed[exp] = committed_statuses(layout, exp)
         ids = _trials_of(layout, c, table)
         if not ids and table in TRIAL_TABLES:  # an unreadable part: whose rows it held is
             unknown_parts.add((exp, table))  # unknown; found below by their absence
@@ -259,7 +259,7 @@ def _heal(layout: Layout, corrupt: list[CorruptFile], missing: bool) -> RepairRe
             }
             for exp, table in unknown_parts
         }  # fmt: skip
-        return _orphans(con), _missing_epochs(con), without
+        return orphan_rows(con), missing_epochs(con), without
 
     _, found, _ = _scan(layout, False, after)
     if found:
@@ -438,7 +438,7 @@ def _row_problems(con: duckdb.DuckDBPyConnection, waiting: set[tuple[str, str]])
             )
         )
     lost: dict[str, list[tuple[str, str]]] = {}
-    for exp, tid, what in _missing_epochs(con):
+    for exp, tid, what in missing_epochs(con):
         lost.setdefault(exp, []).append((tid, what))
     for exp, items in lost.items():
         problems.append(

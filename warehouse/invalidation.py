@@ -61,7 +61,8 @@ def _records(layout: Layout) -> list[Invalidated]:
     return out
 
 
-def _committed(layout: Layout, experiment: str) -> dict[str, str]:
+def committed_statuses(layout: Layout, experiment: str) -> dict[str, str]:
+    """trial_id -> status of the experiment's committed `trials` rows (straight from files)."""
     return {r["trial_id"]: r["status"] for r in read_trial_rows(layout, experiment)}
 
 
@@ -69,7 +70,7 @@ def incomplete_trials(root: str | Layout | None = None) -> list[Invalidated]:
     """Invalidated trials that no run has committed again yet (sorted)."""
     layout = _layout(root)
     recs = _records(layout)
-    committed = {e: _committed(layout, e) for e in {r.experiment for r in recs}}
+    committed = {e: committed_statuses(layout, e) for e in {r.experiment for r in recs}}
     return sorted(
         (r for r in recs if r.trial_id not in committed[r.experiment]),
         key=lambda r: (r.experiment, r.trial_id),
@@ -88,7 +89,7 @@ def invalidate_trials(
     committed: dict[str, dict[str, str]] = {}
     for (exp, tid), reason in sorted(trials.items()):
         if exp not in committed:
-            committed[exp] = _committed(layout, exp)
+            committed[exp] = committed_statuses(layout, exp)
         rec = {"experiment": exp, "trial_id": tid, "reason": reason, "invalidated_at": now,
                "previous_status": committed[exp].get(tid),
                "files": (files or {}).get((exp, tid), [])}  # fmt: skip
@@ -99,7 +100,8 @@ def invalidate_trials(
     return out
 
 
-def _orphans(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+def orphan_rows(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+    """(experiment, trial_id) of per-trial rows whose trial has no committed `trials` row."""
     out: set[tuple[str, str]] = set()
     for t in TRIAL_TABLES:
         out |= set(
@@ -127,7 +129,7 @@ def _expected_counts() -> dict[str, str]:
     return out
 
 
-def _missing_epochs(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
+def missing_epochs(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
     """Committed (done) trials with fewer epochs (steps) rows than their trials row says
     they wrote: a table file deleted or lost. Returns (experiment, trial_id, what)."""
     out = []

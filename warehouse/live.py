@@ -253,7 +253,8 @@ def _json_files(layout: Layout, kind: str, experiment: str) -> list[dict[str, An
     return out
 
 
-def _age_s(ts: str | None) -> float:
+def age_s(ts: str | None) -> float:
+    """Seconds since the ISO timestamp `ts` (infinite without one, or an unreadable one)."""
     if not ts:
         return float("inf")
     try:
@@ -267,8 +268,8 @@ def driver_alive(run: Mapping[str, Any], stall_s: float = STALL_S) -> bool:
     if run.get("state") != "running":
         return False
     if run.get("host") == socket.gethostname() and run.get("pid"):
-        return pid_alive(int(run["pid"])) and _age_s(run.get("heartbeat")) < stall_s
-    return _age_s(run.get("heartbeat")) < stall_s
+        return pid_alive(int(run["pid"])) and age_s(run.get("heartbeat")) < stall_s
+    return age_s(run.get("heartbeat")) < stall_s
 
 
 def trial_statuses(
@@ -278,7 +279,7 @@ def trial_statuses(
     heartbeat is older than `stall_s` (or its process is gone on this host)."""
     out = []
     for s in _json_files(layout, "status", experiment):
-        s["age_s"] = _age_s(s.get("heartbeat"))
+        s["age_s"] = age_s(s.get("heartbeat"))
         gone = (
             s.get("host") == socket.gethostname() and s.get("pid") and not pid_alive(int(s["pid"]))
         )

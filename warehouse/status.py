@@ -108,7 +108,7 @@ def format_status(st: dict[str, Any]) -> str:
             head += f"alive (pid {run.get('pid')})"
         elif st["driver"] == "not alive":
             head += (f"NOT ALIVE (pid {run.get('pid')}, last heartbeat "
-                     f"{live._age_s(run.get('heartbeat')):.0f} s ago): running trials will not "
+                     f"{live.age_s(run.get('heartbeat')):.0f} s ago): running trials will not "
                      "be retried; run the same command again to resume")  # fmt: skip
         else:
             head += st["driver"]
