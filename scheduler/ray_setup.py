@@ -11,7 +11,6 @@ from pathlib import Path
 
 from scheduler import interrupts
 from scheduler.cluster import NodeInfo
-from scheduler.dispatch import stop_running  # noqa: F401  (its home is the wait loop)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:

@@ -102,7 +102,8 @@ def test_drain_on_an_interrupt_cancels_nothing_and_says_so():
     cancelled = []
     assert drain(backend, pending, lambda *a: None, on_cancel=lambda: cancelled.append(1)) is False
     assert cancelled == [1]
-    assert len(pending) == 1  # the other task was left running (no ray.cancel)
+    assert len(pending) == 1  # the other task was not cancelled (no ray.cancel) ...
+    assert backend.shut  # ... but disconnected from (dispatch.stop_running)
 
 
 def test_task_args_options_leave_the_worker_its_own_fields():
