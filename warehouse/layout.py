@@ -125,8 +125,11 @@ class Layout:
     def checkpoint_dir(self, experiment: str, trial_id: str) -> str:
         return self.path("checkpoints", f"experiment={check_experiment(experiment)}", trial_id)
 
-    def checkpoint_file(self, experiment: str, trial_id: str, name: str) -> str:
-        return f"{self.checkpoint_dir(experiment, trial_id)}/{name}.pt"
+    def checkpoint_file(
+        self, experiment: str, trial_id: str, name: str, suffix: str = ".pt"
+    ) -> str:
+        """A trial's state `<name>.pt`, or a small marker beside it (`suffix=".json"`)."""
+        return f"{self.checkpoint_dir(experiment, trial_id)}/{name}{suffix}"
 
     def live_dir(self, kind: str, experiment: str | None = None) -> str:
         """`live/<kind>` or its experiment's directory (warehouse/live.py)."""

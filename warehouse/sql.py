@@ -135,7 +135,7 @@ def readonly_connect(
         define_views(con, layout, snapshot(layout))
         if layout.is_local:
             # The views read explicit files under <root>/tables/; nothing else is reachable.
-            con.execute(f"SET allowed_directories = [{_sql_str(layout.path('tables') + '/')}]")
+            con.execute(f"SET allowed_directories = [{_sql_str(layout.table_root() + '/')}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except BaseException:

@@ -128,6 +128,10 @@ class CheckpointFiles:
     def path(self, name: str) -> str:
         return self.layout.checkpoint_file(self.experiment, self.trial_id, name)
 
+    def marker_path(self, name: str) -> str:
+        """A small JSON file beside the states (`<name>.json`: attempt counts, time-outs)."""
+        return self.layout.checkpoint_file(self.experiment, self.trial_id, name, suffix=".json")
+
     def get_bytes(self, name: str) -> bytes | None:
         """The checkpoint's bytes, None when it does not exist."""
         return self.layout.get_bytes(self.path(name))
