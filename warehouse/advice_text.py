@@ -115,6 +115,12 @@ def answer_lines(a: dict[str, Any]) -> list[str]:
     probe = a["time_source"] == "probe"
     out = []
     fast, few = a["fastest"], a["fewest_examples"]
+    by_b = {r["batch_size"]: r for r in a["table"]}
+
+    def seeds(b: int) -> str:
+        r = by_b[b]
+        return f"{r['n_reached']} of {r['n_seeds']} seeds reached it"
+
     if fast is not None:
         what = "least wall time on this hardware" if probe else "least training time"
         src = (
@@ -124,13 +130,14 @@ def answer_lines(a: dict[str, Any]) -> list[str]:
         )
         out.append(
             f"**Fastest ({what}): batch size {fast['batch_size']}** at lr "
-            f"{num(fast['best_lr'])}: {ci(fast['time_s'], fast['time_s_ci'])} s to the target, "
-            f"fastest in {pct(fast['p_best'])} of the bootstrap replicates ({src})."
+            f"{num(fast['best_lr'])}: {ci(fast['time_s'], fast['time_s_ci'])} s to the target "
+            f"({seeds(fast['batch_size'])}), fastest in {pct(fast['p_best'])} of the bootstrap "
+            f"replicates ({src})."
         )
     out.append(
         f"**Fewest examples: batch size {few['batch_size']}** at lr {num(few['best_lr'])}: "
-        f"{ci(few['examples'], few['examples_ci'])} examples, fewest in "
-        f"{pct(few['p_best'])} of the replicates."
+        f"{ci(few['examples'], few['examples_ci'])} examples ({seeds(few['batch_size'])}), "
+        f"fewest in {pct(few['p_best'])} of the replicates."
     )
     r = a["lr_rule"]
     if r.get("closest"):

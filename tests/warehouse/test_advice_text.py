@@ -104,6 +104,7 @@ def test_answer_and_table_are_the_advisors(stored):
     few = a["fewest_examples"]
     assert few["batch_size"] == 16  # E = 100 B + 6400: least at the smallest batch size
     assert any(f"Fewest examples: batch size {few['batch_size']}" in x for x in lines)
+    assert any("Fewest examples" in x and "(3 of 3 seeds reached it)" in x for x in lines)
     assert any("B_crit" in x and "McCandlish" in x for x in lines)
     b_crit = a["fit"]["b_crit"]
     assert b_crit == pytest.approx(64, rel=0.1)
