@@ -3,8 +3,9 @@
 (`report_section`, warehouse/report.py).
 
 - `suggest_target(con, f)`: the grid's stored target when a selected trial has one; else a
-  validation-error target every batch size can reach: 1.1 x the loosest batch size's best
-  validation error (each batch size's best over its lrs and seeds), the largest over the groups;
+  validation-error target every batch size reaches with every seed of at least one lr:
+  1.1 x the loosest batch size's best validation error (per lr the worst seed's best error,
+  per batch size its best lr), the largest over the groups;
 - `group_label`, `answer_lines` (the answer in sentences), `table_frame` (per batch size);
 - `report_section(con, f)`: Markdown lines of the answer per group, B_simple over training,
   the sharpness measures' verdicts on F-11 / F-15 / F-29 and their Kendall ranking.
@@ -57,11 +58,13 @@ def suggest_target(con: duckdb.DuckDBPyConnection, f: Filters) -> Target:
     row = con.execute(
         f"""
         WITH {sel},
-        best AS (
-            SELECT {cfg}, s.batch_size, min(1.0 - e.val_acc) AS err
+        trial AS (
+            SELECT {cfg}, s.batch_size, s.scaled_lr, s.seed, min(1.0 - e.val_acc) AS err
             FROM sel s JOIN epochs_raw e USING (experiment, trial_id)
             WHERE isfinite(e.val_acc) GROUP BY ALL
         ),
+        cell AS (SELECT * EXCLUDE (seed, err), max(err) AS err FROM trial GROUP BY ALL),
+        best AS (SELECT * EXCLUDE (scaled_lr, err), min(err) AS err FROM cell GROUP BY ALL),
         loosest AS (SELECT {", ".join(GROUP)}, max(err) AS err FROM best GROUP BY ALL)
         SELECT (SELECT count(*) FROM sel WHERE steps_to_target >= 0),
                (SELECT max(err) FROM loosest)
@@ -243,7 +246,8 @@ def target_note(target: Target) -> str:
         return target.describe()
     return (
         f"{target.describe()} (no trial has a stored target: {TARGET_MARGIN:g} x the loosest "
-        "batch size's best validation error, the largest over the experiment's groups)"
+        "batch size's best validation error reached by every seed of one lr, the largest over "
+        "the experiment's groups)"
     )
 
 

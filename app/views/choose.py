@@ -222,7 +222,7 @@ if suggested.kind != "stored":
     st.caption(
         f"No trial of {exp} has a stored target (`target_val_error` in grid.yaml): the "
         f"suggested target is {txt.TARGET_MARGIN:g} x the loosest batch size's best "
-        "validation error."
+        "validation error reached by every seed of one lr (change it below)."
     )
 target = pick_target(exp, suggested)
 res = cached_advice(root, v, fe, target.kind, target.value)
