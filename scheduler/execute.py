@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scheduler.dispatch import TaskArgs, drain, task_env
+from scheduler.packing import trial_threads
 from scheduler.spec import GridSpec
 from scheduler.storage_errors import describe
 from warehouse.layout import Layout
@@ -37,7 +38,7 @@ def base_task(spec: GridSpec, layout: Layout, code_version: str) -> TaskArgs:
     r = spec.resources
     return TaskArgs(
         spec.experiment, layout.root, code_version, device=device_for(spec),
-        resume=r.resume_checkpoints, num_threads=max(1, int(r.cpus_per_trial)),
+        resume=r.resume_checkpoints, num_threads=trial_threads(r.cpus_per_trial),
         data_dir=spec.data_dir, code_dir=spec.code_dir,
     )  # fmt: skip
 

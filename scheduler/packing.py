@@ -320,7 +320,7 @@ class PackLoop:
         ref = remote.remote(
             execute_pack, [t.model_dump_json() for t in p.trials], self.task.experiment,
             self.task.root, pack_id=p.pack_id, attempt_base=0,
-            **self.task.replace(num_threads=trial_threads(r.cpus_per_trial)).options(),
+            **self.task.options(),  # num_threads: trial_threads(cpus_per_trial), as lone
         )  # fmt: skip
         self.pending[ref] = p
 
