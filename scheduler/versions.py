@@ -18,7 +18,8 @@ def package_version() -> str:
     """batchlab's version (the same string as `batchlab.__version__`)."""
     pyproject = PROJECT / "pyproject.toml"
     try:  # a source checkout (also a Ray worker with the project on PYTHONPATH)
-        m = re.search(r'(?m)^version\s*=\s*"([^"]+)"', pyproject.read_text())
+        project = pyproject.read_text().partition("[project]")[2].split("\n[", 1)[0]
+        m = re.search(r'(?m)^version\s*=\s*"([^"]+)"', project)
         if m:
             return m.group(1)
     except OSError:

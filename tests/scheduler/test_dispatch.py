@@ -275,3 +275,11 @@ def test_the_scheduler_plans_without_importing_ray_torch_or_the_cli():
                          cwd=SCHEDULER.parent, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1]) == [False, False, False]
+
+
+def test_the_recorded_batchlab_version_is_the_package_version():
+    import batchlab
+    from scheduler.versions import code_version, package_version
+
+    assert package_version() == batchlab.__version__
+    assert code_version().startswith(batchlab.__version__)
