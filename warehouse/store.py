@@ -122,7 +122,7 @@ class CheckpointFiles:
     the workers' business (`workers.checkpoint_io.TrialCheckpoints` adds torch.save/load):
     the warehouse never imports torch."""
 
-    def __init__(self, layout: Layout, experiment: str, trial_id: str):
+    def __init__(self, layout: Layout, experiment: str, trial_id: str) -> None:
         self.layout, self.experiment, self.trial_id = layout, experiment, trial_id
 
     def path(self, name: str) -> str:
