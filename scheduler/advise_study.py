@@ -319,7 +319,7 @@ def run_timings(
 ) -> list[dict[str, Any]]:
     """One timing probe per stage's batch size, one at a time, each a Ray task reserving a
     whole node's CPUs; rows already stored (same timing_id) are skipped."""
-    from scheduler import ray_backend
+    import scheduler.ray_backend as ray_backend
     from scheduler.ray_setup import init_ray
     from scheduler.versions import code_version
     from warehouse.store import write_rows

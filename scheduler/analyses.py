@@ -313,7 +313,7 @@ def execute_analysis(
 
 def run_analyses(spec, layout: Layout, *, code_version: str, device: str, out) -> dict[str, int]:
     """Plan the grid's analyses, skip stored ones, run the rest as Ray tasks. Returns counts."""
-    from scheduler.ray_backend import ray_task, run_all
+    import scheduler.ray_backend as backend
     from warehouse.store import read_trial_rows
 
     planned = plan_analyses(list(spec.analyses), spec.trials())
@@ -337,8 +337,13 @@ def run_analyses(spec, layout: Layout, *, code_version: str, device: str, out) -
           "input_status": {t.trial_id: status.get(t.trial_id, "missing") for t in a.trials}})
         for a in todo
     ]  # fmt: skip
-    results = run_all(ray_task, calls, num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
-                      max_retries=r.max_retries)  # fmt: skip
+    results = backend.run_all(
+        backend.ray_task,
+        calls,
+        num_cpus=r.cpus_per_trial,
+        num_gpus=r.gpus_per_trial,
+        max_retries=r.max_retries,
+    )
     counts: dict[str, int] = {}
     for res in results:
         counts[res["status"]] = counts.get(res["status"], 0) + 1

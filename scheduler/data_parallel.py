@@ -29,7 +29,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; rank 0 commits the trial (scheduler/commit.py)."""
     import torch
 
-    from scheduler import ray_backend
+    import scheduler.ray_backend as ray_backend
     from workers.train import DistContext, run_trial
     from workers.user import use_code_dir
 

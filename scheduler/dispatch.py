@@ -118,7 +118,7 @@ def stop_running(backend: Any = None) -> None:
     ray-project/ray#54798), even without force=True; it failed a CI run of
     tests/reliability/test_driver_interrupts.py."""
     if backend is None:
-        from scheduler import ray_backend as backend
+        import scheduler.ray_backend as backend
     shutdown = getattr(backend, "shutdown", None)
     if shutdown is not None:
         shutdown()

@@ -62,7 +62,7 @@ def execute(
     """Run `trials` on the connected task system; fills `report` (scheduler/runner.py
     RunReport: results, counts, cancelled)."""
     if backend is None:
-        from scheduler import ray_backend as backend
+        import scheduler.ray_backend as backend
     r = spec.resources
     if r.pack and r.trial_timeout_s:  # a timeout kills a worker: one trial's, not a pack's
         print(

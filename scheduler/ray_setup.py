@@ -16,7 +16,7 @@ from scheduler.cluster import NodeInfo
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
     """Connect to `address` / $RAY_ADDRESS, or start the embedded local Ray instance.
     Returns a description of what it connected to."""
-    from scheduler import ray_backend
+    import scheduler.ray_backend as ray_backend
 
     address = address or os.environ.get("RAY_ADDRESS")
     if ray_backend.is_initialized():

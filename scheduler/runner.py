@@ -240,16 +240,16 @@ def _crash_text(error: str | None) -> bool:
 
 def ray_attempt() -> int:
     """scheduler/ray_backend.py `ray_attempt` (this Ray task execution's number)."""
-    from scheduler.ray_backend import ray_attempt as attempt
+    import scheduler.ray_backend as backend
 
-    return attempt()
+    return backend.ray_attempt()
 
 
 def __getattr__(name: str) -> Any:
     # `_ray_trial`: the old name of scheduler/ray_backend.py `ray_task`, still importable
     # (tests/reliability/test_attempts.py) without importing Ray with this module.
     if name == "_ray_trial":
-        from scheduler.ray_backend import ray_task
+        import scheduler.ray_backend as backend
 
-        return ray_task
+        return backend.ray_task
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
