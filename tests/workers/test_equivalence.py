@@ -207,3 +207,27 @@ def test_rows_use_the_warehouse_column_names():
             names = set(schema.names)
             for row in rows:
                 assert set(row) <= names, set(row) - names
+
+
+DRIVERS = ("train.py", "pack.py", "pack_stack.py", "pack_loop.py", "pack_resume.py",
+           "pack_memory.py", "trial_api.py", "stepping.py", "evaluation.py",
+           "trial_measures.py", "trial/state.py", "trial/rows.py", "trial/result.py")  # fmt: skip
+
+
+def test_the_contract_is_pure_python_and_the_drivers_import_no_private_names():
+    import ast
+    import subprocess
+    import sys
+
+    code = "import sys, workers.trial; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+    for rel in DRIVERS:
+        path = REPO / "workers" / rel
+        assert len(path.read_text().splitlines()) < 500, rel
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workers"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, (rel, node.module, private)
+            if isinstance(node, ast.ImportFrom) and rel == "trial_api.py":
+                assert node.module != "workers.train", "trial_api must not import train"
