@@ -32,6 +32,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from scheduler.run_command import (  # noqa: F401  (the run codes, re-exported for the commands)
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STORAGE,
+    EXIT_TRIALS_FAILED,
+    EXIT_USAGE,
+)
+
 # The example grids live at the top of the source tree (installed editable, as README says).
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -44,13 +52,10 @@ def storage_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-EXIT_OK = 0
+# The exit codes of a run (0, 2 bad input, 4 trials failed, 5 storage, 130 interrupted) are
+# the scheduler's (scheduler/run_command.py); the CLI adds two of its own commands' codes.
 EXIT_PROBLEMS = 1  # `check` found problems, `report` incomplete trials (also a traceback's code)
-EXIT_USAGE = 2  # bad arguments, grid spec, input or SQL (argparse's own code too)
 EXIT_NO_WAREHOUSE = 3  # no warehouse at the root, or an experiment it does not hold
-EXIT_TRIALS_FAILED = 4  # `run` / `demo`: at least one trial failed
-EXIT_STORAGE = 5  # the storage root (or a file under it) cannot be written: full, read-only
-EXIT_INTERRUPTED = 130  # Ctrl-C, or a run cancelled by it (128 + SIGINT, like a shell)
 # SIGTERM / SIGHUP: 143 / 129, 128 + the signal (scheduler/interrupts.py)
 
 

@@ -6,17 +6,11 @@ happen inside the commands."""
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from batchlab.cli import EXAMPLES, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED
-
-# `batchlab run` compacts an experiment at the end once it has this many per-trial files:
-# queries over epochs/steps read one file per trial before compaction (seconds at 10,000
-# trials), a few large files after it.
-DEFAULT_COMPACT_THRESHOLD = 1000
+from batchlab.cli import EXAMPLES
+from scheduler.run_command import DEFAULT_COMPACT_THRESHOLD, EXIT_TRIALS_FAILED, run_command
 
 
 def add_parser(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -88,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_cli(spec, Layout.open(args.storage).root, args.until_decided, args.max_seeds,
                        address=args.address, num_cpus=args.num_cpus,
                        progress=not args.no_progress, storage_shared=args.storage_shared)  # fmt: skip
-    return _run(
+    return run_command(
         spec,
         args.storage,
         args.address,
@@ -101,99 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def _run(
-    spec,
-    storage,
-    address,
-    num_cpus,
-    dry_run: bool,
-    progress: bool,
-    storage_shared: bool | None = None,
-    compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
-    allow_failed: bool = False,
-) -> int:
-    from scheduler.runner import check_feasible, plan, run_grid
-    from scheduler.storage_errors import check_writable
-    from warehouse.layout import Layout
-
-    layout = Layout.open(storage)
-    if dry_run:
-        check_writable(layout, create=False)  # what the run checks first, writing nothing
-        p = plan(spec, layout)
-        print(p.describe())
-        for t in p.to_run[:20]:
-            print(
-                f"  run   {t.trial_id}  batch_size={t.batch_size} lr={t.lr:g} lr_scaling={t.lr_scaling} seed={t.seed}"
-            )
-        if len(p.to_run) > 20:
-            print(f"  ... and {len(p.to_run) - 20} more")
-        try:  # the run's own resource check, after the plan so the plan is still shown
-            check_feasible(spec, p.to_run, address, num_cpus)
-        except ValueError as exc:
-            raise type(exc)(
-                f"{exc} To plan this grid for a cluster instead, add --address ADDRESS "
-                "(e.g. --address auto; a dry run connects to nothing)."
-            ) from exc
-        return 0
-    report = run_grid(
-        spec,
-        layout.root,
-        address=address,
-        num_cpus=num_cpus,
-        progress=progress,
-        storage_shared=storage_shared,
-    )
-    c = report.counts
-    print(  # the failed trials were listed by run_grid, before any post-processing
-        f"done in {report.wall_time_s:.1f} s: {c.get('completed', 0)} completed, "
-        f"{c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed, {report.skipped} skipped"
-    )
-    if compact_threshold > 0 and not report.cancelled:
-        _compact_if_many(layout, spec.experiment, compact_threshold)
-    print(f"results: {layout.root}  (DuckDB file: {layout.duckdb_file})")
-    return _run_exit_code(report, allow_failed)
-
-
-def _run_exit_code(report, allow_failed: bool) -> int:
-    """A run's exit code from its RunReport: interrupted, else trials failed (unless
-    allowed), else 0. Diverged trials are results, not failures."""
-    if report.cancelled:
-        from scheduler import interrupts
-
-        sig = interrupts.received()
-        by = f" by {signal.Signals(sig).name}" if sig else ""
-        print(f"run interrupted{by}: not every trial ran (run it again to resume)", file=sys.stderr)
-        return interrupts.exit_code(EXIT_INTERRUPTED)
-    failed = report.counts.get("failed", 0)
-    if failed and not allow_failed:
-        print(
-            f"{failed} trial(s) failed (exit {EXIT_TRIALS_FAILED}; --allow-failed exits 0); "
-            "`batchlab run` again retries them",
-            file=sys.stderr,
-        )
-        return EXIT_TRIALS_FAILED
-    return EXIT_OK
-
-
-def _compact_if_many(layout, experiment: str, threshold: int) -> None:
-    """Compact `experiment` when it has at least `threshold` uncompacted trials; a failed
-    compaction changes nothing (docs/warehouse.md) and does not fail the run."""
-    from warehouse.compact import compact
-
-    n = len(layout.table_files("trials", experiment).per_trial)
-    if n < threshold:
-        return
-    print(f"compacting experiment {experiment}: {n} uncompacted trials (>= {threshold})")
-    try:
-        print(compact(layout, experiment=experiment).summary().splitlines()[0])
-    except Exception as exc:  # the per-trial files are intact: querying still works
-        print(
-            f"compaction failed, results untouched: {exc}; run `batchlab compact "
-            f"--storage {layout.root} --experiment {experiment}` later",
-            file=sys.stderr,
-        )
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from scheduler.spec import load_spec
     from warehouse.db import connect
@@ -202,7 +103,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     grid = EXAMPLES / "quick.yaml"
     spec = load_spec(grid)
     print(f"batchlab demo: {grid.name}, {len(spec.trials())} trials of an MLP on MNIST-1D (CPU)")
-    rc = _run(spec, args.storage, None, args.num_cpus, False, True, allow_failed=args.allow_failed)
+    rc = run_command(
+        spec, args.storage, None, args.num_cpus, False, True, allow_failed=args.allow_failed
+    )
     if rc:
         return rc
     layout = Layout.open(args.storage)
