@@ -24,7 +24,7 @@ import torch
 from workers.config import TrialConfig
 from workers.data import load_dataset
 from workers.models import build_model
-from workers.probes import _subset, keskar_sharpness, keskar_sharpness_max
+from workers.probes import keskar_sharpness, keskar_sharpness_max, probe_subset
 from workers.train import run_trial
 
 
@@ -65,7 +65,7 @@ def main() -> None:
             res = run_trial(cfg, data=data, checkpoints=keep)
             model = build_model(cfg.model, data.input_shape, data.num_classes)
             model.load_state_dict(keep.files["final"])
-            xs, ys = _subset(data.x_train, data.y_train, a.n_examples, seed)
+            xs, ys = probe_subset(data.x_train, data.y_train, a.n_examples, seed)
             for eps in a.eps:
                 lb = keskar_sharpness(model, xs, ys, eps=eps, solver="lbfgsb", max_iter=a.max_iter)
                 pga = keskar_sharpness(model, xs, ys, eps=eps, solver="pga", max_iter=a.max_iter)

@@ -201,7 +201,7 @@ def stage_grid(
 
 
 def _write_grid(layout: Any, exp: str, name: str, data: dict[str, Any]) -> str:
-    path = layout.path("studies", f"experiment={exp}", name)
+    path = layout.study_file(exp, name)
     text = "# written by `batchlab advise --dataset ... --model ...` (docs/advise.md)\n"
     layout.put_bytes(path, (text + yaml.safe_dump(data, sort_keys=False)).encode())
     return path
@@ -445,7 +445,7 @@ def run_study(
     }
     record["timings"] = [r["timing_id"] for r in st.timings]
     layout.put_bytes(
-        layout.path("studies", f"experiment={exp}", "study.json"),
+        layout.study_file(exp, "study.json"),
         json.dumps(record, indent=2, default=str).encode(),
     )
     from warehouse.db import write_duckdb_file

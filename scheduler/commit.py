@@ -20,6 +20,7 @@ from scheduler.versions import package_version
 from warehouse.layout import Layout
 from warehouse.store import write_trial
 from workers.config import TrialConfig
+from workers.trial.rows import SUMMARY_COLUMNS as TRIAL_SUMMARY_COLUMNS
 
 if TYPE_CHECKING:  # torch: imported by the executors that train, not by the driver
     from workers.checkpoint_io import TrialCheckpoints
@@ -30,13 +31,17 @@ if TYPE_CHECKING:  # torch: imported by the executors that train, not by the dri
 DONE_STATUSES = ("completed", "diverged")
 TABLES = ("epochs", "steps", "layers", "probes", "metrics")  # a TrialResult's row lists
 
-SUMMARY_COLUMNS = (
-    "n_train", "n_val", "steps_per_epoch", "epochs_run", "steps_run", "best_val_loss",
-    "best_val_acc", "best_epoch", "best_step", "steps_to_target", "diverged_step",
-    "final_train_loss", "final_val_loss", "final_dist_from_init", "train_time_s",
-    "wall_time_s", "peak_memory_mb", "resumed_from_epoch", "torch_version", "cuda_version",
-    "python_version", "host", "device", "device_name", "perf_json",
+# The `trials` row takes the summary columns a trial computes (workers/trial/rows.py, the one
+# list) except `scaled_lr`, which comes from the config, plus the provenance the worker adds
+# (workers/trial_measures.py `provenance`) and the timing breakdown.
+PROVENANCE_COLUMNS = (
+    "torch_version", "cuda_version", "python_version", "host", "device", "device_name",
 )  # fmt: skip
+SUMMARY_COLUMNS = (
+    *(c for c in TRIAL_SUMMARY_COLUMNS if c != "scaled_lr"),
+    *PROVENANCE_COLUMNS,
+    "perf_json",
+)
 
 
 def trial_row(
@@ -185,7 +190,7 @@ def commit_failed(
 def next_attempt(ckpt: TrialCheckpoints) -> int:
     """Count this attempt in the trial's checkpoint folder (1 for the first run); also
     marks the trial in flight (checkpoints/.../attempts.json)."""
-    path = ckpt.path("attempts").removesuffix(".pt") + ".json"
+    path = ckpt.marker_path("attempts")
     prev = ckpt.layout.get_bytes(path)
     n = (json.loads(prev)["attempts"] if prev else 0) + 1
     ckpt.layout.put_bytes(path, json.dumps({"attempts": n}).encode())

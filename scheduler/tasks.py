@@ -91,7 +91,7 @@ def exit_result(cfg: TrialConfig, exc: BaseException, cause: str, device: str) -
 
 
 def _timeout_marker(ckpt: TrialCheckpoints) -> str:
-    return ckpt.path("timed-out").removesuffix(".pt") + ".json"
+    return ckpt.marker_path("timed-out")
 
 
 def timed_out(ckpt: TrialCheckpoints, token: str) -> str | None:

@@ -30,13 +30,8 @@ from workers.config import TrialConfig
 from workers.data import Dataset, load_dataset_cached
 from workers.losses import loss_of
 from workers.models import build_model
-from workers.train import (
-    epoch_permutation,
-    make_optimizer,
-    provenance,
-    resolve_device,
-    steps_per_epoch,
-)
+from workers.stepping import epoch_permutation, make_optimizer, resolve_device, steps_per_epoch
+from workers.trial_measures import provenance
 
 
 def timing_id(cfg: TrialConfig, device: str, threads: int) -> str:

@@ -150,9 +150,9 @@ def test_hessian_of_least_squares_under_mse_is_the_closed_form():
     (probe,) = [p for p in r.probes if p["probe"] == "hessian_top_eig"]
     assert json.loads(probe["settings_json"])["loss"] == "mse"
     data = load_dataset(cfg.dataset)
-    from workers.probes import _subset
+    from workers.probes import probe_subset
 
-    x, _ = _subset(data.x_train, data.y_train, 192, cfg.seed)
+    x, _ = probe_subset(data.x_train, data.y_train, 192, cfg.seed)
     a = torch.cat([x, torch.ones(len(x), 1)], 1).double()  # [X 1]: weights and bias
     # mean((Xw + b - y)^2): H = 2 A'A / n in (w, b).
     top = torch.linalg.eigvalsh(2 * a.T @ a / len(x)).max().item()

@@ -28,36 +28,36 @@ Common rules, shared by every probe:
 - `loss_fn(outputs, targets)` must return the mean loss over the batch (as F.cross_entropy
   does): the full-set loss is assembled from chunks as a size-weighted mean of chunk means.
 
-The package: `_common` (shared helpers), `hessian`, `sharpness` (one run, and the maximum over
+The package: `common` (shared helpers), `hessian`, `sharpness` (one run, and the maximum over
 solvers and restarts), `noise`, `curvature` (batch and adaptive sharpness), `settings` (their
 configuration), `runner` (`run_probes` and the row format). Pure PyTorch +
 SciPy; no Ray.
 """
 
-from workers.probes._common import LossFn, _eval_mode, _NonFinite, _trainable
+from workers.probes.common import LossFn, NonFinite, eval_mode, trainable_of
 from workers.probes.curvature import adaptive_sharpness, batch_indices, batch_sharpness
 from workers.probes.hessian import hessian_top_eigenvalue
 from workers.probes.noise import noise_scale_exact, noise_scale_two_batch
-from workers.probes.runner import PROBES, ROW_KEYS, _jsonable, _row, _subset, run_probes
+from workers.probes.runner import PROBES, ROW_KEYS, json_value, probe_row, probe_subset, run_probes
 from workers.probes.sharpness import keskar_sharpness, keskar_sharpness_max
 
 __all__ = [
     "PROBES",
     "ROW_KEYS",
     "LossFn",
-    "_NonFinite",
-    "_eval_mode",
-    "_jsonable",
-    "_row",
-    "_subset",
-    "_trainable",
+    "NonFinite",
     "adaptive_sharpness",
     "batch_indices",
     "batch_sharpness",
+    "eval_mode",
     "hessian_top_eigenvalue",
+    "json_value",
     "keskar_sharpness",
     "keskar_sharpness_max",
     "noise_scale_exact",
     "noise_scale_two_batch",
+    "probe_row",
+    "probe_subset",
     "run_probes",
+    "trainable_of",
 ]

@@ -25,17 +25,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
-from workers.probes._common import (
+from workers.probes.common import (
     LossFn,
-    _elapsed,
-    _eval_mode,
-    _flat,
-    _loss_at,
-    _loss_grad_at,
-    _NonFinite,
-    _trainable,
+    NonFinite,
+    eval_mode,
     flat_params,
+    flat_vector,
+    loss_at,
+    loss_grad_at,
+    seconds_since,
     start_clock,
+    trainable_of,
 )
 
 NORMS = ("linf", "l2")
@@ -84,8 +84,8 @@ def batch_sharpness(
     vals: list[float] = []
     zero = 0
     nonfinite = False
-    with _eval_mode(model):
-        names, params = _trainable(model)
+    with eval_mode(model):
+        names, params = trainable_of(model)
         w = {k: p.detach() for k, p in zip(names, params, strict=True)}
         for idx in batches:
             idx = idx.to(x.device)
@@ -96,7 +96,7 @@ def batch_sharpness(
 
             g = grad(f)(w)
             _, hg = jvp(grad(f), (w,), (g,))
-            gf, hgf = _flat([g[k] for k in names]), _flat([hg[k] for k in names])
+            gf, hgf = flat_vector([g[k] for k in names]), flat_vector([hg[k] for k in names])
             gg = float(gf.double().square().sum())
             ghg = float((gf.double() * hgf.double()).sum())
             if not (math.isfinite(gg) and math.isfinite(ghg)):
@@ -124,7 +124,7 @@ def batch_sharpness(
         "seed": seed,
         "n_examples": n,
         "nonfinite": nonfinite,
-        "seconds": _elapsed(t0, device),
+        "seconds": seconds_since(t0, device),
     }
 
 
@@ -192,12 +192,12 @@ def adaptive_sharpness(
         "n_examples": int(x.shape[0]),
     }
     gen = torch.Generator().manual_seed(seed)
-    with _eval_mode(model):
+    with eval_mode(model):
         names, like, w0 = flat_params(model)
         s = w0.abs() + eta
 
         def loss(u: Tensor) -> float:
-            return _loss_at(model, names, like, w0 + s * u, x, y, loss_fn, chunk_size)
+            return loss_at(model, names, like, w0 + s * u, x, y, loss_fn, chunk_size)
 
         try:
             f_x = loss(torch.zeros_like(w0))
@@ -214,9 +214,7 @@ def adaptive_sharpness(
                 u = _random_in_ball(w0, rho, norm, gen)
                 f_pert = -math.inf
                 for _ in range(n_iter):
-                    f, g_w = _loss_grad_at(
-                        model, names, like, w0 + s * u, x, y, loss_fn, chunk_size
-                    )
+                    f, g_w = loss_grad_at(model, names, like, w0 + s * u, x, y, loss_fn, chunk_size)
                     f_pert = max(f_pert, f)
                     g_u = s * g_w
                     if norm == "linf":
@@ -230,10 +228,10 @@ def adaptive_sharpness(
                 res["iterations"] = int(n_iter)
             res["f_pert"] = f_pert
             res["value"] = f_pert - f_x
-        except _NonFinite:
+        except NonFinite:
             res["value"] = math.nan
             res.setdefault("f_x", math.nan)
             res["f_pert"] = math.nan
             res["nonfinite"] = True
-    res["seconds"] = _elapsed(t0, device)
+    res["seconds"] = seconds_since(t0, device)
     return res

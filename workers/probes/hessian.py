@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.probes._common import (
+from workers.probes.common import (
     LossFn,
-    _chunks,
-    _elapsed,
-    _eval_mode,
-    _flat,
-    _grads_or_zeros,
-    _trainable,
-    _unflat,
+    chunk_bounds,
+    eval_mode,
+    flat_vector,
+    grads_or_zeros,
+    seconds_since,
     start_clock,
+    trainable_of,
+    unflatten,
 )
 
 
@@ -45,10 +45,12 @@ def hessian_top_eigenvalue(
     """
     device, t0 = start_clock(model, x)
     n = int(x.shape[0])
-    with _eval_mode(model):
-        _, params = _trainable(model)
+    with eval_mode(model):
+        _, params = trainable_of(model)
         gen = torch.Generator().manual_seed(seed)
-        v = _flat([torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]).to(device)
+        v = flat_vector([torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]).to(
+            device
+        )
         v = v / v.norm()
 
         cached: list[Tensor] | None = None
@@ -56,20 +58,20 @@ def hessian_top_eigenvalue(
             # One batch: build the gradient graph once and reuse it for every product
             # (PyHessian's gradsH); each product is then one extra backward pass.
             loss = loss_fn(model(x), y)
-            cached = _grads_or_zeros(loss, params, create_graph=True)
+            cached = grads_or_zeros(loss, params, create_graph=True)
 
         def hvp(vec: Tensor) -> Tensor:
             # H v = d/dtheta (grad f . v): the second backward through the gradient graph.
-            vs = _unflat(vec, params)
+            vs = unflatten(vec, params)
             if cached is not None:
                 gv = sum((g * vi).sum() for g, vi in zip(cached, vs, strict=True))
-                return _flat(_grads_or_zeros(gv, params, retain_graph=True)).detach()
+                return flat_vector(grads_or_zeros(gv, params, retain_graph=True)).detach()
             out = torch.zeros_like(vec)
-            for a, b in _chunks(n, chunk_size):
+            for a, b in chunk_bounds(n, chunk_size):
                 lc = loss_fn(model(x[a:b]), y[a:b]) * ((b - a) / n)
-                gs = _grads_or_zeros(lc, params, create_graph=True)
+                gs = grads_or_zeros(lc, params, create_graph=True)
                 gv = sum((g * vi).sum() for g, vi in zip(gs, vs, strict=True))
-                out += _flat(_grads_or_zeros(gv, params)).detach()
+                out += flat_vector(grads_or_zeros(gv, params)).detach()
             return out
 
         eig: float | None = None
@@ -101,6 +103,6 @@ def hessian_top_eigenvalue(
         "iterations": iterations,
         "converged": converged,
         "n_examples": n,
-        "seconds": _elapsed(t0, device),
+        "seconds": seconds_since(t0, device),
         "seed": seed,
     }

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from workers.probes._common import (
+from workers.probes.common import (
     LossFn,
-    _batch_grad,
-    _chunks,
-    _elapsed,
-    _eval_mode,
-    _trainable,
+    batch_grad,
+    chunk_bounds,
+    eval_mode,
+    seconds_since,
     start_clock,
+    trainable_of,
 )
 
 
@@ -66,13 +66,13 @@ def noise_scale_two_batch(
         )
     gen = torch.Generator().manual_seed(seed)
     g2_est, tr_est = [], []
-    with _eval_mode(model):
-        _, params = _trainable(model)
+    with eval_mode(model):
+        _, params = trainable_of(model)
         for _ in range(n_batches):
             idx = torch.randint(0, n, (b_big_eff,), generator=gen).to(x.device)
-            gb = _batch_grad(model, params, x[idx], y[idx], loss_fn, chunk_size)
+            gb = batch_grad(model, params, x[idx], y[idx], loss_fn, chunk_size)
             small = idx[:b_small]
-            gs = _batch_grad(model, params, x[small], y[small], loss_fn, chunk_size)
+            gs = batch_grad(model, params, x[small], y[small], loss_fn, chunk_size)
             # Squared norms in float64: the estimators subtract two nearby numbers.
             nb = float(gb.double().square().sum())
             ns = float(gs.double().square().sum())
@@ -94,7 +94,7 @@ def noise_scale_two_batch(
         "n_batches": int(n_batches),
         "n_examples": n,
         "seed": seed,
-        "seconds": _elapsed(t0, device),
+        "seconds": seconds_since(t0, device),
     }
 
 
@@ -124,8 +124,8 @@ def noise_scale_exact(
     """
     device, t0 = start_clock(model, x)
     n = int(x.shape[0])
-    with _eval_mode(model):
-        names, params = _trainable(model)
+    with eval_mode(model):
+        names, params = trainable_of(model)
         detached = {k: p.detach() for k, p in zip(names, params, strict=True)}
 
         def one_loss(ps: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
@@ -135,7 +135,7 @@ def noise_scale_exact(
         per_example = vmap(grad(one_loss), in_dims=(None, 0, 0))
         g_sum = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=device)
         sq_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for a, b in _chunks(n, chunk_size):
+        for a, b in chunk_bounds(n, chunk_size):
             gs = per_example(detached, x[a:b], y[a:b])
             flat = torch.cat([gs[k].reshape(b - a, -1) for k in names], dim=1)
             g_sum += flat.sum(0, dtype=torch.float64)
@@ -150,7 +150,7 @@ def noise_scale_exact(
         "trace_sigma": tr,
         "n_examples": n,
         "chunk_size": chunk_size,
-        "seconds": _elapsed(t0, device),
+        "seconds": seconds_since(t0, device),
     }
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.config import MeasureConfig
-from workers.probes._common import LossFn
+from workers.probes.common import LossFn
 from workers.probes.curvature import adaptive_sharpness, batch_sharpness
 from workers.probes.hessian import hessian_top_eigenvalue
 from workers.probes.noise import noise_scale_exact, noise_scale_two_batch
@@ -37,7 +37,7 @@ ADAPTIVE = (
 ROW_KEYS = ("probe", "epoch", "value", "seconds", "n_examples", "settings_json", "status")
 
 
-def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+def probe_subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """A fixed seeded subset of min(n, len(x)) examples: the first n of a seeded permutation.
 
     The same seed gives nested subsets for different n, so probes of one trial share examples,
@@ -51,20 +51,20 @@ def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x[idx], y[idx]
 
 
-def _jsonable(v: Any) -> Any:
+def json_value(v: Any) -> Any:
     """Strict JSON: non-finite floats become null (their status is in the row)."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):
-        return {str(k): _jsonable(w) for k, w in v.items()}
+        return {str(k): json_value(w) for k, w in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(w) for w in v]
+        return [json_value(w) for w in v]
     if isinstance(v, (np.floating, np.integer)):
-        return _jsonable(v.item())
+        return json_value(v.item())
     return v
 
 
-def _row(probe: str, epoch: int, res: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def probe_row(probe: str, epoch: int, res: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     value = float(res["value"])
     settings = {k: v for k, v in res.items() if k not in ("value", "seconds", "n_examples")}
     settings.update(extra)
@@ -75,7 +75,7 @@ def _row(probe: str, epoch: int, res: dict[str, Any], extra: dict[str, Any]) -> 
         "value": value,
         "seconds": float(res["seconds"]),
         "n_examples": int(res["n_examples"]),
-        "settings_json": json.dumps(_jsonable(settings), sort_keys=True, allow_nan=False),
+        "settings_json": json.dumps(json_value(settings), sort_keys=True, allow_nan=False),
         "status": status,
     }
 
@@ -117,7 +117,7 @@ def run_probes(
 
     if measure.sharpness is not None:
         cfg = measure.sharpness
-        xs, ys = _subset(x_train, y_train, cfg.n_examples, seed)
+        xs, ys = probe_subset(x_train, y_train, cfg.n_examples, seed)
         for eps in cfg.eps:
             if cfg.restarts or cfg.solver == "both":
                 res = keskar_sharpness_max(
@@ -130,15 +130,15 @@ def run_probes(
                     model, xs, ys, eps=eps, solver=cfg.solver, max_iter=cfg.max_iter,
                     subspace_dim=cfg.subspace_dim, seed=seed, start="zero", loss_fn=loss_fn,
                 )  # fmt: skip
-            rows.append(_row("keskar_sharpness", epoch, res, common))
+            rows.append(probe_row("keskar_sharpness", epoch, res, common))
 
     if measure.hessian is not None:
         cfg_h = measure.hessian
-        xs, ys = _subset(x_train, y_train, cfg_h.n_examples, seed)
+        xs, ys = probe_subset(x_train, y_train, cfg_h.n_examples, seed)
         res = hessian_top_eigenvalue(
             model, xs, ys, max_iter=cfg_h.max_iter, tol=cfg_h.tol, seed=seed, loss_fn=loss_fn
         )
-        rows.append(_row("hessian_top_eig", epoch, res, {**common, "tol": cfg_h.tol}))
+        rows.append(probe_row("hessian_top_eig", epoch, res, {**common, "tol": cfg_h.tol}))
 
     if measure.noise_scale is not None:
         cfg_n = measure.noise_scale
@@ -152,17 +152,19 @@ def run_probes(
             seed=seed,
             loss_fn=loss_fn,
         )
-        rows.append(_row("noise_scale_two_batch", epoch, res, common))
+        rows.append(probe_row("noise_scale_two_batch", epoch, res, common))
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if n_params <= cfg_n.exact_max_params:
-            xs, ys = _subset(x_train, y_train, cfg_n.exact_n_examples, seed)
+            xs, ys = probe_subset(x_train, y_train, cfg_n.exact_n_examples, seed)
             res = noise_scale_exact(model, xs, ys, loss_fn=loss_fn)
-            rows.append(_row("noise_scale_exact", epoch, res, {**common, "n_params": n_params}))
+            rows.append(
+                probe_row("noise_scale_exact", epoch, res, {**common, "n_params": n_params})
+            )
 
     cfg_b = getattr(measure, "batch_sharpness", None)
     bs = None if cfg_b is None else (cfg_b.batch_size or batch_size)
     if cfg_b is not None and bs is not None:
-        xs, ys = _subset(x_train, y_train, cfg_b.n_examples, seed)
+        xs, ys = probe_subset(x_train, y_train, cfg_b.n_examples, seed)
         res = batch_sharpness(
             model,
             xs,
@@ -172,11 +174,11 @@ def run_probes(
             seed=seed,
             loss_fn=loss_fn,
         )
-        rows.append(_row("batch_sharpness", epoch, res, common))
+        rows.append(probe_row("batch_sharpness", epoch, res, common))
 
     cfg_a = getattr(measure, "adaptive_sharpness", None)
     if cfg_a is not None:
-        xs, ys = _subset(x_train, y_train, cfg_a.n_examples, seed)
+        xs, ys = probe_subset(x_train, y_train, cfg_a.n_examples, seed)
         for probe, field, kind, norm in ADAPTIVE:
             for rho in getattr(cfg_a, field):
                 res = adaptive_sharpness(
@@ -192,5 +194,5 @@ def run_probes(
                     seed=seed,
                     loss_fn=loss_fn,
                 )
-                rows.append(_row(probe, epoch, res, common))
+                rows.append(probe_row(probe, epoch, res, common))
     return rows

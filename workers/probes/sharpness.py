@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.probes._common import (
+from workers.probes.common import (
     LossFn,
-    _elapsed,
-    _eval_mode,
-    _loss_at,
-    _loss_grad_at,
-    _NonFinite,
+    NonFinite,
+    eval_mode,
     flat_params,
+    loss_at,
+    loss_grad_at,
+    seconds_since,
     start_clock,
 )
 
@@ -78,7 +78,7 @@ def keskar_sharpness(
         "n_examples": n_ex,
         "max_iter": max_iter,
     }
-    with _eval_mode(model):
+    with eval_mode(model):
         names, like, x0 = flat_params(model)  # x0: float32, on the device; never written back
         gen = torch.Generator().manual_seed(seed)
         if subspace_dim is None:
@@ -102,12 +102,12 @@ def keskar_sharpness(
             return x0 + (yv if A is None else A @ yv)
 
         def f_grad(yv: Tensor) -> tuple[float, Tensor]:
-            f, g_theta = _loss_grad_at(model, names, like, theta_of(yv), x, y, loss_fn, chunk_size)
+            f, g_theta = loss_grad_at(model, names, like, theta_of(yv), x, y, loss_fn, chunk_size)
             return f, (g_theta if A is None else A.T @ g_theta)
 
         n_evals = 0
         try:
-            f_x = _loss_at(model, names, like, x0, x, y, loss_fn, chunk_size)
+            f_x = loss_at(model, names, like, x0, x, y, loss_fn, chunk_size)
             result["f_x"] = f_x
             best = {"f": -math.inf}
 
@@ -152,12 +152,12 @@ def keskar_sharpness(
                         break  # fixed point: no coordinate can move
                     yv = y_new
                 else:
-                    record(_loss_at(model, names, like, theta_of(yv), x, y, loss_fn, chunk_size))
+                    record(loss_at(model, names, like, theta_of(yv), x, y, loss_fn, chunk_size))
                 result["iterations"] = steps
             f_max = best["f"]
             result["f_max"] = f_max
             value = (f_max - f_x) / (1.0 + f_x) * 100.0
-        except _NonFinite:
+        except NonFinite:
             value = float("nan")
             result.setdefault("f_x", float("nan"))
             result["f_max"] = float("nan")
@@ -165,7 +165,7 @@ def keskar_sharpness(
             result["nonfinite"] = True
     result["value"] = value
     result["n_evals"] = n_evals
-    result["seconds"] = _elapsed(t0, device)
+    result["seconds"] = seconds_since(t0, device)
     return result
 
 

@@ -15,7 +15,7 @@ from torch.func import functional_call
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-class _NonFinite(Exception):
+class NonFinite(Exception):
     """Raised inside a probe's inner loop when the loss (or a gradient) is NaN/inf."""
 
 
@@ -23,7 +23,7 @@ class _NonFinite(Exception):
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode; restore each submodule's own flag afterwards.
 
     Saving per submodule (not just model.training) keeps mixed states, e.g. a frozen
@@ -38,7 +38,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _trainable(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
+def trainable_of(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
     names, params = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -49,11 +49,11 @@ def _trainable(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
     return names, params
 
 
-def _flat(tensors: list[Tensor]) -> Tensor:
+def flat_vector(tensors: list[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _unflat(vec: Tensor, like: list[Tensor]) -> list[Tensor]:
+def unflatten(vec: Tensor, like: list[Tensor]) -> list[Tensor]:
     """Views of `vec` shaped like `like` (autograd flows from the views back to `vec`)."""
     out, i = [], 0
     for t in like:
@@ -63,23 +63,23 @@ def _unflat(vec: Tensor, like: list[Tensor]) -> list[Tensor]:
     return out
 
 
-def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
+def chunk_bounds(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     step = n if chunk_size is None else max(1, int(chunk_size))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _device(model: nn.Module, x: Tensor) -> torch.device:
+def device_of(model: nn.Module, x: Tensor) -> torch.device:
     for p in model.parameters():
         return p.device
     return x.device
 
 
-def _grads_or_zeros(
+def grads_or_zeros(
     out: Tensor,
     inputs: list[Tensor],
     *,
@@ -95,7 +95,7 @@ def _grads_or_zeros(
     return [torch.zeros_like(t) if g is None else g for g, t in zip(gs, inputs, strict=True)]
 
 
-def _loss_grad_at(
+def loss_grad_at(
     model: nn.Module,
     names: list[str],
     like: list[Tensor],
@@ -109,25 +109,25 @@ def _loss_grad_at(
 
     The model is called through functional_call with views of `theta`, so its own parameters
     are never written. Chunks are backpropagated one at a time (bounded memory); the mean loss
-    is the size-weighted sum of chunk means. Raises _NonFinite on a NaN/inf loss.
+    is the size-weighted sum of chunk means. Raises NonFinite on a NaN/inf loss.
     """
     n = x.shape[0]
     total = 0.0
     g = torch.zeros_like(theta)
-    for a, b in _chunks(n, chunk_size):
+    for a, b in chunk_bounds(n, chunk_size):
         t = theta.detach().requires_grad_(True)
-        out = functional_call(model, dict(zip(names, _unflat(t, like), strict=True)), (x[a:b],))
+        out = functional_call(model, dict(zip(names, unflatten(t, like), strict=True)), (x[a:b],))
         loss = loss_fn(out, y[a:b]) * ((b - a) / n)
-        (gc,) = _grads_or_zeros(loss, [t])
+        (gc,) = grads_or_zeros(loss, [t])
         lv = float(loss.detach())
         if not math.isfinite(lv):
-            raise _NonFinite(f"loss {lv}")
+            raise NonFinite(f"loss {lv}")
         total += lv
         g += gc
     return total, g
 
 
-def _loss_at(
+def loss_at(
     model: nn.Module,
     names: list[str],
     like: list[Tensor],
@@ -140,17 +140,17 @@ def _loss_at(
     n = x.shape[0]
     total = 0.0
     with torch.no_grad():
-        params = dict(zip(names, _unflat(theta, like), strict=True))
-        for a, b in _chunks(n, chunk_size):
+        params = dict(zip(names, unflatten(theta, like), strict=True))
+        for a, b in chunk_bounds(n, chunk_size):
             total += float(loss_fn(functional_call(model, params, (x[a:b],)), y[a:b])) * (
                 (b - a) / n
             )
     if not math.isfinite(total):
-        raise _NonFinite(f"loss {total}")
+        raise NonFinite(f"loss {total}")
     return total
 
 
-def _batch_grad(
+def batch_grad(
     model: nn.Module,
     params: list[nn.Parameter],
     x: Tensor,
@@ -161,9 +161,9 @@ def _batch_grad(
     """Flat gradient of the mean loss over (x, y) w.r.t. `params` (never touches .grad)."""
     n = x.shape[0]
     g = None
-    for a, b in _chunks(n, chunk_size):
+    for a, b in chunk_bounds(n, chunk_size):
         loss = loss_fn(model(x[a:b]), y[a:b]) * ((b - a) / n)
-        gc = _flat(_grads_or_zeros(loss, params))
+        gc = flat_vector(grads_or_zeros(loss, params))
         g = gc if g is None else g + gc
     assert g is not None
     return g.detach()
@@ -171,20 +171,20 @@ def _batch_grad(
 
 def start_clock(model: nn.Module, x: Tensor) -> tuple[torch.device, float]:
     """A probe's device and start time: `time.perf_counter()` once the device's queued work
-    is done (`_elapsed(t0, device)` reads the clock at the end)."""
-    device = _device(model, x)
-    _sync(device)
+    is done (`seconds_since(t0, device)` reads the clock at the end)."""
+    device = device_of(model, x)
+    sync_device(device)
     return device, time.perf_counter()
 
 
 def flat_params(model: nn.Module) -> tuple[list[str], list[Tensor], Tensor]:
     """(names, detached tensors, flat copy) of the model's trainable parameters: the point a
-    probe perturbs through `_loss_at` / `_loss_grad_at` (the copy is never written back)."""
-    names, params = _trainable(model)
+    probe perturbs through `loss_at` / `loss_grad_at` (the copy is never written back)."""
+    names, params = trainable_of(model)
     like = [p.detach() for p in params]
-    return names, like, _flat(like).detach().clone()
+    return names, like, flat_vector(like).detach().clone()
 
 
-def _elapsed(t0: float, device: torch.device) -> float:
-    _sync(device)
+def seconds_since(t0: float, device: torch.device) -> float:
+    sync_device(device)
     return time.perf_counter() - t0
