@@ -69,6 +69,20 @@ def test_load_spec_overrides_revalidate():
         load_spec(REPO / "examples" / "quick.yaml", max_epochs=0)
 
 
+@pytest.mark.parametrize(
+    "grid", sorted(REPO.glob("examples/**/*.yaml")), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_an_override_outside_identity_keeps_every_trial_id(grid):
+    """load_spec's overrides revalidate the dumped spec: for every example grid, the round
+    trip keeps every trial id, `code_dir` and `data_dir`."""
+    from batchlab import load_spec
+
+    spec = load_spec(grid)
+    again = load_spec(grid, description="changed")
+    assert [t.trial_id for t in again.trials()] == [t.trial_id for t in spec.trials()]
+    assert (again.code_dir, again.data_dir) == (spec.code_dir, spec.data_dir)
+
+
 def _doc_example() -> str:
     text = API_DOC.read_text()
     assert MARKER in text, f"{API_DOC}: the marker before the worked example is missing"
