@@ -56,14 +56,21 @@ def test_empty_root_explains(monkeypatch, empty_root):
     assert any("No trials" in i.value for i in at.info)
 
 
+# The demo's digits study: no target, timing probe or noise scale of its own (the MNIST
+# study, demo-advise-mnist, has all three: test_demo_mnist_study).
+DIGITS = "demo-keskar-digits"
+
+
 def test_demo_answer_matches_the_advisor(monkeypatch, demo_copy):
     at = open_choose(monkeypatch, demo_copy)
+    assert_clean(at)
+    at.selectbox(key="choose_exp").set_value(DIGITS).run()
     assert_clean(at)
     exp = at.selectbox(key="choose_exp").value
     f = Filters(experiment=(exp,))
     con = connect(Layout.open(demo_copy))
     target = suggest_target(con, f)
-    # the demo's grids set no target_val_error: a suggested validation-error target
+    # the digits study's grid sets no target_val_error: a suggested validation-error target
     assert target.kind == "val_error" and 0 < target.value < 1
     assert at.radio(key=f"choose_kind_{exp}").value == "val_error"
     res = advise(con, f, target, n_resamples=50, seed=0)
@@ -82,7 +89,7 @@ def test_demo_answer_matches_the_advisor(monkeypatch, demo_copy):
     assert [int(str(b).rstrip("*")) for b in per_b["batch size"]] == [
         r["batch_size"] for r in a["table"]
     ]
-    # no timing probe and no noise-scale rows in the demo: said, with the command
+    # no timing probe and no noise-scale rows in the digits study: said, with the command
     assert HOW["timing"] in text
     assert HOW["noise"] in text
     # the per-measure verdicts (the demo has lambda_max and Keskar probes)
@@ -95,10 +102,32 @@ def test_demo_answer_matches_the_advisor(monkeypatch, demo_copy):
 
 def test_changing_the_target_changes_the_answer(monkeypatch, demo_copy):
     at = open_choose(monkeypatch, demo_copy)
+    at.selectbox(key="choose_exp").set_value(DIGITS).run()
     exp = at.selectbox(key="choose_exp").value
     at.number_input(key=f"choose_value_{exp}_val_error").set_value(1e-6).run()
     assert_clean(at)
     assert "No batch size reached the target" in text_of(at)
+
+
+def test_demo_mnist_study(monkeypatch, demo_copy):
+    """The demo's MNIST study (examples/cpu/advise-mnist*.yaml): its grids' stored target,
+    "fastest" from the lone timing probe, B_simple over training, the new sharpness measures."""
+    exp = "demo-advise-mnist"
+    at = open_choose(monkeypatch, demo_copy)
+    at.selectbox(key="choose_exp").set_value(exp).run()
+    assert_clean(at)
+    assert at.radio(key=f"choose_kind_{exp}").value == "stored"
+    text = text_of(at)
+    assert "Fastest (least wall time on this hardware): batch size" in text
+    assert HOW["timing"] not in text and HOW["noise"] not in text
+    assert "B_simple over training" in [s.value for s in at.subheader]
+    tables = [d.value for d in at.dataframe]
+    probe = next(t for t in tables if "s_per_step" in t.columns)
+    # a probe row per batch size of the group shown (the page opens on one lr rule's group)
+    sizes = list(probe["batch_size"])
+    assert len(sizes) >= 3 and set(sizes) <= {16, 32, 64, 128, 256, 512}
+    verdicts = next(t for t in tables if "contradicted" in t.columns and "measure" in t.columns)
+    assert {"lambda_max", "batch sharpness"} <= set(verdicts["measure"])
 
 
 def s_per_step(b: int) -> float:
