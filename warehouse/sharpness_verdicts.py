@@ -70,9 +70,9 @@ def measure_label(measure: str) -> str:
 class MeasureData(Data):
     """`base`'s trials, with one measure's rows served as the probe a finding reads."""
 
-    def __init__(self, base: Data, rows: pd.DataFrame):
+    def __init__(self, base: Data, rows: pd.DataFrame, label: str):
         super().__init__(base.con, base.f)
-        self.base, self.rows = base, rows
+        self.base, self.rows, self.measure_label = base, rows, label
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -106,7 +106,7 @@ def measure_verdicts(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame
     by_id = {fd.id: fd for fd in FINDINGS}
     for fid in IDS:
         for measure, g in rows.groupby("measure", sort=True):
-            md = MeasureData(data, g.assign(probe=READS[fid]))
+            md = MeasureData(data, g.assign(probe=READS[fid]), measure_label(measure))
             results = judge(by_id[fid].run(md))
             verdict, shown = combine(results)
             c = counts(results)

@@ -147,7 +147,11 @@ def with_common_epoch(df: pd.DataFrame) -> pd.DataFrame:
 
 
 class Data:
-    """The selection's per-trial tables, each computed once."""
+    """The selection's per-trial tables, each computed once. `measure_label` names the
+    sharpness measure served as the probes when it is not the one a finding names
+    (warehouse/sharpness_verdicts.py); statistics then carry that name and no unit."""
+
+    measure_label: str | None = None
 
     def __init__(self, con: duckdb.DuckDBPyConnection, f: q.Filters):
         self.con, self.f, self._cache = con, f, {}

@@ -111,7 +111,9 @@ def f11(d: Data) -> list[GroupResult]:
     if ks.empty:
         return out
     for eps, g in ks[ks["lr_scaling"] == "none"].groupby("eps", dropna=False):
-        for r in trends(g, "value", +1, AT_CONVERGENCE, unit=" %"):
+        keskar = d.measure_label is None or d.measure_label.startswith("Keskar")
+        unit = " %" if keskar else ""  # Keskar sharpness is in percent, the others are not
+        for r in trends(g, "value", +1, AT_CONVERGENCE, unit=unit):
             out.append(replace(r, group=f"{r.group} / eps {eps:g}", key=(*r.key, eps)))
     return out
 
@@ -208,7 +210,8 @@ def f29(d: Data) -> list[GroupResult]:
     h = p[(p["probe"] == "hessian_top_eig") & (p["lr_scaling"] == "none")]
     loss = {r.key: r for r in trends(d.rule("none"), "best_val_loss", +1, AT_CONVERGENCE)}
     out = []
-    for r in trends(h, "value", +1, AT_CONVERGENCE, name="Hessian top eig "):
+    measure = d.measure_label or "Hessian top eig"
+    for r in trends(h, "value", +1, AT_CONVERGENCE, name=f"{measure} "):
         extra = loss.get(r.key)
         parts = list(r.parts)
         if extra is not None:
