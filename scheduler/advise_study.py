@@ -341,7 +341,8 @@ def run_timings(
         task = ray_backend.remote(
             _timing_task, num_cpus=node_cpus, num_gpus=1 if device == "cuda" else 0, max_retries=1
         )
-        row = ray_backend.get(task.remote(cfg, device, threads, kw))  # one at a time: nothing
+        spec_kw = {**kw, "data_dir": getattr(spec, "data_dir", None)}  # e.g. MNIST files
+        row = ray_backend.get(task.remote(cfg, device, threads, spec_kw))  # one at a time: nothing
         # else of this run is on the node
         row.update(
             experiment=spec.experiment,

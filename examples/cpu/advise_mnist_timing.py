@@ -15,7 +15,6 @@ the trials' own (packed) seconds. A re-run skips the batch sizes already timed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ HERE = Path(__file__).resolve().parent
 
 
 class _OneBatchSize:
-    """What run_timings reads of a stage's spec: its experiment and a trial config."""
+    """What run_timings reads of a stage's spec: its experiment, data files and a trial config."""
 
-    def __init__(self, experiment: str, cfg) -> None:
-        self.experiment = experiment
+    def __init__(self, experiment: str, cfg, data_dir: str | None) -> None:
+        self.experiment, self.data_dir = experiment, data_dir
         self._cfg = cfg
 
     def trials(self) -> list:
@@ -46,14 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from warehouse.layout import Layout
 
     spec = load_spec(args.grid)
-    if spec.data_dir:  # the probe task loads the data set without the grid's data_dir:
-        # it finds the official files through $BATCHLAB_DATA_DIR/<name>/ (docs/datasets.md)
-        d = Path(spec.data_dir)
-        os.environ["BATCHLAB_DATA_DIR"] = str(d.parent if d.name == spec.dataset.name else d)
     first: dict[int, object] = {}
     for cfg in spec.trials():
         first.setdefault(cfg.batch_size, cfg)
-    specs = [_OneBatchSize(spec.experiment, first[b]) for b in sorted(first)]
+    specs = [_OneBatchSize(spec.experiment, first[b], spec.data_dir) for b in sorted(first)]
     cpus = spec.resources.cpus_per_trial
     opts = StudyOptions(
         dataset=spec.dataset.name,
