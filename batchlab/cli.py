@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -98,30 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scheduler import interrupts
-    from scheduler.storage_errors import describe
+    from scheduler.run_command import guarded
 
     args = build_parser().parse_args(argv)
-    interrupts.install()  # SIGTERM / SIGHUP stop a command as Ctrl-C does, exit 143 / 129
-    try:
-        return _COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        sig = interrupts.received()
-        print(f"interrupted{f' ({signal.Signals(sig).name})' if sig else ''}", file=sys.stderr)
-        return interrupts.exit_code(EXIT_INTERRUPTED)
-    except NoWarehouse as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NO_WAREHOUSE
-    except Exception as exc:
-        from scheduler.spec import SpecError
 
-        if (line := describe(exc)) is not None:  # full disk, read-only, a file in the way
-            print(line, file=sys.stderr)
-            return EXIT_STORAGE
-        if isinstance(exc, (SpecError, ValueError, FileNotFoundError)):
+    def command() -> int:
+        try:
+            return _COMMANDS[args.command](args)
+        except NoWarehouse as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+            return EXIT_NO_WAREHOUSE
+
+    # SIGTERM / SIGHUP stop a command as Ctrl-C does (exit 143 / 129 / 130); a full or
+    # read-only storage root exits 5, bad input 2 (scheduler/run_command.py `guarded`).
+    return guarded(command)
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
