@@ -10,9 +10,18 @@ import pandas as pd
 
 # Viridis (matplotlib's, which Vega's "viridis" scheme samples) at t = 0, 0.1, ..., 1.
 VIRIDIS = (
-    "#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c",
-    "#22a884", "#44bf70", "#7ad151", "#bddf26", "#fde725",
-)  # fmt: skip
+    "#440154",
+    "#482475",
+    "#414487",
+    "#355f8d",
+    "#2a788e",
+    "#21918c",
+    "#22a884",
+    "#44bf70",
+    "#7ad151",
+    "#bddf26",
+    "#fde725",
+)
 # Batch sizes: viridis without its last, near-white-on-white yellow part.
 BS_EXTENT = (0.0, 0.85)
 # symbolOpacity 1: a band layer's opacity must not wash the legend's swatches out.

@@ -126,12 +126,16 @@ def seed_points(data: pd.DataFrame, y: str, *, positive: bool = False) -> pd.Dat
     if col not in data or data.empty:
         return pd.DataFrame()
     rows = [
-        {"series": r["series"], "batch_size": r["batch_size"], "seed": int(p["seed"]),
-         y: float(p["value"])}
+        {
+            "series": r["series"],
+            "batch_size": r["batch_size"],
+            "seed": int(p["seed"]),
+            y: float(p["value"]),
+        }
         for _, r in data[["series", "batch_size", col]].iterrows()
         if isinstance(r[col], (list, np.ndarray))
         for p in r[col]
-    ]  # fmt: skip
+    ]
     out = pd.DataFrame(rows, columns=["series", "batch_size", "seed", y])
     return out[out[y] > 0] if positive else out
 
@@ -150,10 +154,16 @@ def layer_chart(df: pd.DataFrame, y: str = "dist_from_init", y_title: str = "") 
         ),
         detail="series:N",
         tooltip=[
-            "layer", "numel", "series", "batch_size", f"{y}_mean", f"{y}_std", "n_seeds",
+            "layer",
+            "numel",
+            "series",
+            "batch_size",
+            f"{y}_mean",
+            f"{y}_std",
+            "n_seeds",
             "band_clipped",
         ],
-    )  # fmt: skip
+    )
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="series:N")
     return interactive((bars + line).properties(height=PLOT_HEIGHT))
 

@@ -16,12 +16,32 @@ from warehouse.store import list_checkpoints
 
 # Provenance, shown on the Trial page (the lead's custom-trainable columns when present).
 PROVENANCE = (
-    "trial_id", "config_hash", "code_version", "batchlab_version", "torch_version",
-    "cuda_version", "python_version", "ray_version", "host", "node_id", "device",
-    "device_name", "started_at", "finished_at", "attempt", "resumed_from_epoch", "pack_id",
-    "pack_size", "schema_version", "loss", "model_factory", "dataset_loader", "trainable",
-    "user_code_hash", "user_code_version",
-)  # fmt: skip
+    "trial_id",
+    "config_hash",
+    "code_version",
+    "batchlab_version",
+    "torch_version",
+    "cuda_version",
+    "python_version",
+    "ray_version",
+    "host",
+    "node_id",
+    "device",
+    "device_name",
+    "started_at",
+    "finished_at",
+    "attempt",
+    "resumed_from_epoch",
+    "pack_id",
+    "pack_size",
+    "schema_version",
+    "loss",
+    "model_factory",
+    "dataset_loader",
+    "trainable",
+    "user_code_hash",
+    "user_code_version",
+)
 # Every per-epoch column a curve can show (the epochs table's numbers).
 EPOCH_X = {"epoch": "epoch", "step": "iterations", "examples_seen": "examples", "elapsed_s": "time"}
 

@@ -83,11 +83,22 @@ def streamlit_server(storage: str, log: Path) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "BATCHLAB_STORAGE": str(storage), "PYTHONUNBUFFERED": "1"}
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
-        "--server.headless", "true", "--server.address", "127.0.0.1",
-        "--server.port", str(port), "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "app" / "main.py"),
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

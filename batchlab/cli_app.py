@@ -77,10 +77,20 @@ def cmd_app(args: argparse.Namespace) -> int:
 
         start_background(env.get("BATCHLAB_STORAGE") or default_root())
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(entry),
-        "--server.address", args.host, "--server.port", str(args.port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     print(
         f"batchlab app on http://{args.host}:{args.port}  (storage: {env.get('BATCHLAB_STORAGE', './batchlab-runs')})"
     )

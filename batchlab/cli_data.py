@@ -65,10 +65,11 @@ def add_parser(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None])
     )
     p.add_argument("--deep", action="store_true", help="also read every file in full")
     p.add_argument(  # warehouse/check.py: repair (issue 19)
-        "--repair", action="store_true",
+        "--repair",
+        action="store_true",
         help="read every file in full, quarantine damaged ones and mark the trials that lost "
         "rows for a re-run by the next `batchlab run`",
-    )  # fmt: skip
+    )
 
 
 def _output_args(p: argparse.ArgumentParser, force_help: str) -> None:

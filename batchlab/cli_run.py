@@ -47,8 +47,18 @@ def add_parser(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None])
         help="declare a local-path storage root shared by every node (NFS); see docs/cluster.md",
     )
 
-    p.add_argument("--until-decided", metavar="F-2,F-11", default=None, help="add seeds to the groups of these findings still undecided after each round (scheduler/decide.py)")  # fmt: skip
-    p.add_argument("--max-seeds", type=int, default=8, help="--until-decided: seeds per setting at most (default 8)")  # fmt: skip
+    p.add_argument(
+        "--until-decided",
+        metavar="F-2,F-11",
+        default=None,
+        help="add seeds to the groups of these findings still undecided after each round (scheduler/decide.py)",
+    )
+    p.add_argument(
+        "--max-seeds",
+        type=int,
+        default=8,
+        help="--until-decided: seeds per setting at most (default 8)",
+    )
     p.add_argument(
         "--max-epochs",
         type=int,
@@ -79,9 +89,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from scheduler.decide import run_cli
         from warehouse.layout import Layout
 
-        return run_cli(spec, Layout.open(args.storage).root, args.until_decided, args.max_seeds,
-                       address=args.address, num_cpus=args.num_cpus,
-                       progress=not args.no_progress, storage_shared=args.storage_shared)  # fmt: skip
+        return run_cli(
+            spec,
+            Layout.open(args.storage).root,
+            args.until_decided,
+            args.max_seeds,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            progress=not args.no_progress,
+            storage_shared=args.storage_shared,
+        )
     return run_command(
         spec,
         args.storage,

@@ -16,9 +16,11 @@ def add_parser(sub, storage_arg) -> None:
     p.add_argument("--watch", action="store_true", help="refresh in place until the run ends")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     p.add_argument(
-        "--stall-after", type=float, default=None,
+        "--stall-after",
+        type=float,
+        default=None,
         help="seconds without a heartbeat before a trial or driver counts as stalled (60)",
-    )  # fmt: skip
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -243,14 +243,25 @@ def execute_analysis(
     cfgs = [TrialConfig.model_validate_json(c) for c in analysis["trials"]]
     ids = [c.trial_id for c in cfgs]
     row: dict[str, Any] = {
-        "experiment": experiment, "analysis_id": analysis["analysis_id"], "kind": analysis["kind"],
-        "name": analysis["name"], "trial_ids": json.dumps(ids), "settings_json": json.dumps(analysis["settings"], sort_keys=True),
-        "code_version": code_version, "started_at": started, "schema_version": 1,
-    }  # fmt: skip
+        "experiment": experiment,
+        "analysis_id": analysis["analysis_id"],
+        "kind": analysis["kind"],
+        "name": analysis["name"],
+        "trial_ids": json.dumps(ids),
+        "settings_json": json.dumps(analysis["settings"], sort_keys=True),
+        "code_version": code_version,
+        "started_at": started,
+        "schema_version": 1,
+    }
 
     def finish(status: str, reason: str | None = None, device_name: str = "") -> dict[str, Any]:
-        row.update(status=status, reason=reason, wall_time_s=time.perf_counter() - t0,
-                   device_name=device_name, finished_at=dt.datetime.now(dt.timezone.utc))  # fmt: skip
+        row.update(
+            status=status,
+            reason=reason,
+            wall_time_s=time.perf_counter() - t0,
+            device_name=device_name,
+            finished_at=dt.datetime.now(dt.timezone.utc),
+        )
         write_rows(layout, "analyses", experiment, analysis["analysis_id"], [row])
         return {"analysis_id": analysis["analysis_id"], "status": status, "reason": reason}
 
@@ -302,11 +313,21 @@ def execute_analysis(
     except Exception as exc:
         return finish("failed", f"{type(exc).__name__}: {exc}")
     out = [
-        {"experiment": experiment, "analysis_id": analysis["analysis_id"], "kind": analysis["kind"],
-         "trial_id": ids[0], "trial_id_b": tid_b, "alpha": r["alpha"], "beta": r.get("beta"),
-         "split": r["split"], "loss": r["loss"], "acc": r["acc"], "code_version": code_version}
+        {
+            "experiment": experiment,
+            "analysis_id": analysis["analysis_id"],
+            "kind": analysis["kind"],
+            "trial_id": ids[0],
+            "trial_id_b": tid_b,
+            "alpha": r["alpha"],
+            "beta": r.get("beta"),
+            "split": r["split"],
+            "loss": r["loss"],
+            "acc": r["acc"],
+            "code_version": code_version,
+        }
         for r in rows
-    ]  # fmt: skip
+    ]
     write_rows(layout, "landscapes", experiment, analysis["analysis_id"], out)
     return finish("completed", None, provenance(dev)["device_name"])
 
@@ -328,15 +349,29 @@ def run_analyses(spec, layout: Layout, *, code_version: str, device: str, out) -
     status = {r["trial_id"]: r["status"] for r in read_trial_rows(layout, spec.experiment)}
     r = spec.resources
     calls = [
-        ((execute_analysis,
-          {"analysis_id": a.analysis_id, "kind": a.kind, "name": a.name, "settings": a.settings,
-           "trials": [t.model_dump_json() for t in a.trials]},
-          spec.experiment, layout.root),
-         {"code_version": code_version, "device": device, "data_dir": spec.data_dir,
-          "code_dir": spec.code_dir,
-          "input_status": {t.trial_id: status.get(t.trial_id, "missing") for t in a.trials}})
+        (
+            (
+                execute_analysis,
+                {
+                    "analysis_id": a.analysis_id,
+                    "kind": a.kind,
+                    "name": a.name,
+                    "settings": a.settings,
+                    "trials": [t.model_dump_json() for t in a.trials],
+                },
+                spec.experiment,
+                layout.root,
+            ),
+            {
+                "code_version": code_version,
+                "device": device,
+                "data_dir": spec.data_dir,
+                "code_dir": spec.code_dir,
+                "input_status": {t.trial_id: status.get(t.trial_id, "missing") for t in a.trials},
+            },
+        )
         for a in todo
-    ]  # fmt: skip
+    ]
     results = backend.run_all(
         backend.ray_task,
         calls,

@@ -80,9 +80,12 @@ def check_resources(
     if gpus_per_trial > most_gpus:
         problems.append(
             f"needs {gpus_per_trial:g} GPUs per trial (resources.gpus_per_trial); "
-            + (f"the largest node of {where} has {most_gpus:g}" if most_gpus
-               else f"{where} has no GPU (set gpus_per_trial: 0 to train on CPU)")
-        )  # fmt: skip
+            + (
+                f"the largest node of {where} has {most_gpus:g}"
+                if most_gpus
+                else f"{where} has no GPU (set gpus_per_trial: 0 to train on CPU)"
+            )
+        )
     if data_parallel_workers > 1 and data_parallel_workers * cpus_per_trial > total_cpus:
         problems.append(
             f"a data-parallel trial needs {data_parallel_workers} workers x {cpus_per_trial:g} "
@@ -258,9 +261,12 @@ def check_cluster(
     here = driver_node_id()  # None: a Ray Client driver runs outside the cluster
     r = spec.resources
     if not trials_leave_driver_node(
-        nodes, here, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
+        nodes,
+        here,
+        cpus_per_trial=r.cpus_per_trial,
+        gpus_per_trial=r.gpus_per_trial,
         existing_cluster=existing,
-    ):  # fmt: skip
+    ):
         return layout
     shared = storage_shared_from_env() if storage_shared is None else storage_shared
     if layout.is_local:

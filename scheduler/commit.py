@@ -35,8 +35,13 @@ TABLES = ("epochs", "steps", "layers", "probes", "metrics")  # a TrialResult's r
 # list) except `scaled_lr`, which comes from the config, plus the provenance the worker adds
 # (workers/trial_measures.py `provenance`) and the timing breakdown.
 PROVENANCE_COLUMNS = (
-    "torch_version", "cuda_version", "python_version", "host", "device", "device_name",
-)  # fmt: skip
+    "torch_version",
+    "cuda_version",
+    "python_version",
+    "host",
+    "device",
+    "device_name",
+)
 SUMMARY_COLUMNS = (
     *(c for c in TRIAL_SUMMARY_COLUMNS if c != "scaled_lr"),
     *PROVENANCE_COLUMNS,
@@ -142,10 +147,17 @@ def commit_trial(
     its resume checkpoint (`ckpt`, when given) unless it failed: the committed rows now
     supersede it. Returns the driver's status record (`status_record`)."""
     row = trial_row(
-        cfg, result, code_version=task.code_version, attempt=attempt, started_at=started_at,
-        node_id=task.node_id, ray_version=task.ray_version, pack_id=pack_id,
-        pack_size=pack_size, data_parallel_workers=data_parallel_workers,
-    )  # fmt: skip
+        cfg,
+        result,
+        code_version=task.code_version,
+        attempt=attempt,
+        started_at=started_at,
+        node_id=task.node_id,
+        ray_version=task.ray_version,
+        pack_id=pack_id,
+        pack_size=pack_size,
+        data_parallel_workers=data_parallel_workers,
+    )
     layout = layout or Layout.open(task.root)
     write_trial(layout, task.experiment, row, {k: getattr(result, k) for k in TABLES})
     if ckpt is not None and result.status != "failed":

@@ -62,9 +62,15 @@ def train_loop(config: dict[str, Any]) -> None:
         return
     task = task.replace(node_id=ray_backend.node_id(), ray_version=ray_backend.version())
     commit_trial(
-        cfg, result, task, attempt=attempt, started_at=started, ckpt=ckpt, layout=layout,
+        cfg,
+        result,
+        task,
+        attempt=attempt,
+        started_at=started,
+        ckpt=ckpt,
+        layout=layout,
         data_parallel_workers=dist.world_size,
-    )  # fmt: skip
+    )
 
 
 def execute_data_parallel_trial(

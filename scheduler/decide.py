@@ -89,8 +89,10 @@ class DecideReport:
         return self.trials_at_cap - self.trials_used
 
     def describe(self) -> str:
-        lines = [f"until decided ({', '.join(self.findings)}; at most {self.max_seeds} seeds "
-                 f"per setting): {len(self.rounds)} round(s), stopped: {self.stopped}"]  # fmt: skip
+        lines = [
+            f"until decided ({', '.join(self.findings)}; at most {self.max_seeds} seeds "
+            f"per setting): {len(self.rounds)} round(s), stopped: {self.stopped}"
+        ]
         for r in self.rounds:
             lines.append(
                 f"  round {r['round']}: {r['trials']} trial(s) run ({r['completed']} completed, "
@@ -111,7 +113,9 @@ class DecideReport:
         return "\n".join(lines)
 
 
-def _undecided(root: str, experiment: str, ids: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def _undecided(
+    root: str, experiment: str, ids: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(undecided groups, per-trial rows of the findings, trials table) of the experiment."""
     from warehouse import queries as q
     from warehouse.db import connect
@@ -188,19 +192,29 @@ def run_until_decided(
     while True:
         rnd += 1
         report: RunReport = run_grid(
-            FixedTrials.of(spec, todo) if rnd > 1 else spec, root, address=address,
-            num_cpus=num_cpus, progress=progress, out=out, storage_shared=storage_shared,
-        )  # fmt: skip
+            FixedTrials.of(spec, todo) if rnd > 1 else spec,
+            root,
+            address=address,
+            num_cpus=num_cpus,
+            progress=progress,
+            out=out,
+            storage_shared=storage_shared,
+        )
         failed = report.counts.get("failed", 0)
         rep.failed += failed
         und, per_trial, trials = _undecided(root, spec.experiment, tuple(findings))
         ext = und[und["more_seeds"]] if not und.empty else und
-        rep.rounds.append({
-            "round": rnd, "trials": report.planned, "completed": report.counts.get("completed", 0),
-            "failed": failed, "seeds": sorted({t.seed for t in todo}),
-            "undecided": 0 if und.empty else und.groupby(["id", "group"]).ngroups,
-            "extendable": 0 if ext.empty else ext.groupby(["id", "group"]).ngroups,
-        })  # fmt: skip
+        rep.rounds.append(
+            {
+                "round": rnd,
+                "trials": report.planned,
+                "completed": report.counts.get("completed", 0),
+                "failed": failed,
+                "seeds": sorted({t.seed for t in todo}),
+                "undecided": 0 if und.empty else und.groupby(["id", "group"]).ngroups,
+                "extendable": 0 if ext.empty else ext.groupby(["id", "group"]).ngroups,
+            }
+        )
         rep.undecided = und
         if report.cancelled:
             rep.cancelled, rep.stopped = True, "interrupted"

@@ -37,10 +37,15 @@ def base_task(spec: GridSpec, layout: Layout, code_version: str) -> TaskArgs:
     """The `TaskArgs` every trial task of this run gets (lone and packs alike)."""
     r = spec.resources
     return TaskArgs(
-        spec.experiment, layout.root, code_version, device=device_for(spec),
-        resume=r.resume_checkpoints, num_threads=trial_threads(r.cpus_per_trial),
-        data_dir=spec.data_dir, code_dir=spec.code_dir,
-    )  # fmt: skip
+        spec.experiment,
+        layout.root,
+        code_version,
+        device=device_for(spec),
+        resume=r.resume_checkpoints,
+        num_threads=trial_threads(r.cpus_per_trial),
+        data_dir=spec.data_dir,
+        code_dir=spec.code_dir,
+    )
 
 
 def without_packs(spec: GridSpec) -> GridSpec:
@@ -79,9 +84,19 @@ def execute(
             execute_packs(spec, packed, layout, report, progress, out, task=task, backend=backend)
         if rest and not report.cancelled:
             counts = report.counts
-            execute(without_packs(spec), rest, layout, report, progress, out,
-                    code_version=code_version, backend=backend)  # fmt: skip
-            report.counts = {k: counts.get(k, 0) + report.counts.get(k, 0) for k in {*counts, *report.counts}}  # fmt: skip
+            execute(
+                without_packs(spec),
+                rest,
+                layout,
+                report,
+                progress,
+                out,
+                code_version=code_version,
+                backend=backend,
+            )
+            report.counts = {
+                k: counts.get(k, 0) + report.counts.get(k, 0) for k in {*counts, *report.counts}
+            }
         return
     LoneLoop(spec, layout, report, code_version, backend).run(trials, progress, out)
 
@@ -96,8 +111,13 @@ class LoneLoop:
         r = spec.resources
         self.task = base_task(spec, layout, code_version)
         env = task_env()
-        opts = {"num_cpus": r.cpus_per_trial, "num_gpus": r.gpus_per_trial,
-                "max_retries": r.max_retries, "retry_exceptions": False, **env}  # fmt: skip
+        opts = {
+            "num_cpus": r.cpus_per_trial,
+            "num_gpus": r.gpus_per_trial,
+            "max_retries": r.max_retries,
+            "retry_exceptions": False,
+            **env,
+        }
         self.remote = backend.remote(backend.ray_task, **opts)
         # A Ray Train run: the driver-side task holds no resources; the TorchTrainer asks
         # for `data_parallel_workers` x (cpus_per_trial [+ 1 GPU]) itself.
@@ -125,8 +145,9 @@ class LoneLoop:
             )
 
         try:
-            drain(self.backend, self.pending, self.on_result, poll=self.bar.poll,
-                  on_cancel=cancelled)  # fmt: skip
+            drain(
+                self.backend, self.pending, self.on_result, poll=self.bar.poll, on_cancel=cancelled
+            )
         finally:
             self.bar.close()
             self.report.counts = self.counts
@@ -138,11 +159,17 @@ class LoneLoop:
             from scheduler.data_parallel import execute_data_parallel_trial
 
             ref = self.dp_remote.remote(
-                execute_data_parallel_trial, t.model_dump_json(), task.experiment, task.root,
-                use_gpu=task.device == "cuda", cpus_per_worker=r.cpus_per_trial,
-                max_failures=r.max_retries, code_version=task.code_version,
-                data_dir=task.data_dir, code_dir=task.code_dir,
-            )  # fmt: skip
+                execute_data_parallel_trial,
+                t.model_dump_json(),
+                task.experiment,
+                task.root,
+                use_gpu=task.device == "cuda",
+                cpus_per_worker=r.cpus_per_trial,
+                max_failures=r.max_retries,
+                code_version=task.code_version,
+                data_dir=task.data_dir,
+                code_dir=task.code_dir,
+            )
             self.pending[ref] = (t, None)
             return
         from scheduler import tasks  # torch: imported once a trial is submitted
@@ -150,10 +177,13 @@ class LoneLoop:
         token = uuid.uuid4().hex
         # scheduler.tasks.execute_trial looked up now: a benchmark swaps in a timed one.
         ref = self.remote.remote(
-            tasks.execute_trial, t.model_dump_json(), task.experiment, task.root,
+            tasks.execute_trial,
+            t.model_dump_json(),
+            task.experiment,
+            task.root,
             attempt_base=self.executions.get(t.trial_id, 0),
             **task.replace(timeout_s=r.trial_timeout_s, token=token).options(),
-        )  # fmt: skip
+        )
         self.pending[ref] = (t, token)
 
     def on_result(self, item: tuple[TrialConfig, str | None], res: Any, exc: Any) -> None:
@@ -161,8 +191,9 @@ class LoneLoop:
         r = self.spec.resources
         if exc is not None:  # the task failed: its worker died too often
             attempts = self.executions.get(t.trial_id, 0) + r.max_retries + 1
-            res = task_failed(t, exc, self.layout, self.spec.experiment, token, attempts,
-                              self.backend.worker_died)  # fmt: skip
+            res = task_failed(
+                t, exc, self.layout, self.spec.experiment, token, attempts, self.backend.worker_died
+            )
         self.executions[t.trial_id] = res.get("attempt") or self.executions.get(t.trial_id, 0) + 1
         if res["status"] == "failed" and self.tries[t.trial_id] <= r.retry_failed:
             self.submit(t)
@@ -187,8 +218,12 @@ def task_failed(
     from scheduler.tasks import timed_out
     from workers.checkpoint_io import TrialCheckpoints
 
-    res = {"trial_id": t.trial_id, "status": "failed", "error": short_error(exc),
-           "attempt": attempts}  # fmt: skip
+    res = {
+        "trial_id": t.trial_id,
+        "status": "failed",
+        "error": short_error(exc),
+        "attempt": attempts,
+    }
     if (line := describe(getattr(exc, "cause", None) or exc, layout.root)) is not None:
         res["error"] = line.removeprefix("batchlab: ")  # storage: the path
     if token and (error := timed_out(TrialCheckpoints(layout, experiment, t.trial_id), token)):

@@ -76,9 +76,19 @@ def execute_pack(
     for c in cfgs:
         status = committed_status(layout, experiment, c.trial_id)
         if status in DONE_STATUSES:
-            out["members"].append({"trial_id": c.trial_id, "status": status, "pack_id": pack_id,
-                                   "stop_reason": None, "best_val_loss": None, "epochs_run": None,
-                                   "error": None, "attempt": 0, "already_committed": True})  # fmt: skip
+            out["members"].append(
+                {
+                    "trial_id": c.trial_id,
+                    "status": status,
+                    "pack_id": pack_id,
+                    "stop_reason": None,
+                    "best_val_loss": None,
+                    "epochs_run": None,
+                    "error": None,
+                    "attempt": 0,
+                    "already_committed": True,
+                }
+            )
         else:
             todo.append(c)
     if not todo:
@@ -91,10 +101,16 @@ def execute_pack(
     attempts = dict.fromkeys((c.trial_id for c in todo), task.attempt)
     started = dt.datetime.now(dt.timezone.utc)
     lives = {
-        c.trial_id: live_trial(layout, experiment, c, attempt=attempts[c.trial_id],
-                               node_id=task.node_id, pack_id=pack_id)
+        c.trial_id: live_trial(
+            layout,
+            experiment,
+            c,
+            attempt=attempts[c.trial_id],
+            node_id=task.node_id,
+            pack_id=pack_id,
+        )
         for c in todo
-    }  # fmt: skip
+    }
 
     def publish(trial_id: str, row: dict[str, Any]) -> None:
         """A member's epoch row to the live area."""
@@ -105,10 +121,16 @@ def execute_pack(
         if (live := lives.pop(cfg.trial_id, None)) is not None:
             live.close()
         rec = commit_trial(
-            cfg, result, task, attempt=attempts[cfg.trial_id], started_at=started,
-            ckpt=ckpts[cfg.trial_id] if task.resume else None, layout=layout,
-            pack_id=pack_id if in_pack else None, pack_size=len(cfgs) if in_pack else 1,
-        )  # fmt: skip
+            cfg,
+            result,
+            task,
+            attempt=attempts[cfg.trial_id],
+            started_at=started,
+            ckpt=ckpts[cfg.trial_id] if task.resume else None,
+            layout=layout,
+            pack_id=pack_id if in_pack else None,
+            pack_size=len(cfgs) if in_pack else 1,
+        )
         out["members"].append({**rec, "pack_id": pack_id if in_pack else None})
 
     def lone(c: TrialConfig, data=None) -> None:
@@ -206,11 +228,13 @@ def run_members(
                 raise torch.cuda.OutOfMemoryError(f"injected: {len(group)} members > {oom_above}")
             with guards.no_os_exit():
                 run_pack(
-                    group, device=str(dev), data=data,
+                    group,
+                    device=str(dev),
+                    data=data,
                     checkpoints=[ckpts[c.trial_id] for c in group] if task.resume else None,
                     on_epoch=chain(publish, _fault_hooks(group, attempts)),
                     on_done=lambda r: commit(by_id[r.trial_id], r, in_pack=True),
-                )  # fmt: skip
+                )
         except torch.cuda.OutOfMemoryError:
             oom = True
         except BaseException as exc:  # user code (a loss, a model factory) exiting: failed
@@ -279,8 +303,11 @@ def measure_packs(
         out["data_bytes"][cfg.dataset.model_dump_json()] = max(
             out["data_bytes"].get(cfg.dataset.model_dump_json(), 0),
             torch.cuda.memory_allocated(dev) - before,
-            sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_val, data.y_val)),
-        )  # fmt: skip
+            sum(
+                t.numel() * t.element_size()
+                for t in (data.x_train, data.y_train, data.x_val, data.y_val)
+            ),
+        )
         out["members"][cfg.shape_key()] = measure_member_bytes(cfg, data, dev)
     torch.cuda.empty_cache()
     out["free_bytes"], out["total_bytes"] = torch.cuda.mem_get_info(dev)

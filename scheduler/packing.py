@@ -157,8 +157,11 @@ def split_for_packs(
         return [], list(trials)
     packed: list[TrialConfig] = []
     for group in group_by_shape(trials).values():
-        ok = [t for t in group if t.data_parallel_workers == 1 and t.trainable is None
-              and t.unpackable_reason is None]  # fmt: skip
+        ok = [
+            t
+            for t in group
+            if t.data_parallel_workers == 1 and t.trainable is None and t.unpackable_reason is None
+        ]
         if len(ok) >= 2:
             packed += ok
     ids = {t.trial_id for t in packed}
@@ -166,8 +169,11 @@ def split_for_packs(
 
 
 def _step_faults_set() -> bool:
-    env = {k.removeprefix("BATCHLAB_FAULT_"): v for k, v in os.environ.items()
-           if k.startswith("BATCHLAB_FAULT_")}  # fmt: skip
+    env = {
+        k.removeprefix("BATCHLAB_FAULT_"): v
+        for k, v in os.environ.items()
+        if k.startswith("BATCHLAB_FAULT_")
+    }
     names = set(env)
     if env.get("PLAN"):
         with contextlib.suppress(ValueError, AttributeError):  # faults.py reports a bad PLAN
@@ -277,9 +283,12 @@ def measure_gpu(
     probe = backend.remote(measure_packs, num_cpus=spec.resources.cpus_per_trial, num_gpus=1)
     facts = backend.get(probe.remote(one_per_shape, "cuda", spec.data_dir))
     gpu = GpuFacts(
-        facts["free_bytes"], facts["total_bytes"], facts["data_bytes"],
-        {k: tuple(v) for k, v in facts["members"].items()}, facts.get("device_name", ""),
-    )  # fmt: skip
+        facts["free_bytes"],
+        facts["total_bytes"],
+        facts["data_bytes"],
+        {k: tuple(v) for k, v in facts["members"].items()},
+        facts.get("device_name", ""),
+    )
     print(
         f"GPU {gpu.device_name}: {gpu.free_bytes / 2**30:.1f} GiB free; measured MiB per "
         "pack member: " + ", ".join(f"{v[0] / 2**20:.0f}" for v in gpu.members.values()),
@@ -293,9 +302,14 @@ class PackLoop:
     members (`retry_failed`), out-of-memory splits, the run's counts and results."""
 
     def __init__(
-        self, spec: Any, task: TaskArgs, gpu: GpuFacts | None, report: Any, backend: Any,
+        self,
+        spec: Any,
+        task: TaskArgs,
+        gpu: GpuFacts | None,
+        report: Any,
+        backend: Any,
         out: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.spec, self.task, self.gpu, self.report = spec, task, gpu, report
         self.backend, self.out = backend, out
         self.env = task_env()
@@ -311,17 +325,26 @@ class PackLoop:
         r = self.spec.resources
         for t in p.trials:
             self.tries[t.trial_id] = self.tries.get(t.trial_id, 0) + 1
-        cpus, gpus = pack_resources(p, r.cpus_per_trial, r.gpus_per_trial, self.task.device,
-                                    self.gpu)  # fmt: skip
+        cpus, gpus = pack_resources(
+            p, r.cpus_per_trial, r.gpus_per_trial, self.task.device, self.gpu
+        )
         remote = self.backend.remote(
-            self.backend.ray_task, num_cpus=cpus, num_gpus=gpus, max_retries=r.max_retries,
-            retry_exceptions=False, **self.env,
-        )  # fmt: skip
+            self.backend.ray_task,
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_retries=r.max_retries,
+            retry_exceptions=False,
+            **self.env,
+        )
         ref = remote.remote(
-            execute_pack, [t.model_dump_json() for t in p.trials], self.task.experiment,
-            self.task.root, pack_id=p.pack_id, attempt_base=0,
+            execute_pack,
+            [t.model_dump_json() for t in p.trials],
+            self.task.experiment,
+            self.task.root,
+            pack_id=p.pack_id,
+            attempt_base=0,
             **self.task.options(),  # num_threads: trial_threads(cpus_per_trial), as lone
-        )  # fmt: skip
+        )
         self.pending[ref] = p
 
     def finish(self, rec: dict[str, Any]) -> None:
@@ -335,8 +358,9 @@ class PackLoop:
             res = {"members": [failed_member(t, exc, p) for t in p.trials], "oom": []}
         if (why := res.get("unsupported")) and why not in self.said:
             self.said.add(why)
-            self.bar.bar.write(f"packs of this shape train one trial at a time: {why}",
-                               file=self.out)  # fmt: skip
+            self.bar.bar.write(
+                f"packs of this shape train one trial at a time: {why}", file=self.out
+            )
         by_id = {t.trial_id: t for t in p.trials}
         retry = []
         for rec in res["members"]:
@@ -351,8 +375,11 @@ class PackLoop:
         left = Pack(tuple(TrialConfig.model_validate_json(j) for j in res["oom"]))
         if len(left) > 1:
             a, b = left.halves()
-            print(f"pack {p.pack_id}: CUDA out of memory, re-queued as two packs of "
-                  f"{len(a)} and {len(b)}", file=self.out)  # fmt: skip
+            print(
+                f"pack {p.pack_id}: CUDA out of memory, re-queued as two packs of "
+                f"{len(a)} and {len(b)}",
+                file=self.out,
+            )
             for half in (a, b):
                 for t in half.trials:
                     self.tries[t.trial_id] -= 1  # a split is not a retry

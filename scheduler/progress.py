@@ -19,9 +19,14 @@ POLL_S = 2.0
 
 class EpochBar:
     def __init__(
-        self, layout: Layout, experiment: str, trials: Sequence[TrialConfig], *,
-        enabled: bool, out: Any,
-    ):  # fmt: skip
+        self,
+        layout: Layout,
+        experiment: str,
+        trials: Sequence[TrialConfig],
+        *,
+        enabled: bool,
+        out: Any,
+    ):
         from tqdm import tqdm
 
         self.layout, self.experiment = layout, experiment
@@ -33,9 +38,13 @@ class EpochBar:
         self._run = live.active_run(layout, experiment)
         self._last = 0.0
         self.bar = tqdm(
-            total=sum(self.max.values()), unit="epoch", disable=not enabled, file=out,
-            dynamic_ncols=True, smoothing=0.1,
-        )  # fmt: skip
+            total=sum(self.max.values()),
+            unit="epoch",
+            disable=not enabled,
+            file=out,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
 
     def _n(self) -> int:
         return sum(self.done.values()) + sum(e for t, e in self.seen.items() if t not in self.done)
@@ -53,9 +62,11 @@ class EpochBar:
             if s.get("pack_id"):
                 packs[s["pack_id"]] = s.get("epoch", 0)
         post = {
-            "done": self.counts["completed"], "running": len(self.running),
-            "failed": self.counts["failed"], "diverged": self.counts["diverged"],
-        }  # fmt: skip
+            "done": self.counts["completed"],
+            "running": len(self.running),
+            "failed": self.counts["failed"],
+            "diverged": self.counts["diverged"],
+        }
         if packs:
             post["packs"] = ",".join(f"e{e}" for e in sorted(packs.values()))
         self.bar.set_postfix(post, refresh=False)

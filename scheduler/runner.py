@@ -25,8 +25,17 @@ from warehouse.layout import Layout
 from warehouse.store import read_trial_rows, write_run_record
 from workers.config import TrialConfig
 
-__all__ = ["DONE_STATUSES", "Plan", "RunReport", "check_feasible", "code_version",
-           "init_ray", "plan", "ray_attempt", "run_grid"]  # fmt: skip
+__all__ = [
+    "DONE_STATUSES",
+    "Plan",
+    "RunReport",
+    "check_feasible",
+    "code_version",
+    "init_ray",
+    "plan",
+    "ray_attempt",
+    "run_grid",
+]
 
 
 @dataclass
@@ -149,12 +158,21 @@ def run_grid(
             raise err from exc
         raise
     write_run_record(
-        layout, spec.experiment, run_id,
-        {"run_id": run_id, "spec": spec.model_dump(mode="json"), "planned": report.planned,
-         "skipped": report.skipped, "counts": report.counts, "wall_time_s": report.wall_time_s,
-         "cancelled": report.cancelled, "code_version": code_version(),
-         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()},
-    )  # fmt: skip
+        layout,
+        spec.experiment,
+        run_id,
+        {
+            "run_id": run_id,
+            "spec": spec.model_dump(mode="json"),
+            "planned": report.planned,
+            "skipped": report.skipped,
+            "counts": report.counts,
+            "wall_time_s": report.wall_time_s,
+            "cancelled": report.cancelled,
+            "code_version": code_version(),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        },
+    )
     return report
 
 

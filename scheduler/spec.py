@@ -79,8 +79,10 @@ SHARED_FIELDS = tuple(n for n in TrialConfig.model_fields if n not in AXIS_FIELD
 
 def trial_fields(names: tuple[str, ...]) -> dict[str, Any]:
     """`create_model` field definitions copying TrialConfig's fields `names`."""
-    return {n: (TrialConfig.model_fields[n].annotation, copy.copy(TrialConfig.model_fields[n]))
-            for n in names}  # fmt: skip
+    return {
+        n: (TrialConfig.model_fields[n].annotation, copy.copy(TrialConfig.model_fields[n]))
+        for n in names
+    }
 
 
 GridFields = create_model(
@@ -273,11 +275,13 @@ def parse_spec(data: Any, source: str = "grid", marks: Marks | None = None) -> G
     if spec.n_trials > spec.max_trials:
         sizes = " x ".join(f"{k} {len(v)}" for k, v in spec.axes().items())
         raise SpecError(
-            [f"grid: {spec.n_trials:,} trials ({sizes}) exceed max_trials {spec.max_trials:,}; "
-             "set a larger max_trials: in grid.yaml to plan more (about 65 us and 4 KB per "
-             "trial)" + position(marks, ("grid",))],
+            [
+                f"grid: {spec.n_trials:,} trials ({sizes}) exceed max_trials {spec.max_trials:,}; "
+                "set a larger max_trials: in grid.yaml to plan more (about 65 us and 4 KB per "
+                "trial)" + position(marks, ("grid",))
+            ],
             source,
-        )  # fmt: skip
+        )
     if bad_lr := spec.scaled_lr_problems(marks):
         raise SpecError(bad_lr, source)
     # Building every trial validates combinations (e.g. nesterov with adam) up front.

@@ -143,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:  # what `batchlab run GRID --address auto --storage ROOT` does
         preflight(spec, layout.root)  # user code and data-set sizes, before anything is queued
         return run_command(
-            spec, layout.root, address="auto", dry_run=args.dry_run,
+            spec,
+            layout.root,
+            address="auto",
+            dry_run=args.dry_run,
             progress=not args.no_progress,
-        )  # fmt: skip
+        )
 
     return guarded(run)
 

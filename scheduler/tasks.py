@@ -157,10 +157,20 @@ def execute_trial(
     this process ends (scheduler/guards.py); `token` names the driver's submission, so a
     Ray retry of a timed-out task returns its failed record instead of training again."""
     task = TaskArgs(
-        experiment, root, code_version, device=device, resume=resume, num_threads=num_threads,
-        data_dir=data_dir, code_dir=code_dir, node_id=node_id, ray_version=ray_version,
-        attempt=attempt, timeout_s=timeout_s, token=token,
-    )  # fmt: skip
+        experiment,
+        root,
+        code_version,
+        device=device,
+        resume=resume,
+        num_threads=num_threads,
+        data_dir=data_dir,
+        code_dir=code_dir,
+        node_id=node_id,
+        ray_version=ray_version,
+        attempt=attempt,
+        timeout_s=timeout_s,
+        token=token,
+    )
     return run_lone(cfg_json, task)
 
 
@@ -195,9 +205,15 @@ def run_lone(cfg_json: str, task: TaskArgs) -> dict[str, Any]:
     def expire(elapsed: float) -> None:  # in the timer thread: commit `failed`, then exit
         error = guards.timeout_error(task.timeout_s or 0.0, elapsed)
         commit_failed(
-            cfg, task, stop_reason="timeout", error=error, attempt=attempt, started_at=started,
-            summary={**provenance(resolve_device(device))}, layout=layout,
-        )  # fmt: skip
+            cfg,
+            task,
+            stop_reason="timeout",
+            error=error,
+            attempt=attempt,
+            started_at=started,
+            summary={**provenance(resolve_device(device))},
+            layout=layout,
+        )
         layout.put_bytes(
             _timeout_marker(ckpt), json.dumps({"token": task.token, "error": error}).encode()
         )
@@ -225,6 +241,11 @@ def run_lone(cfg_json: str, task: TaskArgs) -> dict[str, Any]:
             live.close()
     deadline.finish()
     return commit_trial(
-        cfg, result, task, attempt=attempt, started_at=started,
-        ckpt=ckpt if task.resume else None, layout=layout,
-    )  # fmt: skip
+        cfg,
+        result,
+        task,
+        attempt=attempt,
+        started_at=started,
+        ckpt=ckpt if task.resume else None,
+        layout=layout,
+    )

@@ -37,12 +37,18 @@ def code_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "-C", str(PROJECT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         return f"{package_version()}+g{sha}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return package_version()

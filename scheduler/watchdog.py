@@ -84,9 +84,12 @@ def start_watchdog(session: str | None) -> int | None:
         return None
     proc = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(os.getpid()), session],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
     _WATCHDOGS.append(proc)  # kept: a collected Popen of a running process warns
     return proc.pid
 

@@ -344,9 +344,13 @@ def measures_section(con: duckdb.DuckDBPyConnection, f: Filters) -> list[str]:
     if missing:
         out += ["", f"Not measured here: {', '.join(missing)} ({HOW['measures']})."]
     rank = measure_ranking(con, f)
-    out += ["", "Measures ranked by granulated Kendall tau with the generalization gap "
-            "(val - train loss; Jiang et al. 2020; lr / batch size is the no-sharpness "
-            "baseline):", ""]  # fmt: skip
+    out += [
+        "",
+        "Measures ranked by granulated Kendall tau with the generalization gap "
+        "(val - train loss; Jiang et al. 2020; lr / batch size is the no-sharpness "
+        "baseline):",
+        "",
+    ]
     if not rank.empty:
         r = rank[["measure", "granulated_tau", "overall_tau", "n_trials", "axes"]]
         r = r.assign(

@@ -96,8 +96,9 @@ class RepairReport:
 
     def summary(self) -> str:
         lines = [f"quarantined {c.path} -> {c.moved_to}: {c.reason}" for c in self.quarantined]
-        lines += [f"invalidated trial {i.trial_id} ({i.experiment}): {i.reason}"
-                  for i in self.invalidated]  # fmt: skip
+        lines += [
+            f"invalidated trial {i.trial_id} ({i.experiment}): {i.reason}" for i in self.invalidated
+        ]
         exps = sorted({i.experiment for i in self.incomplete})
         lines.append(
             f"{len(self.incomplete)} trials incomplete: re-run their grids "
@@ -251,14 +252,16 @@ def _heal(layout: Layout, corrupt: list[CorruptFile], missing: bool) -> RepairRe
     def after(con):
         without = {
             (exp, table): {
-                tid for (tid,) in con.execute(
+                tid
+                for (tid,) in con.execute(
                     f"SELECT trial_id FROM trials_raw t WHERE experiment = $e AND status IN "
                     f"{DONE_STATUSES} AND NOT EXISTS (SELECT 1 FROM {table}_raw r WHERE "
-                    "r.experiment = t.experiment AND r.trial_id = t.trial_id)", {"e": exp},
+                    "r.experiment = t.experiment AND r.trial_id = t.trial_id)",
+                    {"e": exp},
                 ).fetchall()
             }
             for exp, table in unknown_parts
-        }  # fmt: skip
+        }
         return orphan_rows(con), missing_epochs(con), without
 
     _, found, _ = _scan(layout, False, after)

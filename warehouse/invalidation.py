@@ -90,9 +90,14 @@ def invalidate_trials(
     for (exp, tid), reason in sorted(trials.items()):
         if exp not in committed:
             committed[exp] = committed_statuses(layout, exp)
-        rec = {"experiment": exp, "trial_id": tid, "reason": reason, "invalidated_at": now,
-               "previous_status": committed[exp].get(tid),
-               "files": (files or {}).get((exp, tid), [])}  # fmt: skip
+        rec = {
+            "experiment": exp,
+            "trial_id": tid,
+            "reason": reason,
+            "invalidated_at": now,
+            "previous_status": committed[exp].get(tid),
+            "files": (files or {}).get((exp, tid), []),
+        }
         layout.put_bytes(_record_path(layout, exp, tid), json.dumps(rec, indent=2).encode())
         if tid in committed[exp]:
             layout.write_table(layout.table_file("trials", exp, tid), to_table("trials", []))
@@ -122,8 +127,9 @@ def _expected_counts() -> dict[str, str]:
         out["epochs"] = "coalesce(t.epochs_n, t.epochs_run)"
     else:
         out["epochs"] = "t.epochs_run"
-    step_n = [n for n in names if n.startswith("step_") and n.endswith("_n")
-              and not n.endswith("_hist_n")]  # fmt: skip
+    step_n = [
+        n for n in names if n.startswith("step_") and n.endswith("_n") and not n.endswith("_hist_n")
+    ]
     if step_n:
         out["steps"] = f"greatest({', '.join(f't.{n}' for n in step_n)})"
     return out

@@ -63,7 +63,10 @@ def run_file(layout: Layout, experiment: str, run_id: str) -> str:
 
 def clear_trial(layout: Layout, experiment: str, trial_id: str) -> None:
     """Delete a trial's live files (its trials row supersedes them)."""
-    for path in (epochs_file(layout, experiment, trial_id), status_file(layout, experiment, trial_id)):  # fmt: skip
+    for path in (
+        epochs_file(layout, experiment, trial_id),
+        status_file(layout, experiment, trial_id),
+    ):
         with contextlib.suppress(FileNotFoundError, OSError):
             layout.delete(path)
 
@@ -78,22 +81,42 @@ class LiveTrial:
     attempt ends (before its trials row is written)."""
 
     def __init__(
-        self, layout: Layout, experiment: str, trial_id: str, *, max_epochs: int,
-        attempt: int = 1, node_id: str = "", pack_id: str | None = None,
-        interval_s: float | None = None, heartbeat_s: float = HEARTBEAT_S,
-    ):  # fmt: skip
+        self,
+        layout: Layout,
+        experiment: str,
+        trial_id: str,
+        *,
+        max_epochs: int,
+        attempt: int = 1,
+        node_id: str = "",
+        pack_id: str | None = None,
+        interval_s: float | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+    ):
         self.layout, self.experiment, self.trial_id = layout, experiment, trial_id
         if interval_s is None:  # $BATCHLAB_LIVE_INTERVAL_S (0: every epoch) or INTERVAL_S
             interval_s = float(os.environ.get("BATCHLAB_LIVE_INTERVAL_S") or INTERVAL_S)
         self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
         self.key = {"experiment": experiment, "trial_id": trial_id}
         self.status: dict[str, Any] = {
-            "trial_id": trial_id, "experiment": experiment, "state": "running", "epoch": 0,
-            "max_epochs": max_epochs, "attempt": attempt, "host": socket.gethostname(),
-            "pid": os.getpid(), "node_id": node_id, "pack_id": pack_id, "started_at": _now(),
-            "heartbeat": _now(), "train_loss": None, "val_loss": None, "best_val_loss": None,
-            "examples_per_s": None, "mean_epoch_time_s": None,
-        }  # fmt: skip
+            "trial_id": trial_id,
+            "experiment": experiment,
+            "state": "running",
+            "epoch": 0,
+            "max_epochs": max_epochs,
+            "attempt": attempt,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "node_id": node_id,
+            "pack_id": pack_id,
+            "started_at": _now(),
+            "heartbeat": _now(),
+            "train_loss": None,
+            "val_loss": None,
+            "best_val_loss": None,
+            "examples_per_s": None,
+            "mean_epoch_time_s": None,
+        }
         self._rows: list[dict[str, Any]] = []
         self._old: list[dict[str, Any]] | None = None
         self._last_write = self._last_status = 0.0
@@ -195,10 +218,16 @@ class LiveRun:
     def __init__(self, layout: Layout, experiment: str, run_id: str, planned: list[dict[str, Any]]):
         self.layout, self.experiment, self.run_id = layout, experiment, run_id
         self.record: dict[str, Any] = {
-            "run_id": run_id, "experiment": experiment, "host": socket.gethostname(),
-            "pid": os.getpid(), "started_at": _now(), "heartbeat": _now(), "state": "running",
-            "planned": planned, "done": {},
-        }  # fmt: skip
+            "run_id": run_id,
+            "experiment": experiment,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": _now(),
+            "heartbeat": _now(),
+            "state": "running",
+            "planned": planned,
+            "done": {},
+        }
         self._stop = threading.Event()
         _ACTIVE[(layout.root, experiment)] = self
         self._write()
@@ -301,7 +330,11 @@ def live_epochs(layout: Layout, experiment: str | None = None) -> pa.Table:
     sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     tables = []
     for info in layout.fs.get_file_info(sel):
-        if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith("."):  # fmt: skip
+        if (
+            info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(".")
+        ):
             data = layout.get_bytes(info.path)
             if data:
                 try:

@@ -142,10 +142,11 @@ def _incomplete_section(layout: Layout, f: q.Filters) -> list[str]:
         "",
         f"**{len(gone)} trial{'s' if len(gone) > 1 else ''} lost rows** (a damaged or missing "
         "table file; `batchlab check` lists them) and are not counted below until a re-run of "
-        "their grid replaces them: " + ", ".join(f"{e}: {n}" for e, n in sorted(per.items()))
+        "their grid replaces them: "
+        + ", ".join(f"{e}: {n}" for e, n in sorted(per.items()))
         + ". The verdicts below are judged without them.",
         "",
-    ]  # fmt: skip
+    ]
     out += [f"- {_md(i.experiment)} / {i.trial_id}: {_md(i.reason)}" for i in gone]
     return [*out, ""]
 

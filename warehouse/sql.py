@@ -68,8 +68,18 @@ MAX_SQL_CHARS = 100_000
 CHILD_HEADROOM_BYTES = 1024 * 2**20
 _EXPLAIN_RE = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def _sql_str(value: str) -> str:
@@ -258,8 +268,9 @@ def _stream(con: duckdb.DuckDBPyConnection, sql: str, lim: _Limits, deadline: fl
         raise _engine_error(exc, lim) from exc
     finally:
         timer.cancel()
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           b"batchlab_truncated": b"1" if truncated else b"0"})  # fmt: skip
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"batchlab_truncated": b"1" if truncated else b"0"}
+    )
     return table
 
 
@@ -347,20 +358,33 @@ def _run_in_child(
     try:
         request = {
             # (the child runs in its private directory: a relative root is resolved here)
-            "root": layout.base if layout.is_local else layout.root, "sql": sql, "timeout_s": lim.timeout_s,
-            "max_rows": lim.max_rows, "max_bytes": lim.max_bytes, "truncate": lim.truncate,
-            "threads": threads, "memory_limit": lim.memory_limit, "out": f"{private}/result",
+            "root": layout.base if layout.is_local else layout.root,
+            "sql": sql,
+            "timeout_s": lim.timeout_s,
+            "max_rows": lim.max_rows,
+            "max_bytes": lim.max_bytes,
+            "truncate": lim.truncate,
+            "threads": threads,
+            "memory_limit": lim.memory_limit,
+            "out": f"{private}/result",
             "remaining_s": deadline - time.monotonic(),
-        }  # fmt: skip
+        }
         project = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (project, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (project, os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "warehouse.sql"], input=json.dumps(request).encode(),
-                capture_output=True, cwd=private, env=env,
+                [sys.executable, "-m", "warehouse.sql"],
+                input=json.dumps(request).encode(),
+                capture_output=True,
+                cwd=private,
+                env=env,
                 timeout=max(0.1, deadline - time.monotonic()),
-            )  # fmt: skip
+            )
         except subprocess.TimeoutExpired:  # subprocess.run has killed and reaped it
             raise _timeout(lim) from None
         status = _child_status(proc)
@@ -411,8 +435,9 @@ def _limit_address_space(extra: int) -> None:
 
 def _child_main() -> int:
     req = json.loads(sys.stdin.buffer.read())
-    lim = _Limits(req["timeout_s"], req["max_rows"], req["max_bytes"], req["truncate"],
-                  req["memory_limit"])  # fmt: skip
+    lim = _Limits(
+        req["timeout_s"], req["max_rows"], req["max_bytes"], req["truncate"], req["memory_limit"]
+    )
     deadline = time.monotonic() + req["remaining_s"]
     out: dict = {}
     try:

@@ -34,13 +34,27 @@ def experiment_status(
         driver = run["state"]
     else:
         driver = "alive" if live.driver_alive(run, stall_s) else "not alive"
-    committed = {} if not read_committed else {
-        r["trial_id"]: r
-        for r in read_trial_rows(
-            layout, experiment, ("epochs_run", "max_epochs", "best_val_loss", "final_val_loss", "attempt",
-                                 "final_train_loss", "host", "stop_reason"),
-        )
-    }  # fmt: skip
+    committed = (
+        {}
+        if not read_committed
+        else {
+            r["trial_id"]: r
+            for r in read_trial_rows(
+                layout,
+                experiment,
+                (
+                    "epochs_run",
+                    "max_epochs",
+                    "best_val_loss",
+                    "final_val_loss",
+                    "attempt",
+                    "final_train_loss",
+                    "host",
+                    "stop_reason",
+                ),
+            )
+        }
+    )
     statuses = {s["trial_id"]: s for s in live.trial_statuses(layout, experiment, stall_s)}
     planned = [p["trial_id"] for p in (run or {}).get("planned", [])]
     max_epochs = {p["trial_id"]: p.get("max_epochs") for p in (run or {}).get("planned", [])}
@@ -52,36 +66,61 @@ def experiment_status(
     for tid in ids:
         c, s = committed.get(tid), statuses.get(tid)
         if c is not None and (s is None or s.get("attempt", 0) <= (c.get("attempt") or 99)):
-            rows.append({
-                "trial": tid, "state": c["status"], "epoch": c.get("epochs_run"),
-                "max_epochs": c.get("max_epochs") or max_epochs.get(tid),
-                "train_loss": c.get("final_train_loss"), "val_loss": c.get("final_val_loss"),
-                "best_val": c.get("best_val_loss"), "ex/s": None, "eta": 0.0,
-                "host": c.get("host"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "trial": tid,
+                    "state": c["status"],
+                    "epoch": c.get("epochs_run"),
+                    "max_epochs": c.get("max_epochs") or max_epochs.get(tid),
+                    "train_loss": c.get("final_train_loss"),
+                    "val_loss": c.get("final_val_loss"),
+                    "best_val": c.get("best_val_loss"),
+                    "ex/s": None,
+                    "eta": 0.0,
+                    "host": c.get("host"),
+                }
+            )
             continue
         if s is not None:
             mx = s.get("max_epochs") or max_epochs.get(tid)
             per = s.get("mean_epoch_time_s")
             eta = per * max(0, mx - s["epoch"]) if per and mx and s["state"] == "running" else None
-            rows.append({
-                "trial": tid, "state": s["state"], "epoch": s["epoch"], "max_epochs": mx,
-                "train_loss": s.get("train_loss"), "val_loss": s.get("val_loss"),
-                "best_val": s.get("best_val_loss"), "ex/s": s.get("examples_per_s"), "eta": eta,
-                "host": s.get("host"), "age_s": s.get("age_s"), "attempt": s.get("attempt"),
-                "pack_id": s.get("pack_id"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "trial": tid,
+                    "state": s["state"],
+                    "epoch": s["epoch"],
+                    "max_epochs": mx,
+                    "train_loss": s.get("train_loss"),
+                    "val_loss": s.get("val_loss"),
+                    "best_val": s.get("best_val_loss"),
+                    "ex/s": s.get("examples_per_s"),
+                    "eta": eta,
+                    "host": s.get("host"),
+                    "age_s": s.get("age_s"),
+                    "attempt": s.get("attempt"),
+                    "pack_id": s.get("pack_id"),
+                }
+            )
             continue
-        rows.append({
-            "trial": tid, "state": "queued" if driver == "alive" else "not started",
-            "epoch": 0, "max_epochs": max_epochs.get(tid), "train_loss": None, "val_loss": None,
-            "best_val": None, "ex/s": None, "eta": None, "host": None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial": tid,
+                "state": "queued" if driver == "alive" else "not started",
+                "epoch": 0,
+                "max_epochs": max_epochs.get(tid),
+                "train_loss": None,
+                "val_loss": None,
+                "best_val": None,
+                "ex/s": None,
+                "eta": None,
+                "host": None,
+            }
+        )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    return {"experiment": experiment, "run": run, "driver": driver, "rows": rows,
-            "counts": counts}  # fmt: skip
+    return {"experiment": experiment, "run": run, "driver": driver, "rows": rows, "counts": counts}
 
 
 def _num(v: Any, fmt: str = ".4g") -> str:
@@ -107,9 +146,11 @@ def format_status(st: dict[str, Any]) -> str:
         if st["driver"] == "alive":
             head += f"alive (pid {run.get('pid')})"
         elif st["driver"] == "not alive":
-            head += (f"NOT ALIVE (pid {run.get('pid')}, last heartbeat "
-                     f"{live.age_s(run.get('heartbeat')):.0f} s ago): running trials will not "
-                     "be retried; run the same command again to resume")  # fmt: skip
+            head += (
+                f"NOT ALIVE (pid {run.get('pid')}, last heartbeat "
+                f"{live.age_s(run.get('heartbeat')):.0f} s ago): running trials will not "
+                "be retried; run the same command again to resume"
+            )
         else:
             head += st["driver"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(st["counts"].items()))
@@ -117,10 +158,19 @@ def format_status(st: dict[str, Any]) -> str:
     table = [COLUMNS]
     for r in st["rows"]:
         ep = f"{r['epoch'] if r['epoch'] is not None else '-'}/{r.get('max_epochs') or '-'}"
-        table.append((
-            r["trial"], r["state"], ep, _num(r["train_loss"]), _num(r["val_loss"]),
-            _num(r["best_val"]), _num(r["ex/s"], ".0f"), _eta(r["eta"]), r["host"] or "-",
-        ))  # fmt: skip
+        table.append(
+            (
+                r["trial"],
+                r["state"],
+                ep,
+                _num(r["train_loss"]),
+                _num(r["val_loss"]),
+                _num(r["best_val"]),
+                _num(r["ex/s"], ".0f"),
+                _eta(r["eta"]),
+                r["host"] or "-",
+            )
+        )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(COLUMNS))]
     for row in table:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -50,9 +50,11 @@ def epoch_end_stop(cfg: TrialConfig, row: dict[str, Any]) -> str | None:
     """The budget rule at an epoch end: an `until:` target first, then a `stop:` cap (on the
     row's step, examples_seen and elapsed_s)."""
     return target_reached(cfg, row) or cap_reached(
-        cfg, int(row.get("step") or 0), int(row.get("examples_seen") or 0),
+        cfg,
+        int(row.get("step") or 0),
+        int(row.get("examples_seen") or 0),
         float(row.get("elapsed_s") or 0.0),
-    )  # fmt: skip
+    )
 
 
 def _finite(v: Any) -> bool:

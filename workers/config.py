@@ -39,12 +39,31 @@ from workers.probe_settings import AdaptiveSharpnessConfig, BatchSharpnessConfig
 # Importers have always reached these names here (re-exported after the split: the identity
 # in workers/identity.py, the `measure:` models in workers/measure_config.py).
 __all__ = [
-    "COMPILE_MODES", "DATASETS", "LOSSES", "LR_SCALING", "MODELS", "OPTIMIZERS",
-    "AdaptiveSharpnessConfig", "BatchSharpnessConfig", "DatasetConfig", "EarlyStoppingConfig",
-    "HessianConfig", "MeasureConfig", "ModelConfig", "NoiseScaleConfig", "OptimizerConfig",
-    "PerformanceConfig", "PlateauDecayConfig", "SharpnessConfig", "StopConfig", "TrialConfig",
-    "UntilConfig", "check_import_path", "config_hash_of", "identity_dump",
-]  # fmt: skip
+    "COMPILE_MODES",
+    "DATASETS",
+    "LOSSES",
+    "LR_SCALING",
+    "MODELS",
+    "OPTIMIZERS",
+    "AdaptiveSharpnessConfig",
+    "BatchSharpnessConfig",
+    "DatasetConfig",
+    "EarlyStoppingConfig",
+    "HessianConfig",
+    "MeasureConfig",
+    "ModelConfig",
+    "NoiseScaleConfig",
+    "OptimizerConfig",
+    "PerformanceConfig",
+    "PlateauDecayConfig",
+    "SharpnessConfig",
+    "StopConfig",
+    "TrialConfig",
+    "UntilConfig",
+    "check_import_path",
+    "config_hash_of",
+    "identity_dump",
+]
 
 DATASETS = ("mnist1d", "digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "cnn", "lenet", "vgg", "keskar_f1", "keskar_c1")
@@ -335,9 +354,15 @@ class TrialConfig(_Strict):
     def unpackable_reason(self) -> str | None:
         """Why a pack cannot train this trial's budget (stop:, until:, measure.at best),
         or None."""
-        keys = [k for k, on in (("stop", self.stop is not None),
-                                ("until", self.until is not None),
-                                ("measure.at: best", "best" in self.measure.at)) if on]  # fmt: skip
+        keys = [
+            k
+            for k, on in (
+                ("stop", self.stop is not None),
+                ("until", self.until is not None),
+                ("measure.at: best", "best" in self.measure.at),
+            )
+            if on
+        ]
         if not keys:
             return None
         return (

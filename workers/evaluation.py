@@ -69,9 +69,12 @@ def loader_workers(dev: torch.device) -> int:
 def loader(ds, batches: list[list[int]], dev: torch.device) -> torch.utils.data.DataLoader:
     """A DataLoader over `ds` yielding exactly `batches` (lists of indices), in order."""
     return torch.utils.data.DataLoader(
-        ds, batch_sampler=batches, num_workers=loader_workers(dev),
-        pin_memory=dev.type == "cuda", persistent_workers=False,
-    )  # fmt: skip
+        ds,
+        batch_sampler=batches,
+        num_workers=loader_workers(dev),
+        pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def evaluate_split(

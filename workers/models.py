@@ -136,16 +136,28 @@ def keskar_c1(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     c, spatial = _spatial(input_shape)
     conv, pool, bn = _layers(len(spatial))
     feats = nn.Sequential(
-        conv(c, 64, 5, padding=2), bn(64), nn.ReLU(), pool(3, 2, padding=1),
-        conv(64, 64, 5, padding=2), bn(64), nn.ReLU(), pool(3, 2, padding=1),
-    )  # fmt: skip
+        conv(c, 64, 5, padding=2),
+        bn(64),
+        nn.ReLU(),
+        pool(3, 2, padding=1),
+        conv(64, 64, 5, padding=2),
+        bn(64),
+        nn.ReLU(),
+        pool(3, 2, padding=1),
+    )
 
     def head(n: int) -> nn.Module:
         return nn.Sequential(
-            nn.Linear(n, 384), nn.BatchNorm1d(384), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(384, 192), nn.BatchNorm1d(192), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(n, 384),
+            nn.BatchNorm1d(384),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(384, 192),
+            nn.BatchNorm1d(192),
+            nn.ReLU(),
+            nn.Dropout(0.5),
             nn.Linear(192, num_classes),
-        )  # fmt: skip
+        )
 
     return _ConvNet(input_shape, feats, head)
 

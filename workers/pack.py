@@ -122,10 +122,16 @@ def run_pack(
             tb = traceback.format_exc()
             for c in cfgs:
                 if c.trial_id not in results:
-                    done(TrialResult(
-                        trial_id=c.trial_id, config_hash=c.config_hash, status="failed",
-                        stop_reason="error", summary={**provenance(dev)}, error=tb,
-                    ))  # fmt: skip
+                    done(
+                        TrialResult(
+                            trial_id=c.trial_id,
+                            config_hash=c.config_hash,
+                            status="failed",
+                            stop_reason="error",
+                            summary={**provenance(dev)},
+                            error=tb,
+                        )
+                    )
     return [results[c.trial_id] for c in cfgs]
 
 
@@ -158,23 +164,39 @@ def _train_pack(
             if m.ckpt is not None and saves_checkpoints(cfg):
                 m.ckpt.save("final", stack.member_state_dict(row, template))
         summary = summary_row(
-            st, provenance=provenance(dev), n_train=data.n_train, n_val=data.n_val,
-            steps_per_epoch=spe, scaled_lr=cfg.scaled_lr,
-            wall_time_s=time.perf_counter() - t_start, peak_memory_mb=peak_memory_mb(st, dev),
-        )  # fmt: skip
-        done(TrialResult(
-            trial_id=cfg.trial_id, config_hash=cfg.config_hash, status=status,
-            stop_reason=reason, summary=summary, epochs=st.epochs, steps=st.steps,
-            layers=st.layers, probes=st.probes,
-        ))  # fmt: skip
+            st,
+            provenance=provenance(dev),
+            n_train=data.n_train,
+            n_val=data.n_val,
+            steps_per_epoch=spe,
+            scaled_lr=cfg.scaled_lr,
+            wall_time_s=time.perf_counter() - t_start,
+            peak_memory_mb=peak_memory_mb(st, dev),
+        )
+        done(
+            TrialResult(
+                trial_id=cfg.trial_id,
+                config_hash=cfg.config_hash,
+                status=status,
+                stop_reason=reason,
+                summary=summary,
+                epochs=st.epochs,
+                steps=st.steps,
+                layers=st.layers,
+                probes=st.probes,
+            )
+        )
 
     _loop(stack, template, members, data, spe, dev, on_epoch, finish)
 
 
 def _build(
-    cfgs: list[TrialConfig], dev: torch.device, data: Dataset,
-    ckpts: list[CheckpointIO | None], perf_rec: dict[str, Any] | None,
-) -> tuple[PackStack, torch.nn.Module, list[PackMember]]:  # fmt: skip
+    cfgs: list[TrialConfig],
+    dev: torch.device,
+    data: Dataset,
+    ckpts: list[CheckpointIO | None],
+    perf_rec: dict[str, Any] | None,
+) -> tuple[PackStack, torch.nn.Module, list[PackMember]]:
     """The pack's stack, a lone model as template, and its members: each built exactly as
     run_trial builds it (same seed -> same init), resumed from their checkpoints or with
     their init weights saved."""
@@ -211,10 +233,15 @@ def _build(
 
 
 def _loop(
-    stack: PackStack, template: torch.nn.Module, members: list[PackMember], data: Dataset,
-    spe: int, dev: torch.device, on_epoch: Callable[[str, dict[str, Any]], None] | None,
+    stack: PackStack,
+    template: torch.nn.Module,
+    members: list[PackMember],
+    data: Dataset,
+    spe: int,
+    dev: torch.device,
+    on_epoch: Callable[[str, dict[str, Any]], None] | None,
     finish: Callable[[PackMember, int | None, str], None],
-) -> None:  # fmt: skip
+) -> None:
     """The epochs of the pack until every member is finished."""
     net, B, n = stack.net, members[0].cfg.batch_size, data.n_train
     active = members  # row i of `stack` is active[i]
@@ -236,9 +263,12 @@ def _loop(
         while i < spe and active:
             idx = ep.perms[:, i * B : (i + 1) * B]
             loss, gnorm, upd = stack.step(
-                net.gather(data.x_train, idx), data.y_train[idx], ep.neg_lr[i].unsqueeze(1),
-                ep.bc2(i), want_upd,
-            )  # fmt: skip
+                net.gather(data.x_train, idx),
+                data.y_train[idx],
+                ep.neg_lr[i].unsqueeze(1),
+                ep.bc2(i),
+                want_upd,
+            )
             torch.stack([loss, gnorm, upd if upd is not None else gnorm], out=ep.rec[i])
             step += 1
             i += 1
@@ -249,14 +279,26 @@ def _loop(
             due = [r for r, k in enumerate(ep.members_val_every) if k and step % k == 0]
             vl, va = (t.tolist() for t in stack.evaluate(data.x_val, data.y_val))
             stops = {
-                r: s for r in due
+                r: s
+                for r in due
                 if (s := active[r].st.record_validation(active[r].cfg, vl[r], va[r], epoch))
-            }  # fmt: skip
+            }
             if stops:
                 end_epoch(
-                    stack, active, list(stops), epoch, i, t_epoch, ep, data, template,
-                    on_epoch, finish, stopped=stops, val=(vl, va),
-                )  # fmt: skip
+                    stack,
+                    active,
+                    list(stops),
+                    epoch,
+                    i,
+                    t_epoch,
+                    ep,
+                    data,
+                    template,
+                    on_epoch,
+                    finish,
+                    stopped=stops,
+                    val=(vl, va),
+                )
                 rows = [r for r in range(len(active)) if r not in stops]
                 active = [active[r] for r in rows]
                 if active:
@@ -267,9 +309,20 @@ def _loop(
         # ---- epoch end of the members still training ----
         sync_steps()
         rows = end_epoch(
-            stack, active, list(range(len(active))), epoch, spe, t_epoch, ep, data, template,
-            on_epoch, finish, stopped={}, val=None,
-        )  # fmt: skip
+            stack,
+            active,
+            list(range(len(active))),
+            epoch,
+            spe,
+            t_epoch,
+            ep,
+            data,
+            template,
+            on_epoch,
+            finish,
+            stopped={},
+            val=None,
+        )
         for r in rows:
             m = active[r]
             if m.ckpt is not None:

@@ -42,9 +42,15 @@ class EpochPlan:
     bias corrections, and the device buffer of per-step metrics."""
 
     def __init__(
-        self, active: list[PackMember], stack: PackStack, epoch: int, n: int, spe: int,
-        step: int, dev: torch.device,
-    ) -> None:  # fmt: skip
+        self,
+        active: list[PackMember],
+        stack: PackStack,
+        epoch: int,
+        n: int,
+        spe: int,
+        step: int,
+        dev: torch.device,
+    ) -> None:
         cpu = torch.device("cpu")
         perms = [epoch_permutation(m.cfg.seed, epoch, n, cpu) for m in active]
         self.perms = torch.stack(perms).to(dev)
@@ -120,25 +126,43 @@ def end_epoch(
         lrs = ep.lr[:spe_done, r].tolist()
         upd, gn = host["rec"][:, 2, r], host["rec"][:, 1, r]
         row = epoch_row(
-            epoch=epoch, step=st.step, lr=lrs[-1],
+            epoch=epoch,
+            step=st.step,
+            lr=lrs[-1],
             # The mean of the member's own float32 batch losses, as a lone trial takes it
             # (a mean over the (steps, P) table would sum in an order set by P).
             train_loss=torch.from_numpy(losses.astype(np.float32)).mean().item(),
-            dist_from_init=float(host["dist"][r]), epoch_distance=float(host["ep_dist"][r]),
-            epoch_time_s=train_time, elapsed_s=st.elapsed_s, steps_done=spe_done,
-            batch_size=cfg.batch_size, n_train=data.n_train,
-            update_q=quantiles(torch.from_numpy(upd.copy())) if meas.update_norms else nan_quantiles(),
+            dist_from_init=float(host["dist"][r]),
+            epoch_distance=float(host["ep_dist"][r]),
+            epoch_time_s=train_time,
+            elapsed_s=st.elapsed_s,
+            steps_done=spe_done,
+            batch_size=cfg.batch_size,
+            n_train=data.n_train,
+            update_q=quantiles(torch.from_numpy(upd.copy()))
+            if meas.update_norms
+            else nan_quantiles(),
             grad_q=quantiles(torch.from_numpy(gn.copy())),
             train_eval=(float(host["tl"][r]), float(host["ta"][r])) if meas.train_eval else None,
-        )  # fmt: skip
+        )
         if meas.layers:
-            st.layers += layer_rows(epoch, stack.net.param_names, stack.sizes,
-                                    host["per"][:, r].tolist(), m.norms0,
-                                    host["pnorm"][:, r].tolist())  # fmt: skip
+            st.layers += layer_rows(
+                epoch,
+                stack.net.param_names,
+                stack.sizes,
+                host["per"][:, r].tolist(),
+                m.norms0,
+                host["pnorm"][:, r].tolist(),
+            )
         if meas.store_steps:
-            st.steps += step_rows(st.step - spe_done + 1, epoch, lrs,
-                                  upd.tolist() if meas.update_norms else None, gn.tolist(),
-                                  losses.tolist())  # fmt: skip
+            st.steps += step_rows(
+                st.step - spe_done + 1,
+                epoch,
+                lrs,
+                upd.tolist() if meas.update_norms else None,
+                gn.tolist(),
+                losses.tolist(),
+            )
         st.epoch = epoch
         row.update(pack_member_system_metrics())
         row["val_loss"], row["val_acc"] = float(host["vl"][r]), float(host["va"][r])
@@ -165,9 +189,15 @@ def end_epoch(
 
 
 def _epoch_numbers(
-    stack: PackStack, active: list[PackMember], rows: list[int], spe_done: int, t_epoch: float,
-    ep: EpochPlan, data: Dataset, val: tuple[list[float], list[float]] | None,
-) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+    stack: PackStack,
+    active: list[PackMember],
+    rows: list[int],
+    spe_done: int,
+    t_epoch: float,
+    ep: EpochPlan,
+    data: Dataset,
+    val: tuple[list[float], list[float]] | None,
+) -> tuple[dict[str, np.ndarray], float]:
     """Every member's epoch-end numbers on the host (one synchronization, one copy) and the
     epoch's training time."""
     dev = stack.flat.device

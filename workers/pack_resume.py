@@ -22,11 +22,15 @@ def member_resume_state(
     state = {
         "model": stack.member_state_dict(row, template),
         "optimizer": stack.member_optimizer_state(row, m.opt_template, m.st.step),
-        "init": [t.reshape(s).cpu().clone() for t, s in zip(
-            torch.split(stack.init[row], stack.sizes), stack.net.param_shapes, strict=True)],
+        "init": [
+            t.reshape(s).cpu().clone()
+            for t, s in zip(
+                torch.split(stack.init[row], stack.sizes), stack.net.param_shapes, strict=True
+            )
+        ],
         "rng_cpu": torch.get_rng_state(),
         "state": compact_rows(m.st.as_saved()),  # row lists as columns (workers/resume_rows.py)
-    }  # fmt: skip
+    }
     if dev.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(dev)
     return state

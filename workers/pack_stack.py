@@ -83,9 +83,10 @@ class PackStack:
         self.any_momentum = any(o.momentum != 0 for o in opts)
         nest = [o.nesterov for o in opts]
         self.nesterov: bool | Tensor = (
-            nest[0] if all(n == nest[0] for n in nest)
+            nest[0]
+            if all(n == nest[0] for n in nest)
             else torch.tensor(nest, device=dev).unsqueeze(1)
-        )  # fmt: skip
+        )
         self.beta1 = [o.betas[0] for o in opts]
         self.beta2 = [o.betas[1] for o in opts]
         self.one_minus_beta1 = uniform_or_tensor([1 - b for b in self.beta1], dev)

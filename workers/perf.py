@@ -38,8 +38,14 @@ _NOTE_CHARS = 300  # a fallback's reason, first line, at most this long
 
 def new_record(perf: PerformanceConfig, dev: torch.device) -> dict[str, Any]:
     """The record of one trial: what was asked, what was in effect, and why not (notes)."""
-    off = ("tf32_matmul", "tf32_cudnn_conv", "cudnn_benchmark", "compile", "channels_last",
-           "cuda_graphs")  # fmt: skip
+    off = (
+        "tf32_matmul",
+        "tf32_cudnn_conv",
+        "cudnn_benchmark",
+        "compile",
+        "channels_last",
+        "cuda_graphs",
+    )
     return {
         "requested": perf.model_dump(mode="json"),
         "device": dev.type,
@@ -137,9 +143,11 @@ def applied(perf: PerformanceConfig, dev: torch.device) -> Iterator[dict[str, An
 
 
 def not_applied(
-    rec: dict[str, Any], perf: PerformanceConfig, why: str,
+    rec: dict[str, Any],
+    perf: PerformanceConfig,
+    why: str,
     keys: tuple[str, ...] = ("compile", "channels_last", "cuda_graphs"),
-) -> None:  # fmt: skip
+) -> None:
     """Record that the per-model switches `keys` that were asked for did not apply to this
     trial, and why (a trainable, a pack, ...)."""
     for key in keys:
@@ -240,10 +248,15 @@ def training_forward(
 
 
 def _compiled(
-    perf: PerformanceConfig, rec: dict[str, Any], model: nn.Module, net: nn.Module,
-    samples: list[tuple[Tensor, Tensor]], prep: Callable[[Tensor], Tensor] | None,
-    loss_fn: Callable[[Tensor, Tensor], Tensor], dev: torch.device,
-) -> Callable[[Tensor], Tensor]:  # fmt: skip
+    perf: PerformanceConfig,
+    rec: dict[str, Any],
+    model: nn.Module,
+    net: nn.Module,
+    samples: list[tuple[Tensor, Tensor]],
+    prep: Callable[[Tensor], Tensor] | None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    dev: torch.device,
+) -> Callable[[Tensor], Tensor]:
     """torch.compile of `net`, compiled for every sample shape before training (forward and
     backward: AOTAutograd compiles the backward at its first call), else `net` with the reason.
     Shapes are static (dynamic=False): at most two graphs per trial, full and last batch."""
@@ -298,10 +311,14 @@ class _Whole(nn.Module):
 
 
 def _graphed(
-    rec: dict[str, Any], model: nn.Module, net: nn.Module, sample: tuple[Tensor, Tensor],
-    prep: Callable[[Tensor], Tensor] | None, loss_fn: Callable[[Tensor, Tensor], Tensor],
+    rec: dict[str, Any],
+    model: nn.Module,
+    net: nn.Module,
+    sample: tuple[Tensor, Tensor],
+    prep: Callable[[Tensor], Tensor] | None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
     dev: torch.device,
-) -> Callable[[Tensor], Tensor]:  # fmt: skip
+) -> Callable[[Tensor], Tensor]:
     """The full-batch training forward + backward captured as CUDA graphs
     (torch.cuda.make_graphed_callables: one launch per pass instead of one per kernel, what
     small batches are bound by). Other shapes (the last partial batch) and eval mode run

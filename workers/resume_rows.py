@@ -37,8 +37,12 @@ def _compact(rows: list[Any]) -> Any:
     keys = list(rows[0])
     if any(list(r) != keys for r in rows) or not all(type(k) is str for k in keys):
         return rows  # not uniform: kept as it is (still correct, just slower to save)
-    return {_MARK: 1, "n": len(rows), "keys": keys,
-            "columns": [_column([r[k] for r in rows]) for k in keys]}  # fmt: skip
+    return {
+        _MARK: 1,
+        "n": len(rows),
+        "keys": keys,
+        "columns": [_column([r[k] for r in rows]) for k in keys],
+    }
 
 
 def _expand(value: Any) -> Any:

@@ -104,8 +104,13 @@ def pack_member_system_metrics() -> dict[str, float]:
     """The system metrics of a pack member's epoch row: the process's resident memory; the
     evaluation split, GPU peak and utilization are the pack's, not the member's (NaN)."""
     nan = math.nan
-    return {"eval_time_s": nan, "probe_time_s": 0.0, "rss_mb": rss_mb(),
-            "gpu_memory_peak_mb": nan, "gpu_utilization_pct": nan}  # fmt: skip
+    return {
+        "eval_time_s": nan,
+        "probe_time_s": 0.0,
+        "rss_mb": rss_mb(),
+        "gpu_memory_peak_mb": nan,
+        "gpu_utilization_pct": nan,
+    }
 
 
 def rss_mb() -> float:
@@ -134,9 +139,13 @@ def peak_memory_mb(st: TrialState, dev: torch.device) -> float:
 
 
 def probe_rows(
-    model: nn.Module, data: Dataset, cfg: TrialConfig, epoch: int, lossf: Loss = CROSS_ENTROPY,
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrialConfig,
+    epoch: int,
+    lossf: Loss = CROSS_ENTROPY,
     at: str = "final",
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """The enabled probes at the model's weights; each row's `measured_at` names the point
     ("final", "best", or "epoch" for a probe_every_epochs probe during training)."""
     m = cfg.measure
@@ -150,9 +159,13 @@ def probe_rows(
 
 
 def end_probes(
-    model: nn.Module, best_state: dict[str, Any] | None, data: Dataset, cfg: TrialConfig,
-    st: TrialState, lossf: Loss = CROSS_ENTROPY,
-) -> list[dict[str, Any]]:  # fmt: skip
+    model: nn.Module,
+    best_state: dict[str, Any] | None,
+    data: Dataset,
+    cfg: TrialConfig,
+    st: TrialState,
+    lossf: Loss = CROSS_ENTROPY,
+) -> list[dict[str, Any]]:
     """The end-of-training probes of measure.at: at the final weights ("final", epoch = the
     last epoch) and at the best-validation weights ("best", epoch = best_epoch; none when no
     validation was finite). The trained model is left as it is."""

@@ -122,10 +122,12 @@ def resolve(path: str, key: str) -> Callable[..., Any]:
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = sorted(
-                n for n, v in vars(module).items()
-                if not n.startswith("_") and callable(v)
+                n
+                for n, v in vars(module).items()
+                if not n.startswith("_")
+                and callable(v)
                 and getattr(v, "__module__", None) == module.__name__
-            )[:20]  # fmt: skip
+            )[:20]
             raise UserCodeError(
                 f"{key}: {path!r}: {mod!r} has no attribute {attr!r}; it defines: "
                 + (", ".join(names) or "nothing public")

@@ -218,10 +218,15 @@ def load_user_dataset(
         x, y = x[torch.as_tensor(idx)], y[torch.as_tensor(idx)]
     shape = tuple(extras.get("input_shape") or x.shape[1:])
     return Dataset(
-        name=cfg.name, x_train=x.to(dev).contiguous(), y_train=y.to(dev),
-        x_val=xv.to(dev).contiguous(), y_val=yv.to(dev), num_classes=num_classes,
-        input_shape=shape, source={**source, "n_train": len(x), "n_val": len(xv)},
-    )  # fmt: skip
+        name=cfg.name,
+        x_train=x.to(dev).contiguous(),
+        y_train=y.to(dev),
+        x_val=xv.to(dev).contiguous(),
+        y_val=yv.to(dev),
+        num_classes=num_classes,
+        input_shape=shape,
+        source={**source, "n_train": len(x), "n_val": len(xv)},
+    )
 
 
 def _streaming(
@@ -251,9 +256,20 @@ def _streaming(
     if warning:
         source = {**source, "warning": warning}  # said by the preflight
     return Dataset(
-        name=cfg.name, x_train=xs.to(dev), y_train=ys.to(dev), x_val=xvs.to(dev), y_val=yvs.to(dev),
-        num_classes=num_classes, input_shape=tuple(extras.get("input_shape") or xs.shape[1:]),
-        source={**source, "n_train": n, "n_val": len(val), "streaming": True,
-                "train_eval_subset": len(sub)},
-        train_set=train, val_set=val,
-    )  # fmt: skip
+        name=cfg.name,
+        x_train=xs.to(dev),
+        y_train=ys.to(dev),
+        x_val=xvs.to(dev),
+        y_val=yvs.to(dev),
+        num_classes=num_classes,
+        input_shape=tuple(extras.get("input_shape") or xs.shape[1:]),
+        source={
+            **source,
+            "n_train": n,
+            "n_val": len(val),
+            "streaming": True,
+            "train_eval_subset": len(sub),
+        },
+        train_set=train,
+        val_set=val,
+    )

@@ -53,8 +53,14 @@ with right:
     else:
         for exp, d in per_experiment({"he": he}):
             heading(exp)
-            show_chart(f"hessian-{exp or 'all'}", batch_chart, d["he"], "value", "top eigenvalue of the loss Hessian (1/parameter^2, log)",
-                    log_y=True)  # fmt: skip
+            show_chart(
+                f"hessian-{exp or 'all'}",
+                batch_chart,
+                d["he"],
+                "value",
+                "top eigenvalue of the loss Hessian (1/parameter^2, log)",
+                log_y=True,
+            )
 
 st.subheader("Noise scale and critical batch size")
 st.caption(

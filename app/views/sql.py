@@ -52,9 +52,13 @@ except ImportError:  # the hardened engine ships with the warehouse; never fall 
     st.stop()
 
 st.selectbox(
-    "Examples", list(EXAMPLES), index=None, key="sql_example", on_change=_load_example,
+    "Examples",
+    list(EXAMPLES),
+    index=None,
+    key="sql_example",
+    on_change=_load_example,
     placeholder="load an example query",
-)  # fmt: skip
+)
 if "sql_text" not in st.session_state:
     st.session_state["sql_text"] = next(iter(EXAMPLES.values()))
 sql = st.text_area("Query", key="sql_text", height=180)
@@ -76,6 +80,9 @@ if df.attrs.get("truncated"):
 st.caption(f"{len(df):,} rows")
 st.dataframe(df, hide_index=True, width="stretch")
 st.download_button(
-    "Download CSV", df.to_csv(index=False).encode(), file_name="batchlab-query.csv",
-    mime="text/csv", key="sql_csv",
-)  # fmt: skip
+    "Download CSV",
+    df.to_csv(index=False).encode(),
+    file_name="batchlab-query.csv",
+    mime="text/csv",
+    key="sql_csv",
+)

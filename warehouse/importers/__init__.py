@@ -55,27 +55,53 @@ UNKNOWN = "unknown"  # dataset / model / optimizer of a source that does not nam
 # batchlab field -> the names a source commonly uses for it (first found wins); `--map
 # FIELD=NAME` puts NAME first. Trial fields come from the params, epoch fields from metrics.
 TRIAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "batch_size": ("batch_size", "batchsize", "bs", "train_batch_size", "per_device_train_batch_size"),
+    "batch_size": (
+        "batch_size",
+        "batchsize",
+        "bs",
+        "train_batch_size",
+        "per_device_train_batch_size",
+    ),
     "lr": ("lr", "learning_rate", "base_lr", "lr0"),
     "seed": ("seed", "random_seed"),
     "dataset": ("dataset", "data"),
     "model": ("model", "arch", "architecture"),
     "optimizer": ("optimizer", "optim"),
     "momentum": ("momentum",),
-}  # fmt: skip
+}
 EPOCH_FIELDS: dict[str, tuple[str, ...]] = {
     "epoch": ("epoch", "epochs"),
     "step": ("step", "global_step", "steps", "_step"),
     "train_loss": ("train_loss", "loss", "loss/train", "train/loss", "training_loss", "Loss/train"),
-    "val_loss": ("val_loss", "validation_loss", "valid_loss", "eval_loss", "test_loss",
-                 "loss/val", "val/loss", "loss/validation", "Loss/val", "Loss/test"),
-    "val_acc": ("val_acc", "val_accuracy", "valid_acc", "eval_accuracy", "test_acc",
-                "accuracy/val", "val/acc", "acc/val", "Accuracy/val", "Accuracy/test"),
+    "val_loss": (
+        "val_loss",
+        "validation_loss",
+        "valid_loss",
+        "eval_loss",
+        "test_loss",
+        "loss/val",
+        "val/loss",
+        "loss/validation",
+        "Loss/val",
+        "Loss/test",
+    ),
+    "val_acc": (
+        "val_acc",
+        "val_accuracy",
+        "valid_acc",
+        "eval_accuracy",
+        "test_acc",
+        "accuracy/val",
+        "val/acc",
+        "acc/val",
+        "Accuracy/val",
+        "Accuracy/test",
+    ),
     "train_acc_eval": ("train_acc", "train_accuracy", "accuracy/train", "train/acc", "acc/train"),
     "lr": ("lr", "learning_rate", "lr/train"),
     "epoch_time_s": ("epoch_time_s", "time_this_iter_s"),
     "elapsed_s": ("elapsed_s", "time_total_s"),
-}  # fmt: skip
+}
 # `import csv`: the column naming the run of each row (else: one run per distinct params).
 RUN_FIELD = ("run", "run_id", "run_name", "Name", "name", "trial_id", "trial")
 MAPPABLE = (*TRIAL_FIELDS, *EPOCH_FIELDS, "run")
@@ -238,8 +264,13 @@ def _trial_row(
     times = [r.get("epoch_time_s") for r in epochs]
     last = epochs[-1] if epochs else {}
     steps = [r["step"] for r in epochs if r.get("step") is not None]
-    config = {"source": source, "path": origin, "key": st.key, "params": st.params,
-              "mapping": dict(mapping)}  # fmt: skip
+    config = {
+        "source": source,
+        "path": origin,
+        "key": st.key,
+        "params": st.params,
+        "mapping": dict(mapping),
+    }
     return {
         "status": status,
         "stop_reason": "error" if error else ("diverged" if diverged else None),

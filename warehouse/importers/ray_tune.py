@@ -21,10 +21,23 @@ from warehouse.importers.reading import ImportError_, inside, read_csv, read_jso
 
 # Ray's bookkeeping fields of a result: not metrics of the trial.
 _BOOKKEEPING = {
-    "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date",
-    "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
-    "experiment_tag", "timesteps_total", "episodes_total", "timesteps_since_restore",
-}  # fmt: skip
+    "timestamp",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+    "done",
+    "trial_id",
+    "date",
+    "pid",
+    "hostname",
+    "node_ip",
+    "config",
+    "time_since_restore",
+    "iterations_since_restore",
+    "experiment_tag",
+    "timesteps_total",
+    "episodes_total",
+    "timesteps_since_restore",
+}
 
 
 def _results(trial_dir: Path, root: Path) -> tuple[list[dict[str, Any]], Path]:

@@ -121,15 +121,30 @@ def run_probes(
         for eps in cfg.eps:
             if cfg.restarts or cfg.solver == "both":
                 res = keskar_sharpness_max(
-                    model, xs, ys, eps=eps, solver=cfg.solver, restarts=cfg.restarts,
-                    max_iter=cfg.max_iter, subspace_dim=cfg.subspace_dim, seed=seed,
+                    model,
+                    xs,
+                    ys,
+                    eps=eps,
+                    solver=cfg.solver,
+                    restarts=cfg.restarts,
+                    max_iter=cfg.max_iter,
+                    subspace_dim=cfg.subspace_dim,
+                    seed=seed,
                     loss_fn=loss_fn,
-                )  # fmt: skip
+                )
             else:
                 res = keskar_sharpness(
-                    model, xs, ys, eps=eps, solver=cfg.solver, max_iter=cfg.max_iter,
-                    subspace_dim=cfg.subspace_dim, seed=seed, start="zero", loss_fn=loss_fn,
-                )  # fmt: skip
+                    model,
+                    xs,
+                    ys,
+                    eps=eps,
+                    solver=cfg.solver,
+                    max_iter=cfg.max_iter,
+                    subspace_dim=cfg.subspace_dim,
+                    seed=seed,
+                    start="zero",
+                    loss_fn=loss_fn,
+                )
             rows.append(probe_row("keskar_sharpness", epoch, res, common))
 
     if measure.hessian is not None:

@@ -206,20 +206,35 @@ def keskar_sharpness_max(
     for name in SOLVERS[solver]:
         starts = [("zero", None)] + [("random", seed * 1000 + k) for k in range(1, restarts + 1)]
         for start, start_seed in starts:
-            runs.append(keskar_sharpness(
-                model, x, y, eps=eps, solver=name, max_iter=max_iter, subspace_dim=subspace_dim,
-                seed=seed, start=start, start_seed=start_seed, loss_fn=loss_fn,
-                chunk_size=chunk_size,
-            ))  # fmt: skip
+            runs.append(
+                keskar_sharpness(
+                    model,
+                    x,
+                    y,
+                    eps=eps,
+                    solver=name,
+                    max_iter=max_iter,
+                    subspace_dim=subspace_dim,
+                    seed=seed,
+                    start=start,
+                    start_seed=start_seed,
+                    loss_fn=loss_fn,
+                    chunk_size=chunk_size,
+                )
+            )
     finite = [i for i, r in enumerate(runs) if math.isfinite(r["value"])]
     best_i = max(finite, key=lambda i: runs[i]["value"]) if finite else 0
     vals = [runs[i]["value"] for i in finite]
     spread = max(vals) / min(vals) if len(vals) >= 2 and min(vals) > 0 else math.nan
     out = dict(runs[best_i])
     out.update(
-        solver=runs[best_i]["solver"], solver_setting=solver, restarts=restarts,
-        best_run=best_i, spread=spread,
+        solver=runs[best_i]["solver"],
+        solver_setting=solver,
+        restarts=restarts,
+        best_run=best_i,
+        spread=spread,
         runs=[{k: r.get(k) for k in _RUN_KEYS} for r in runs],
-        n_evals=sum(r["n_evals"] for r in runs), seconds=sum(r["seconds"] for r in runs),
-    )  # fmt: skip
+        n_evals=sum(r["n_evals"] for r in runs),
+        seconds=sum(r["seconds"] for r in runs),
+    )
     return out

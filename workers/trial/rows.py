@@ -24,11 +24,26 @@ NAN = math.nan
 
 # The summary columns of the `trials` row a trial computes (besides provenance and perf_json).
 SUMMARY_COLUMNS = (
-    "n_train", "n_val", "steps_per_epoch", "epochs_run", "steps_run", "best_val_loss",
-    "best_val_acc", "best_epoch", "best_step", "steps_to_target", "diverged_step",
-    "final_train_loss", "final_val_loss", "final_dist_from_init", "train_time_s",
-    "wall_time_s", "peak_memory_mb", "resumed_from_epoch", "scaled_lr",
-)  # fmt: skip
+    "n_train",
+    "n_val",
+    "steps_per_epoch",
+    "epochs_run",
+    "steps_run",
+    "best_val_loss",
+    "best_val_acc",
+    "best_epoch",
+    "best_step",
+    "steps_to_target",
+    "diverged_step",
+    "final_train_loss",
+    "final_val_loss",
+    "final_dist_from_init",
+    "train_time_s",
+    "wall_time_s",
+    "peak_memory_mb",
+    "resumed_from_epoch",
+    "scaled_lr",
+)
 
 QUANTILE_KEYS = ("p10", "median", "p90", "mean", "max")
 
@@ -88,10 +103,16 @@ def layer_rows(
     """The `layers` rows of one epoch end: per parameter tensor, its distance from init
     (absolute and relative to its initial norm) and its norm."""
     return [
-        {"epoch": epoch, "layer": nm, "numel": k, "dist_from_init": d,
-         "rel_dist_from_init": d / max(n0, 1e-12), "param_norm": pn}
+        {
+            "epoch": epoch,
+            "layer": nm,
+            "numel": k,
+            "dist_from_init": d,
+            "rel_dist_from_init": d / max(n0, 1e-12),
+            "param_norm": pn,
+        }
         for nm, k, d, n0, pn in zip(names, numels, dists, init_norms, param_norms, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def step_rows(
@@ -106,11 +127,16 @@ def step_rows(
     n = len(batch_losses)
     upd = update_norms if update_norms is not None else [NAN] * n
     return [
-        {"step": first_step + j, "epoch": epoch, "lr": float(lrs[j]),
-         "update_norm": float(upd[j]) if update_norms is not None else NAN,
-         "grad_norm": float(grad_norms[j]), "batch_loss": float(batch_losses[j])}
+        {
+            "step": first_step + j,
+            "epoch": epoch,
+            "lr": float(lrs[j]),
+            "update_norm": float(upd[j]) if update_norms is not None else NAN,
+            "grad_norm": float(grad_norms[j]),
+            "batch_loss": float(batch_losses[j]),
+        }
         for j in range(min(n, len(lrs)))
-    ]  # fmt: skip
+    ]
 
 
 def summary_row(

@@ -135,8 +135,11 @@ class TrialState:
         if (target := target_reached(cfg, row)) is not None:
             return target
         if caps:
-            counters = (int(row.get("step") or 0), int(row.get("examples_seen") or 0),
-                        float(row.get("elapsed_s") or 0.0))  # fmt: skip
+            counters = (
+                int(row.get("step") or 0),
+                int(row.get("examples_seen") or 0),
+                float(row.get("elapsed_s") or 0.0),
+            )
             if (cap := cap_reached(cfg, *counters)) is not None:
                 return cap
         self.decay_on_plateau(cfg)
