@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from warehouse import queries as q
+from warehouse.timings import probe_timings
 
 CONVERGED_STOPS = ("early_stopping", "target_reached", "train_target_reached")
 TRAIN_ACC_CONVERGED = 0.99
@@ -64,7 +65,8 @@ def _fetch(con: duckdb.DuckDBPyConnection, f: q.Filters) -> pd.DataFrame:
         )
         SELECT {cols}, s.trial_id, s.seed, s.status, s.stop_reason, s.epochs_run, s.max_epochs,
                s.steps_run, s.best_epoch, s.best_val_loss, s.final_train_loss, s.scaled_lr,
-               s.base_batch_size, s.warmup_epochs, s.diverged_step,
+               s.base_batch_size, s.warmup_epochs, s.diverged_step, s.device_name,
+               coalesce(s.pack_size, 1) AS pack_size,
                s.mean_epoch_time_s AS epoch_time_s, s.at_best_elapsed_s AS time_to_min_s,
                CASE WHEN s.best_epoch >= 1 THEN s.best_epoch END AS epochs_to_min,
                s.final_dist_from_init AS dist_from_init, s.mean_epoch_distance,
@@ -176,6 +178,12 @@ class Data:
         """Every trial whatever its status (F-25: divergence)."""
         f = dataclasses.replace(self.f, status=())
         return self._get("all", lambda: share_equivalent(_fetch(self.con, f), f.lr_scaling))
+
+    @property
+    def timings(self) -> pd.DataFrame:
+        """The timing probe's rows of the selection's experiments (`warehouse.timings`):
+        seconds per step of the model alone, per batch size and device (the time findings)."""
+        return self._get("timings", lambda: probe_timings(self.con, self.f))
 
     def rule(self, lr_scaling: str = "none", df: pd.DataFrame | None = None) -> pd.DataFrame:
         df = self.trials if df is None else df

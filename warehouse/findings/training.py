@@ -1,8 +1,18 @@
-"""Findings about training speed and time: F-1, F-3, F-4, F-5, F-6, F-14."""
+"""Findings about training speed and time: F-1, F-3, F-4, F-5, F-6, F-14.
+
+F-3, F-5 and F-14 read the lone timing probe (`timings`, workers/timing.py) in a group where
+every batch size has a probe row on the trials' device (`warehouse.timings.probe_step_times`,
+as the advisor matches them): seconds per epoch = s/step x steps per epoch (steps_run /
+epochs_run), seconds to the minimum = s/step x steps to it (best_epoch x steps per epoch).
+Elsewhere they read the trials' own times, a packed trial's being its pack's
+(docs/packs.md). Each group's statistic says which ("times: ...")."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 
 from warehouse import queries as q
 from warehouse.findings.core import (
@@ -17,6 +27,7 @@ from warehouse.findings.core import (
 )
 from warehouse.findings.data import Data
 from warehouse.findings.rules import contrast_part, fmt, meeting, trends
+from warehouse.timings import probe_step_times
 
 
 @finding(
@@ -39,7 +50,8 @@ def f1(d: Data) -> list[GroupResult]:
     "Trend test (every lr rule): mean training seconds per epoch must fall with batch size.",
 )
 def f3(d: Data) -> list[GroupResult]:
-    return trends(d.trials, "epoch_time_s", -1, ANY_BUDGET, unit=" s")
+    rows, said = _lone_times(d, d.trials, "epoch_time_s")
+    return _say_times(trends(rows, "epoch_time_s", -1, ANY_BUDGET, unit=" s"), said)
 
 
 @finding(
@@ -63,7 +75,8 @@ def f4(d: Data) -> list[GroupResult]:
     "loss must rise with batch size.",
 )
 def f5(d: Data) -> list[GroupResult]:
-    return trends(d.rule("none"), "time_to_min_s", +1, AT_CONVERGENCE, unit=" s")
+    rows, said = _lone_times(d, d.rule("none"), "time_to_min_s")
+    return _say_times(trends(rows, "time_to_min_s", +1, AT_CONVERGENCE, unit=" s"), said)
 
 
 @finding(
@@ -122,14 +135,54 @@ def f6(d: Data) -> list[GroupResult]:
     "the minimum validation loss must fall with batch size.",
 )
 def f14(d: Data) -> list[GroupResult]:
-    rows = d.rule("linear")
+    rows, said = _lone_times(d, d.rule("linear"), "time_to_min_s")
     out = trends(rows, "time_to_min_s", -1, AT_CONVERGENCE, unit=" s", min_bs=2)
-    return [_epochs_note(r, rows) for r in out]
+    return _say_times([_epochs_note(r, rows) for r in out], said)
+
+
+LONE = "times: lone timing probe"
+OWN = "times: the trials' own"
+PACKS = "times: the trials' own, the pack's for packed trials"
+
+
+def _lone_times(d: Data, rows: pd.DataFrame, col: str) -> tuple[pd.DataFrame, dict]:
+    """`rows` with `col` (epoch_time_s or time_to_min_s) from the lone timing probe in the
+    groups where every batch size has a probe row (module docstring), and per group key
+    which times it holds."""
+    if rows.empty:
+        return rows, {}
+    timings, out, said = d.timings, [], {}
+    for _, key, g in each(rows, q.GROUP):
+        grid = sorted(int(b) for b in g["batch_size"].unique())
+        info = dict(zip(q.GROUP, key, strict=True))
+        probe = probe_step_times(timings, info, set(g["device_name"].dropna()), grid)
+        if probe is None:
+            said[key] = PACKS if (g["pack_size"].astype(float) > 1).any() else OWN
+        else:
+            sps = g["batch_size"].map(lambda b, p=probe: float(p[int(b)]["s_per_step"]))
+            steps = g["steps_run"].astype(float) / g["epochs_run"].astype(float)
+            if col != "epoch_time_s":
+                steps = steps * g["epochs_to_min"].astype(float)
+            g = g.assign(**{col: steps * sps.astype(float)})
+            said[key] = LONE
+        out.append(g)
+    return pd.concat(out).sort_index(), said
+
+
+def _say_times(results: list[GroupResult], said: dict) -> list[GroupResult]:
+    """Each judged group's statistic (its first part) names the times it was judged on."""
+    out = []
+    for r in results:
+        s = said.get(r.key)
+        if s and r.parts:  # (a group left out was judged on no times)
+            parts = list(r.parts)
+            parts[0] = replace(parts[0], what=f"{parts[0].what} ({s})")
+            r = replace(r, parts=tuple(parts))
+        out.append(r)
+    return out
 
 
 def _epochs_note(r: GroupResult, rows) -> GroupResult:
-    from dataclasses import replace
-
     g = rows
     for c, v in zip(q.GROUP, r.key, strict=False):
         g = g[g[c] == v]
