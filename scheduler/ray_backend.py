@@ -96,8 +96,22 @@ def remote(fn: Callable[..., Any], **options: Any) -> Any:
 
 
 def shutdown() -> None:
-    """Disconnect the driver (the embedded instance stops with its workers); quiet when
-    Ray's own processes are already gone (after SIGTERM to the whole process group)."""
+    """Stop this driver's running trials now and disconnect; quiet when Ray's own processes
+    are already gone (after SIGTERM to the whole process group).
+
+    The embedded instance's worker processes (named `ray::...`, descendants of this driver)
+    are SIGKILLed first: `ray.shutdown` alone stops them gracefully, which took 8-9 s after
+    SIGTERM, long enough for the running trials to finish and commit (a run stopped this way
+    committed all 12 of its trials). A trial killed mid-way leaves nothing half-written
+    (commits are atomic renames), exactly as a killed worker does. On a cluster the driver has
+    no such descendants: its job's workers are killed by Ray when it disconnects."""
+    with contextlib.suppress(Exception):
+        import psutil  # a dependency of Ray
+
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error, IndexError):
+                if proc.cmdline()[0].startswith("ray::"):
+                    proc.kill()
     with contextlib.suppress(Exception):
         ray.shutdown()
 
