@@ -92,17 +92,20 @@ def test_example_grid_ids_do_not_depend_on_the_new_keys():
     dump holds no trace of them, so the hash is the one computed before they existed (checked
     once against the previous commit's code: 14 grids, 270 trials, the same ids)."""
     files = sorted(EXAMPLES.rglob("*.yaml"))
-    assert files
+    checked = 0
     for f in files:
         for t in load_spec(f).trials():
             dumped = t.model_dump(mode="json")
-            assert all(dumped["measure"][k] is None for k in NEW_KEYS), f
+            if any(dumped["measure"][k] is not None for k in NEW_KEYS):
+                continue  # a grid that uses the new probes (the MNIST studies of the demo)
+            checked += 1
             ident = identity_dump(dumped)
             assert not set(NEW_KEYS) & set(ident["measure"]), f
             before = json.loads(json.dumps(dumped))
             for k in NEW_KEYS:
                 del before["measure"][k]
             assert config_hash_of(before) == t.config_hash, f
+    assert checked >= 270  # the 14 grids that existed before the keys
     # Set, they are part of the identity (they change what the trial records).
     on = parse_spec(GRID).trials()[0]
     off = parse_spec({**GRID, "measure": {"checkpoints": False}}).trials()[0]
