@@ -128,6 +128,16 @@ def sel_cte(f: Filters) -> tuple[str, dict[str, Any]]:
     )
 
 
+def best_lr_flag(mean: str) -> str:
+    """`is_best_lr`: whether a row's lr has the lowest `mean` (NULLs last, ties to the
+    smaller lr) among the lrs of its batch size within its group."""
+    others = ", ".join(c for c in KEY if c != "lr")
+    return (
+        f"{mean} IS NOT NULL AND row_number() OVER (PARTITION BY {others} "
+        f"ORDER BY {mean} ASC NULLS LAST, lr) = 1 AS is_best_lr"
+    )
+
+
 def seed_stat(expr: str, name: str, *, seeds: bool = False) -> str:
     """Mean and sample std over seeds of a per-trial expression, finite values only; with
     `seeds`, also `<name>_seeds`: the per-seed values as a list of {seed, value} (the

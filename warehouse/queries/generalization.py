@@ -7,9 +7,9 @@ import duckdb
 import pandas as pd
 
 from warehouse.queries.base import (
-    KEY,
     KEY_SQL,
     Filters,
+    best_lr_flag,
     fetch,
     seed_stat,
     sel_cte,
@@ -60,9 +60,7 @@ def lr_batch_table(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
                    count(*) AS n_seeds
             FROM sel GROUP BY ALL
         )
-        SELECT *, min_val_loss_mean IS NOT NULL AND row_number() OVER (
-                   PARTITION BY {", ".join(c for c in KEY if c != "lr")}
-                   ORDER BY min_val_loss_mean ASC NULLS LAST, lr) = 1 AS is_best_lr
+        SELECT *, {best_lr_flag("min_val_loss_mean")}
         FROM agg ORDER BY {KEY_SQL}
         """,
         params,

@@ -14,6 +14,7 @@ from warehouse.queries.base import (
     KEY,
     KEY_SQL,
     Filters,
+    best_lr_flag,
     fetch,
     per_config_epoch,
     seed_stat,
@@ -145,9 +146,7 @@ def steps_to_target(con: duckdb.DuckDBPyConnection, f: Filters) -> pd.DataFrame:
                    count(steps) AS n_reached, count(*) AS n_seeds
             FROM per GROUP BY ALL
         )
-        SELECT *, steps_to_target_mean IS NOT NULL AND row_number() OVER (
-                   PARTITION BY {", ".join(c for c in KEY if c != "lr")}
-                   ORDER BY steps_to_target_mean ASC NULLS LAST, lr) = 1 AS is_best_lr
+        SELECT *, {best_lr_flag("steps_to_target_mean")}
         FROM agg ORDER BY {KEY_SQL}
         """,
         params,
